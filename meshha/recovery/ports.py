@@ -74,6 +74,7 @@ class HostFacts:
     service_up: bool = True
     service_enabled: bool = True
     forced_down: bool = False
+    running_vms: int = 0
 
 
 class NovaPort(Protocol):

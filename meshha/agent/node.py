@@ -1,0 +1,360 @@
+"""One host's agent logic, independent of how it talks to the world.
+
+`Node` wires the pure pieces (Prober, SegmentState, decide) to ports: a replicated log, a
+datagram transport, drivers, the local hypervisor, a ledger and a clock. The daemon gives
+it pysyncobj, UDP and the real drivers; the simulator gives it an in-memory Raft
+stand-in, an in-memory network and fakes. The logic is the same code in both.
+
+Tasks (all in the node's one nursery):
+- apply:     committed entries -> state -> ledger, in log order.
+- probe:     SWIM ticks; local reachability changes proposed as observations.
+- lead:      when leader of a majority and caught up: decide, propose, execute intents.
+- isolation: no contact with a majority on any network for isolation_after_s ->
+             destroy the local VMs (the self-fence the majority relies on).
+- monitors:  local VM events and process checks -> proposed failures.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+import trio
+
+from meshha.config.model import Segment, majority
+from meshha.errors import MeshhaError
+from meshha.probes.swim import Prober
+from meshha.raft import entries as E
+from meshha.raft.entries import Entry
+from meshha.raft.state import Intent, SegmentState
+from meshha.recovery.decide import decide, pending_intents
+from meshha.recovery.executor import Drivers, Executor, Guard
+from meshha.recovery.ports import HypervisorPort, ProcessPort, VmEvent
+
+log = structlog.get_logger("meshha.node")
+
+PROPOSAL_QUEUE = 1024  # bound on proposals waiting to be sent to the leader
+OTHER_PARALLEL = 8  # bound on concurrent non-evacuation intents
+
+
+class Transport(Protocol):
+    def send(self, network: str, to: str, msg: dict[str, Any]) -> None: ...
+
+
+class LedgerSink(Protocol):
+    def append(self, index: int, entry: Entry) -> None: ...
+
+
+class Log(Protocol):
+    async def propose(self, entry: Entry, *, timeout_s: float) -> int: ...
+
+    def committed_from(self, index: int) -> Any: ...
+
+    @property
+    def is_leader(self) -> bool: ...
+
+    @property
+    def has_quorum(self) -> bool: ...
+
+    @property
+    def commit_index(self) -> int: ...
+
+
+@dataclass
+class NodePorts:
+    log: Log
+    transport: Transport
+    ledger: LedgerSink
+    now: Callable[[], float]  # wall-clock seconds for entry timestamps
+    drivers: Drivers | None = None  # the leader's hands; None = dry run (intents only logged)
+    hypervisor: HypervisorPort | None = None
+    vm_events: trio.abc.ReceiveChannel[VmEvent] | None = None
+    processes: ProcessPort | None = None
+    guard: Guard | None = None
+
+
+@dataclass
+class NodeStats:
+    proposed: int = 0
+    propose_failed: int = 0
+    executed: int = 0
+    self_fences: int = 0
+    decisions: int = 0
+    last_error: str = ""
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class Node:
+    def __init__(self, segment: Segment, me: str, ports: NodePorts, *, seed: int = 0, fanout: int = 1) -> None:
+        self.segment = segment
+        self.me = me
+        self.p = ports
+        self.state = SegmentState(segment)
+        self.prober = Prober(segment, me, seed=seed, fanout=fanout)
+        self.executor = Executor(segment, ports.drivers, me, ports.guard) if ports.drivers else None
+        self.stats = NodeStats()
+        self.isolated = False
+        self._last_contact = -math.inf
+        self._isolation_reported = True
+        self._in_flight: set[Any] = set()
+        self._running: dict[str, trio.CancelScope] = {}
+        self._send, self._recv = trio.open_memory_channel[tuple[Entry, Any]](PROPOSAL_QUEUE)
+        self._applied = trio.Event()
+        self.alive = True
+
+    # -- entry points ------------------------------------------------------------------
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._last_contact = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._apply_loop)
+            nursery.start_soon(self._proposer)
+            nursery.start_soon(self._probe_loop)
+            nursery.start_soon(self._lead_loop, nursery)
+            nursery.start_soon(self._isolation_loop)
+            if self.p.vm_events is not None:
+                nursery.start_soon(self._vm_event_loop)
+            if self.p.processes is not None:
+                nursery.start_soon(self._process_loop)
+            task_status.started()
+
+    def on_datagram(self, network: str, sender: str, msg: dict[str, Any]) -> None:
+        """An authenticated probe datagram arrived (the transport checked it)."""
+        for s in self.prober.receive(network, sender, msg, self.p.now()):
+            self.p.transport.send(s.network, s.to, s.msg)
+
+    def propose(self, entry: Entry, key: Any = None) -> None:
+        """Queue an entry for the log; drop it if the same key is already in flight."""
+        if key is not None:
+            if key in self._in_flight:
+                return
+            self._in_flight.add(key)
+        try:
+            self._send.send_nowait((entry, key))
+        except trio.WouldBlock:
+            self._in_flight.discard(key)
+            self.stats.extra["proposal_queue_full"] = self.stats.extra.get("proposal_queue_full", 0) + 1
+
+    # -- loops -------------------------------------------------------------------------
+
+    async def _apply_loop(self) -> None:
+        async for index, entry in self.p.log.committed_from(self.state.index):
+            if index <= self.state.index:
+                continue
+            self.state.apply(entry, index)
+            self.p.ledger.append(index, entry)
+            self._applied.set()
+            self._applied = trio.Event()
+
+    async def _proposer(self) -> None:
+        timeout = max(2.0, 2 * self.segment.timings.election_timeout_s)
+        async for item in self._recv:
+            entry, key = item
+            try:
+                await self.p.log.propose(entry, timeout_s=timeout)
+                self.stats.proposed += 1
+            except MeshhaError as err:
+                self.stats.propose_failed += 1
+                self.stats.last_error = str(err)
+            finally:
+                self._in_flight.discard(key)
+
+    async def _probe_loop(self) -> None:
+        while True:
+            now = self.p.now()
+            for s in self.prober.tick(now):
+                self.p.transport.send(s.network, s.to, s.msg)
+            self._report_observations()
+            await trio.sleep(self.prober.poll_interval_s)
+
+    def _report_observations(self) -> None:
+        """Propose the difference between what this host sees and what is committed."""
+        if not self.p.log.has_quorum:
+            return
+        now = self.p.now()
+        suspects = {t for (_, t, _) in self.state.lost} - {self.me}
+        self.prober.watch_extra = suspects if self.me in self.segment.voters else set()
+        local = self.prober.lost()
+        committed = {(t, n): s for (o, t, n), s in self.state.lost.items() if o == self.me}
+        for (target, net), since in local.items():
+            if (target, net) not in committed:
+                self.propose(
+                    E.observation(ts=now, by=self.me, host=target, network=net, reachable=False, since=since),
+                    ("obs", target, net, False),
+                )
+        for (target, net) in committed:
+            if (target, net) not in local:
+                pv = self.prober.peer(target, net)
+                self.propose(
+                    E.observation(ts=now, by=self.me, host=target, network=net, reachable=True,
+                                  since=pv.since or now),
+                    ("obs", target, net, True),
+                )
+
+    async def _lead_loop(self, nursery: trio.Nursery) -> None:
+        while True:
+            await trio.sleep(self.segment.timings.probe_interval_s)
+            log_ = self.p.log
+            if not (log_.is_leader and log_.has_quorum):
+                self._stop_running("lost leadership")
+                continue
+            if self.state.index < log_.commit_index:
+                continue  # not caught up: acting now could repeat what is already decided
+            now = self.p.now()
+            self.stats.decisions += 1
+            for entry in decide(self.segment, self.state, now, self.me):
+                self.propose(entry, _key(entry))
+            self._execute(nursery, now)
+
+    def _execute(self, nursery: trio.Nursery, now: float) -> None:
+        if self.executor is None:
+            return
+        evac_running = sum(1 for i in self._running if i.startswith("evacuate:"))
+        other_running = len(self._running) - evac_running
+        for intent in pending_intents(self.state):
+            if intent.id in self._running:
+                continue
+            if intent.action == "evacuate":
+                if evac_running >= self.segment.recovery.max_parallel_evacuations:
+                    continue
+                evac_running += 1
+            else:
+                if other_running >= OTHER_PARALLEL:
+                    continue
+                other_running += 1
+            scope = trio.CancelScope()
+            self._running[intent.id] = scope
+            nursery.start_soon(self._run_intent, intent, scope)
+
+    async def _run_intent(self, intent: Intent, scope: trio.CancelScope) -> None:
+        assert self.executor is not None
+        try:
+            with scope:
+                result = await self.executor.execute(intent, self.state, self.p.now)
+                self.stats.executed += 1
+                if self.p.log.is_leader:
+                    await self.p.log.propose(result, timeout_s=max(2.0, 2 * self.segment.timings.election_timeout_s))
+        except MeshhaError as err:  # the result could not be committed: the intent stays pending
+            self.stats.last_error = str(err)
+        finally:
+            self._running.pop(intent.id, None)
+
+    def _stop_running(self, why: str) -> None:
+        for scope in self._running.values():
+            scope.cancel()
+
+    async def _isolation_loop(self) -> None:
+        """A host cut off from a majority of voters on every network kills its own VMs
+        within the self-fence deadline; the majority may then evacuate them even when
+        this host's BMC cannot be reached."""
+        t = self.segment.timings
+        voters = self.segment.voters
+        need = majority(len(voters))
+        while True:
+            await trio.sleep(self.prober.poll_interval_s)
+            now_m = trio.current_time()
+            reached = self.prober.voters_reached(self.p.now(), t.isolation_after_s)
+            if self.me in voters:
+                reached = reached | {self.me}
+            if self.p.log.has_quorum or len(reached) >= need:
+                self._last_contact = now_m
+                if self.isolated:
+                    self.isolated = False
+                    self.propose(E.isolation(ts=self.p.now(), by=self.me, host=self.me, on=False,
+                                             reason="contact with a majority is back"))
+                continue
+            if not self.isolated and now_m - self._last_contact >= t.isolation_after_s:
+                self.isolated = True
+                await self._self_fence()
+
+    async def _self_fence(self) -> None:
+        destroyed: list[str] = []
+        if self.p.hypervisor is not None:
+            try:
+                destroyed = await self.p.hypervisor.destroy_all()
+            except MeshhaError as err:
+                log.error("self_fence_failed", error=str(err))
+        self.stats.self_fences += 1
+        log.warning("self_fenced", host=self.me, destroyed=len(destroyed))
+        self.propose(E.isolation(ts=self.p.now(), by=self.me, host=self.me, on=True,
+                                 reason=f"lost a majority on every network: destroyed {len(destroyed)} VMs"))
+
+    async def _vm_event_loop(self) -> None:
+        assert self.p.vm_events is not None
+        async for ev in self.p.vm_events:
+            now = self.p.now()
+            if ev.kind in ("hypervisor_down", "hypervisor_up"):
+                outcome = "down" if ev.kind == "hypervisor_down" else "restarted"
+                self.propose(E.process_failure(ts=now, by=self.me, host=self.me, process="libvirtd",
+                                               outcome=outcome, detail=ev.detail))
+                continue
+            entry = E.vm_failure(ts=now, by=self.me, host=self.me, vm=ev.vm or "", event=ev.kind, detail=ev.detail)
+            entry.update(await self._vm_policy(ev.vm))
+            self.propose(entry)
+
+    async def _vm_policy(self, vm: str | None) -> dict[str, Any]:
+        """The VM's HA policy, if Nova can tell us now; decide falls back to defaults."""
+        d = self.p.drivers
+        if d is None or vm is None:
+            return {}
+        from meshha.recovery.policy import VmContext, resolve
+
+        try:
+            server = await d.nova.get_server(vm)
+        except MeshhaError:
+            return {}
+        p = resolve(self.segment.policy, VmContext(server=server, region=self.segment.region, cell=self.segment.cell))
+        return {"ha": p.ha, "on_vm_failure": p.on_vm_failure, "priority": p.priority}
+
+    async def _process_loop(self) -> None:
+        procs = self.segment.processes
+        assert self.p.processes is not None
+        while True:
+            await trio.sleep(procs.check_interval_s)
+            for name in procs.names:
+                if await self.p.processes.is_alive(name):
+                    continue
+                outcome, detail = "restart_failed", ""
+                for attempt in range(1, procs.restart_attempts + 1):
+                    try:
+                        await self.p.processes.restart(name)
+                    except MeshhaError as err:
+                        detail = f"attempt {attempt}: {err}"
+                    if await self.p.processes.is_alive(name):
+                        outcome, detail = "restarted", f"restarted after {attempt} attempt(s)"
+                        break
+                    await trio.sleep(procs.restart_backoff_s * attempt)
+                self.propose(E.process_failure(ts=self.p.now(), by=self.me, host=self.me, process=name,
+                                               outcome=outcome, detail=detail or "still not running"))
+
+    # -- reading -----------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        st = self.state
+        return {
+            "host": self.me,
+            "index": st.index,
+            "isolated": self.isolated,
+            "verdicts": {h: {"kind": v.kind, "networks": list(v.networks), "reason": v.reason}
+                         for h, v in st.verdicts.items()},
+            "maintenance": dict(st.maintenance),
+            "fenced": dict(st.fenced),
+            "roles": dict(st.roles),
+            "brake": dict(st.brake),
+        }
+
+
+def _key(entry: Entry) -> Any:
+    kind = entry["kind"]
+    if kind == "intent":
+        return ("intent", entry["intent"])
+    if kind == "verdict":
+        return ("verdict", entry["host"], entry["verdict"], tuple(entry["networks"]))
+    if kind in ("fenced", "reserve"):
+        return (kind, entry["host"], entry.get("role"))
+    if kind == "brake":
+        return ("brake", entry["on"])
+    return None

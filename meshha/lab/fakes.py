@@ -1,0 +1,397 @@
+"""In-memory fakes of every port, over one shared fake cloud.
+
+The simulator runs whole segments on these; the contract tests (tests/contract) run the
+same suites against these and the real adapters (ipmi_sim, real Nova, libvirtd), so a
+fake that drifts from its real counterpart fails a test.
+
+`FakeCloud` is the ground truth the invariant checks read: which machines are powered,
+where each VM's process really runs (a hung host's VMs still "run": frozen, not gone),
+and every action taken, by whom, when. Starting a VM somewhere while it still runs
+elsewhere is recorded as a violation the moment it happens.
+
+Delays are simulated with trio.sleep, so under an autojump clock they cost nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import trio
+
+from meshha.errors import AlertError, FenceError, NovaError, ProcessError
+from meshha.recovery.ports import (
+    Alert,
+    FenceProof,
+    Flavor,
+    HostFacts,
+    PowerState,
+    Server,
+    VmEvent,
+)
+
+UNREACHABLE_BMC_S = 4.6  # what pyghmi takes to give up on a dead BMC (environment.md)
+
+
+@dataclass
+class FakeMachine:
+    name: str
+    networks: tuple[str, ...]
+    vcpus: int = 16
+    ram_mb: int = 32768
+    disk_gb: int = 500
+    powered: bool = True
+    hung: bool = False
+    bmc_alive: bool = True
+    bmc_password: bytes = b"secret"
+    bmc_delay_s: float = 0.02
+    nics: dict[str, bool] = field(default_factory=dict)
+    processes: dict[str, bool] = field(default_factory=lambda: {"nova-compute": True, "libvirtd": True})
+    restart_fails: set[str] = field(default_factory=set)
+    availability_zone: str = "nova"
+    aggregates: tuple[str, ...] = ()
+
+    @property
+    def alive(self) -> bool:
+        return self.powered and not self.hung
+
+
+@dataclass
+class FakeServer:
+    id: str
+    name: str
+    project_id: str
+    flavor: Flavor
+    host: str
+    status: str = "ACTIVE"
+    task_state: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    availability_zone: str = "nova"
+
+    def view(self) -> Server:
+        return Server(
+            id=self.id, name=self.name, host=self.host, status=self.status,
+            task_state=self.task_state, project_id=self.project_id, flavor=self.flavor,
+            metadata=tuple(sorted(self.metadata.items())), availability_zone=self.availability_zone,
+        )
+
+
+@dataclass
+class Action:
+    t: float
+    actor: str
+    action: str
+    host: str
+    detail: str = ""
+
+
+class FakeCloud:
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        self.machines: dict[str, FakeMachine] = {}
+        self.servers: dict[str, FakeServer] = {}
+        self.running: dict[str, set[str]] = {}  # vm -> hosts where its process runs
+        self.services: dict[str, dict[str, object]] = {}
+        self.violations: list[str] = []
+        self.actions: list[Action] = []
+        self.alerts: list[Alert] = []
+        self.nova_up = True
+        self.alerts_up = True
+        self.nova_delay_s = 0.3
+        self._clock = clock or trio.current_time
+        self._events: dict[str, tuple[trio.MemorySendChannel[VmEvent], trio.MemoryReceiveChannel[VmEvent]]] = {}
+
+    # -- building ----------------------------------------------------------------------
+
+    def add_host(self, name: str, networks: tuple[str, ...] = ("admin",), **kw: object) -> FakeMachine:
+        m = FakeMachine(name, networks, **kw)  # type: ignore[arg-type]
+        m.nics = {n: True for n in networks}
+        self.machines[name] = m
+        self.services[name] = {"forced_down": False, "disabled": False, "reason": ""}
+        self._events[name] = trio.open_memory_channel[VmEvent](256)
+        return m
+
+    def boot(self, vm: str, host: str, flavor: Flavor, *, project: str = "demo",
+             metadata: Mapping[str, str] | None = None) -> FakeServer:
+        s = FakeServer(vm, vm, project, flavor, host, metadata=dict(metadata or {}),
+                       availability_zone=self.machines[host].availability_zone)
+        self.servers[vm] = s
+        self._start(vm, host)
+        return s
+
+    # -- ground truth ------------------------------------------------------------------
+
+    def now(self) -> float:
+        return self._clock()
+
+    def record(self, actor: str, action: str, host: str, detail: str = "") -> None:
+        self.actions.append(Action(self.now(), actor, action, host, detail))
+
+    def _start(self, vm: str, host: str) -> None:
+        where = self.running.setdefault(vm, set())
+        others = where - {host}
+        if others:
+            self.violations.append(
+                f"t={self.now():.3f}: VM {vm} started on {host} while still running on {sorted(others)}"
+            )
+        where.add(host)
+
+    def _stop(self, vm: str, host: str | None = None) -> None:
+        where = self.running.get(vm, set())
+        if host is None:
+            where.clear()
+        else:
+            where.discard(host)
+
+    def vms_on(self, host: str) -> list[str]:
+        return sorted(vm for vm, hosts in self.running.items() if host in hosts)
+
+    def power_off(self, host: str) -> None:
+        m = self.machines[host]
+        m.powered, m.hung = False, False
+        for vm in self.vms_on(host):
+            self._stop(vm, host)
+
+    def power_on(self, host: str) -> None:
+        m = self.machines[host]
+        m.powered, m.hung = True, False
+        m.processes = {p: True for p in m.processes}
+
+    def crash_vm(self, vm: str, kind: str = "crashed", detail: str = "STOPPED/FAILED") -> None:
+        s = self.servers[vm]
+        if kind == "crashed":
+            self._stop(vm, s.host)
+            s.status = "SHUTOFF"
+        self._events[s.host][0].send_nowait(VmEvent(kind, vm, detail))  # type: ignore[arg-type]
+
+    def events_for(self, host: str) -> trio.MemoryReceiveChannel[VmEvent]:
+        return self._events[host][1]
+
+
+class FakeBmc:
+    """FencePort over FakeCloud. `credentials` is what the adapter was configured with;
+    a mismatch with the machine's BMC password is an auth error, as on a real BMC."""
+
+    def __init__(self, cloud: FakeCloud, actor: str = "", credentials: Mapping[str, bytes] | None = None) -> None:
+        self.cloud, self.actor, self.credentials = cloud, actor, dict(credentials or {})
+
+    def _machine(self, host: str) -> FakeMachine:
+        m = self.cloud.machines.get(host)
+        if m is None:
+            raise FenceError(f"no BMC configured for {host}", kind="unreachable", where=host)
+        return m
+
+    async def _login(self, host: str) -> FakeMachine:
+        m = self._machine(host)
+        if not m.bmc_alive:
+            await trio.sleep(UNREACHABLE_BMC_S)
+            raise FenceError("BMC does not answer", kind="unreachable", where=f"bmc of {host}")
+        await trio.sleep(m.bmc_delay_s)
+        if host in self.credentials and self.credentials[host] != m.bmc_password:
+            raise FenceError("BMC refused the credentials", kind="auth", where=f"bmc of {host}")
+        return m
+
+    async def power_off(self, host: str) -> FenceProof:
+        m = await self._login(host)
+        self.cloud.record(self.actor, "fence", host)
+        self.cloud.power_off(host)
+        await trio.sleep(m.bmc_delay_s)
+        state = await self.power_state(host)
+        if state != "off":
+            raise FenceError("BMC still reports power on", kind="not_confirmed", where=f"bmc of {host}")
+        return FenceProof(host, "bmc", "power state read back: off")
+
+    async def power_state(self, host: str) -> PowerState:
+        m = await self._login(host)
+        return "on" if m.powered else "off"
+
+    async def power_on(self, host: str) -> None:
+        await self._login(host)
+        self.cloud.record(self.actor, "power_on", host)
+        self.cloud.power_on(host)
+
+
+class FakeNova:
+    """NovaPort over FakeCloud, with the Nova behaviour meshha depends on: evacuation is
+    refused while the source compute service is up (ComputeServiceInUse); un-forcing is
+    refused until the compute service runs again; an outage makes every call fail."""
+
+    def __init__(self, cloud: FakeCloud, actor: str = "") -> None:
+        self.cloud, self.actor = cloud, actor
+
+    async def _call(self) -> None:
+        if not self.cloud.nova_up:
+            await trio.sleep(0.05)
+            raise NovaError("connection refused", kind="unreachable", where="nova-api")
+        await trio.sleep(0.01)
+
+    def _server(self, server_id: str) -> FakeServer:
+        s = self.cloud.servers.get(server_id)
+        if s is None:
+            raise NovaError(f"server {server_id} not found", kind="not_found", where="nova-api")
+        return s
+
+    def _service_down(self, host: str) -> bool:
+        svc = self.cloud.services[host]
+        m = self.cloud.machines[host]
+        return bool(svc["forced_down"]) or not (m.alive and m.processes.get("nova-compute", False))
+
+    async def force_down(self, host: str, reason: str) -> None:
+        await self._call()
+        self.cloud.record(self.actor, "force_down", host, reason)
+        self.cloud.services[host].update(forced_down=True, disabled=True, reason=reason)
+
+    async def disable_service(self, host: str, reason: str) -> None:
+        await self._call()
+        self.cloud.record(self.actor, "disable", host, reason)
+        self.cloud.services[host].update(disabled=True, reason=reason)
+
+    async def enable_service(self, host: str) -> None:
+        await self._call()
+        m = self.cloud.machines[host]
+        if not (m.alive and m.processes.get("nova-compute", False)):
+            raise NovaError(f"nova-compute on {host} has not restarted", kind="conflict", where="nova-api")
+        self.cloud.record(self.actor, "enable", host)
+        self.cloud.services[host].update(forced_down=False, disabled=False, reason="")
+
+    async def list_servers(self, host: str) -> list[Server]:
+        await self._call()
+        return [s.view() for s in sorted(self.cloud.servers.values(), key=lambda s: s.id) if s.host == host]
+
+    async def get_server(self, server_id: str) -> Server:
+        await self._call()
+        return self._server(server_id).view()
+
+    async def host_facts(self, hosts: list[str]) -> list[HostFacts]:
+        await self._call()
+        out = []
+        for h in hosts:
+            m = self.cloud.machines[h]
+            mine = [s for s in self.cloud.servers.values() if s.host == h]
+            svc = self.cloud.services[h]
+            out.append(HostFacts(
+                host=h,
+                vcpus_free=m.vcpus - sum(s.flavor.vcpus for s in mine),
+                ram_mb_free=m.ram_mb - sum(s.flavor.ram_mb for s in mine),
+                disk_gb_free=m.disk_gb - sum(s.flavor.disk_gb for s in mine),
+                availability_zone=m.availability_zone, aggregates=m.aggregates,
+                service_up=not self._service_down(h), service_enabled=not svc["disabled"],
+                forced_down=bool(svc["forced_down"]), running_vms=len(mine),
+            ))
+        return out
+
+    async def evacuate(self, server_id: str, target_host: str) -> Server:
+        await self._call()
+        s = self._server(server_id)
+        if s.host == target_host and s.task_state is None:
+            return s.view()  # already done: idempotent
+        if not self._service_down(s.host):
+            raise NovaError(f"compute service of {s.host} is still in use", kind="conflict", where="nova-api")
+        if not self.cloud.machines[target_host].alive:
+            raise NovaError(f"target {target_host} is down", kind="failed", where="nova-api")
+        self.cloud.record(self.actor, "evacuate", s.host, f"{server_id} -> {target_host}")
+        s.task_state = "rebuilding"
+        await trio.sleep(self.cloud.nova_delay_s)
+        s.host, s.task_state, s.status = target_host, None, "ACTIVE"
+        self.cloud._start(server_id, target_host)
+        return s.view()
+
+    async def start(self, server_id: str) -> None:
+        await self._call()
+        s = self._server(server_id)
+        if s.status == "ACTIVE":
+            raise NovaError(f"{server_id} is already active", kind="conflict", where="nova-api")
+        self.cloud.record(self.actor, "start", s.host, server_id)
+        await trio.sleep(self.cloud.nova_delay_s)
+        s.status = "ACTIVE"
+        self.cloud._start(server_id, s.host)
+
+    async def stop(self, server_id: str) -> None:
+        await self._call()
+        s = self._server(server_id)
+        if s.status == "SHUTOFF":
+            raise NovaError(f"{server_id} is already stopped", kind="conflict", where="nova-api")
+        self.cloud.record(self.actor, "stop", s.host, server_id)
+        s.status = "SHUTOFF"
+        self.cloud._stop(server_id, s.host)
+
+    async def hard_reboot(self, server_id: str) -> None:
+        await self._call()
+        s = self._server(server_id)
+        self.cloud.record(self.actor, "hard_reboot", s.host, server_id)
+        self.cloud._stop(server_id, s.host)
+        await trio.sleep(self.cloud.nova_delay_s)
+        s.status = "ACTIVE"
+        self.cloud._start(server_id, s.host)
+
+    async def _move(self, server_id: str, target_host: str | None, action: str) -> Server:
+        await self._call()
+        s = self._server(server_id)
+        target = target_host or next(
+            (h for h, m in sorted(self.cloud.machines.items())
+             if h != s.host and m.alive and not self.cloud.services[h]["disabled"]), None)
+        if target is None:
+            raise NovaError("no valid host found", kind="failed", where="nova-scheduler")
+        self.cloud.record(self.actor, action, s.host, f"{server_id} -> {target}")
+        was_running = s.host in self.cloud.running.get(server_id, set())
+        self.cloud._stop(server_id, s.host)
+        await trio.sleep(self.cloud.nova_delay_s)
+        s.host = target
+        if action == "live_migrate" or was_running:
+            s.status = "ACTIVE"
+            self.cloud._start(server_id, target)
+        return s.view()
+
+    async def live_migrate(self, server_id: str, target_host: str | None) -> Server:
+        return await self._move(server_id, target_host, "live_migrate")
+
+    async def cold_migrate(self, server_id: str, target_host: str | None) -> Server:
+        return await self._move(server_id, target_host, "cold_migrate")
+
+
+class FakeHypervisor:
+    """HypervisorPort for one host of the FakeCloud."""
+
+    def __init__(self, cloud: FakeCloud, host: str) -> None:
+        self.cloud, self.host = cloud, host
+
+    async def running_vms(self) -> list[str]:
+        return self.cloud.vms_on(self.host)
+
+    async def destroy_all(self) -> list[str]:
+        vms = self.cloud.vms_on(self.host)
+        for vm in vms:
+            self.cloud._stop(vm, self.host)
+        self.cloud.record(self.host, "self_fence", self.host, f"destroyed {len(vms)}")
+        return vms
+
+    async def resume(self, vm: str) -> None:
+        self.cloud._start(vm, self.host)
+
+
+class FakeProcesses:
+    """ProcessPort for one host: processes named in FakeMachine.processes."""
+
+    def __init__(self, cloud: FakeCloud, host: str) -> None:
+        self.cloud, self.host = cloud, host
+
+    async def is_alive(self, name: str) -> bool:
+        m = self.cloud.machines[self.host]
+        return m.alive and m.processes.get(name, False)
+
+    async def restart(self, name: str) -> None:
+        m = self.cloud.machines[self.host]
+        await trio.sleep(0.1)
+        if name in m.restart_fails or not m.alive:
+            raise ProcessError(f"restart of {name} failed", where=self.host)
+        m.processes[name] = True
+
+
+class FakeAlerts:
+    def __init__(self, cloud: FakeCloud, actor: str = "") -> None:
+        self.cloud, self.actor = cloud, actor
+
+    async def send(self, alert: Alert) -> None:
+        await trio.sleep(0.01)
+        if not self.cloud.alerts_up:
+            raise AlertError("no alert sink accepted the alert", where="alerts")
+        self.cloud.alerts.append(alert)

@@ -1,0 +1,240 @@
+"""SWIM-style peer probing, as a pure state machine (no sockets, no clock).
+
+The caller feeds it `tick(now)` every `probe_interval_s` and every datagram it receives
+(`receive`), and carries out the sends it returns. The same code runs over UDP in the
+agent and over the in-memory network in the simulator.
+
+Per period and per network a host probes:
+- `fanout` peers in a shuffled round-robin (so every peer is probed by someone about
+  every period, whatever the segment size: load per host does not grow with N),
+- one voter, round-robin (so each host knows whether it still reaches a majority, which
+  drives its isolation response),
+- every peer it is *watching*: those it has missed at least once, those it was asked to
+  probe for someone else, and those the segment suspects (committed losses).
+A direct ping that is not acked within `probe_timeout_s` is followed by ping-reqs through
+`indirect_probes` helpers, voters first, so the voters whose opinion decides a verdict are
+already watching the suspect when the first observer reports it. A round with no ack by
+the end of the period is a miss; `misses_before_suspect` consecutive misses make the
+peer *lost* on that network (since the first miss), and one ack makes it reachable again.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshha.config.model import Segment
+
+
+@dataclass(frozen=True)
+class Send:
+    network: str
+    to: str
+    msg: dict[str, Any]
+
+
+@dataclass
+class _Pending:
+    target: str
+    network: str
+    started: float
+    deadline: float
+    indirect_sent: bool = False
+    requester: str | None = None  # set when we probe on someone else's behalf
+    requester_id: int = 0
+
+
+@dataclass
+class PeerView:
+    reachable: bool = True
+    since: float = 0.0
+    misses: int = 0
+    first_miss: float = 0.0
+    last_ack: float | None = None
+
+
+@dataclass
+class ProbeStats:
+    sent: int = 0
+    received: int = 0
+    rounds: int = 0
+    misses: int = 0
+    by_type: dict[str, int] = field(default_factory=dict)
+
+
+class Prober:
+    def __init__(self, segment: Segment, me: str, *, seed: int = 0, fanout: int = 1) -> None:
+        self.me = me
+        self.t = segment.timings
+        self.fanout = fanout
+        self.rng = random.Random(f"{seed}:{me}")
+        me_host = segment.host(me)
+        self.networks = me_host.networks
+        self.peers: dict[str, tuple[str, ...]] = {}
+        for net in self.networks:
+            self.peers[net] = tuple(
+                h.name for h in segment.hosts if h.name != me and h.address(net) is not None
+            )
+        self.voters = tuple(v for v in segment.voters if v != me)
+        self._order: dict[str, list[str]] = {n: [] for n in self.networks}
+        self._voter_pos = 0
+        self._next_id = 1
+        self._next_period = float("-inf")
+        self.poll_interval_s = min(self.t.probe_timeout_s, self.t.probe_interval_s / 2)
+        self._pending: dict[int, _Pending] = {}
+        self.view: dict[tuple[str, str], PeerView] = {}
+        self.watch_extra: set[str] = set()  # suspects from committed state
+        self._asked: dict[tuple[str, str], float] = {}  # (target, net) -> until
+        self.stats = ProbeStats()
+
+    # -- the two inputs --------------------------------------------------------------
+
+    def tick(self, now: float) -> list[Send]:
+        """Close the rounds whose time is up and, once per period, start new probes.
+        Call it every `probe_timeout_s` or more often (`poll_interval_s`)."""
+        out: list[Send] = []
+        self._close_rounds(now, out)
+        if now + 1e-9 < self._next_period:
+            self.stats.sent += len(out)
+            return out
+        self._next_period = now + self.t.probe_interval_s
+        self.stats.rounds += 1
+        for net in self.networks:
+            for target in self._targets(net, now):
+                if not any(
+                    p.target == target and p.network == net and p.requester is None
+                    for p in self._pending.values()
+                ):
+                    out.append(self._ping(net, target, now))
+        self.stats.sent += len(out)
+        return out
+
+    def receive(self, network: str, sender: str, msg: dict[str, Any], now: float) -> list[Send]:
+        self.stats.received += 1
+        t = msg.get("t")
+        self.stats.by_type[str(t)] = self.stats.by_type.get(str(t), 0) + 1
+        out: list[Send] = []
+        if t == "ping":
+            out.append(Send(network, sender, {"t": "ack", "id": msg.get("id", 0)}))
+        elif t == "req":
+            target = msg.get("target")
+            if isinstance(target, str) and target in self.peers.get(network, ()):
+                send = self._ping(network, target, now)
+                pend = self._pending[send.msg["id"]]
+                pend.requester, pend.requester_id = sender, int(msg.get("id", 0))
+                pend.indirect_sent = True  # a helper does not recurse
+                # A helper keeps watching the suspect for a few periods.
+                self._asked[(target, network)] = now + self.t.probe_interval_s * (
+                    self.t.misses_before_suspect + 1
+                )
+                out.append(send)
+        elif t == "ack":
+            pend = self._pending.pop(int(msg.get("id", -1)), None)
+            # A direct ack must come from the target itself; a relayed one names its helper.
+            genuine = (
+                pend is not None
+                and pend.network == network
+                and (sender == pend.target or msg.get("via") == sender)
+            )
+            if pend is not None and genuine:
+                self._acked(pend.target, network, now)
+                if pend.requester is not None:
+                    relay = {"t": "ack", "id": pend.requester_id, "via": self.me}
+                    out.append(Send(network, pend.requester, relay))
+            elif pend is not None:
+                self._pending[int(msg["id"])] = pend  # not for this one: keep waiting
+        self.stats.sent += len(out)
+        return out
+
+    # -- what the agent reads --------------------------------------------------------
+
+    def peer(self, target: str, network: str) -> PeerView:
+        return self.view.setdefault((target, network), PeerView())
+
+    def lost(self) -> dict[tuple[str, str], float]:
+        """(target, network) -> since, for peers currently lost."""
+        return {k: v.since for k, v in self.view.items() if not v.reachable}
+
+    def voters_reached(self, now: float, within_s: float) -> set[str]:
+        """Voters that acked one of our probes, on any network, within `within_s`."""
+        return {
+            t
+            for (t, _), v in self.view.items()
+            if t in self.voters and v.last_ack is not None and now - v.last_ack <= within_s
+        }
+
+    # -- internals -------------------------------------------------------------------
+
+    def _targets(self, net: str, now: float) -> list[str]:
+        peers = self.peers[net]
+        if not peers:
+            return []
+        chosen: list[str] = []
+        order = self._order[net]
+        for _ in range(min(self.fanout, len(peers))):
+            if not order:
+                order.extend(peers)
+                self.rng.shuffle(order)
+            chosen.append(order.pop())
+        if self.voters:
+            v = self.voters[self._voter_pos % len(self.voters)]
+            if net == self.networks[0]:
+                self._voter_pos += 1
+            if v in peers:
+                chosen.append(v)
+        for (target, n), pv in self.view.items():
+            if n == net and (pv.misses > 0 or not pv.reachable):
+                chosen.append(target)
+        for (target, n), until in list(self._asked.items()):
+            if until < now:
+                del self._asked[(target, n)]
+            elif n == net:
+                chosen.append(target)
+        chosen += [s for s in self.watch_extra if s in peers]
+        return list(dict.fromkeys(chosen))  # dedup, keep order
+
+    def _ping(self, net: str, target: str, now: float) -> Send:
+        pid = self._next_id
+        self._next_id += 1
+        self._pending[pid] = _Pending(target, net, now, now + self.t.probe_timeout_s)
+        return Send(net, target, {"t": "ping", "id": pid})
+
+    def _close_rounds(self, now: float, out: list[Send]) -> None:
+        for pid, p in list(self._pending.items()):
+            if now < p.deadline:
+                continue
+            if not p.indirect_sent and self.t.indirect_probes > 0:
+                helpers = self._helpers(p.network, p.target)
+                for h in helpers:
+                    out.append(Send(p.network, h, {"t": "req", "id": pid, "target": p.target}))
+                p.indirect_sent = True
+                p.deadline = p.started + self.t.probe_interval_s
+                if helpers:
+                    continue
+            del self._pending[pid]
+            self._missed(p.target, p.network, p.started)
+
+    def _helpers(self, net: str, target: str) -> list[str]:
+        peers = [h for h in self.peers[net] if h != target]
+        voters = [h for h in peers if h in self.voters]
+        others = [h for h in peers if h not in self.voters]
+        self.rng.shuffle(voters)
+        self.rng.shuffle(others)
+        return (voters + others)[: self.t.indirect_probes]
+
+    def _missed(self, target: str, net: str, at: float) -> None:
+        pv = self.peer(target, net)
+        self.stats.misses += 1
+        if pv.misses == 0:
+            pv.first_miss = at
+        pv.misses += 1
+        if pv.reachable and pv.misses >= self.t.misses_before_suspect:
+            pv.reachable, pv.since = False, pv.first_miss
+
+    def _acked(self, target: str, net: str, now: float) -> None:
+        pv = self.peer(target, net)
+        pv.last_ack = now
+        pv.misses = 0
+        if not pv.reachable:
+            pv.reachable, pv.since = True, now

@@ -1,0 +1,190 @@
+"""Log entries: the only way the segment's replicated state changes.
+
+An entry is a plain dict (it travels through msgpack and pysyncobj and lands in the
+ledger as a row). Every entry carries `v` (schema version), `kind`, `ts` (the proposer's
+clock, so `apply` never reads one) and `by` (the proposing host). Builders below are the
+only place entries are made; `check` validates one coming from outside.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+SCHEMA_VERSION = 1
+
+Entry = dict[str, Any]
+
+# kind -> required fields (besides v, kind, ts, by)
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "observation": ("host", "network", "reachable", "since"),
+    "verdict": ("host", "verdict", "networks", "reason", "evidence"),
+    "maintenance": ("host", "on", "reason"),
+    "intent": ("intent", "action", "host", "reason"),
+    "result": ("intent", "outcome", "detail"),
+    "fenced": ("host", "method", "reason", "evidence"),
+    "vm_failure": ("host", "vm", "event", "detail"),
+    "process_failure": ("host", "process", "outcome", "detail"),
+    "brake": ("on", "hosts", "reason"),
+    "reserve": ("host", "role", "reason"),
+    "isolation": ("host", "on", "reason"),
+}
+
+ACTIONS = (
+    "fence",
+    "disable_compute",
+    "inventory",
+    "evacuate",
+    "live_migrate",
+    "restart_vm",
+    "hard_reboot",
+    "migrate_vm",
+    "enable_compute",
+    "alert",
+)
+
+OUTCOMES = ("ok", "failed", "abandoned")
+
+
+def _base(kind: str, ts: float, by: str) -> Entry:
+    return {"v": SCHEMA_VERSION, "kind": kind, "ts": float(ts), "by": by}
+
+
+def observation(
+    *, ts: float, by: str, host: str, network: str, reachable: bool, since: float
+) -> Entry:
+    """`by` lost (or regained) `host` on `network` since `since`."""
+    e = _base("observation", ts, by)
+    e.update(host=host, network=network, reachable=bool(reachable), since=float(since))
+    return e
+
+
+def verdict(
+    *,
+    ts: float,
+    by: str,
+    host: str,
+    verdict: str,
+    networks: list[str],
+    reason: str,
+    evidence: list[list[Any]],
+) -> Entry:
+    e = _base("verdict", ts, by)
+    e.update(host=host, verdict=verdict, networks=list(networks), reason=reason, evidence=evidence)
+    return e
+
+
+def maintenance(*, ts: float, by: str, host: str, on: bool, reason: str, operator: str = "") -> Entry:
+    e = _base("maintenance", ts, by)
+    e.update(host=host, on=bool(on), reason=reason, operator=operator)
+    return e
+
+
+def intent(
+    *,
+    ts: float,
+    by: str,
+    intent_id: str,
+    action: str,
+    host: str,
+    reason: str,
+    vm: str | None = None,
+    target: str | None = None,
+    order: int = 0,
+    params: dict[str, Any] | None = None,
+) -> Entry:
+    assert action in ACTIONS, action
+    e = _base("intent", ts, by)
+    e.update(
+        intent=intent_id,
+        action=action,
+        host=host,
+        vm=vm,
+        target=target,
+        order=order,
+        reason=reason,
+        params=params or {},
+    )
+    return e
+
+
+def result(
+    *,
+    ts: float,
+    by: str,
+    intent_id: str,
+    outcome: str,
+    detail: str,
+    error_kind: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> Entry:
+    assert outcome in OUTCOMES, outcome
+    e = _base("result", ts, by)
+    e.update(intent=intent_id, outcome=outcome, detail=detail, error_kind=error_kind, data=data or {})
+    return e
+
+
+def fenced(*, ts: float, by: str, host: str, method: str, reason: str, evidence: Any) -> Entry:
+    e = _base("fenced", ts, by)
+    e.update(host=host, method=method, reason=reason, evidence=evidence)
+    return e
+
+
+def vm_failure(*, ts: float, by: str, host: str, vm: str, event: str, detail: str) -> Entry:
+    e = _base("vm_failure", ts, by)
+    e.update(host=host, vm=vm, event=event, detail=detail)
+    return e
+
+
+def process_failure(
+    *, ts: float, by: str, host: str, process: str, outcome: str, detail: str
+) -> Entry:
+    e = _base("process_failure", ts, by)
+    e.update(host=host, process=process, outcome=outcome, detail=detail)
+    return e
+
+
+def brake(*, ts: float, by: str, on: bool, hosts: list[str], reason: str) -> Entry:
+    e = _base("brake", ts, by)
+    e.update(on=bool(on), hosts=sorted(hosts), reason=reason)
+    return e
+
+
+def reserve(*, ts: float, by: str, host: str, role: str, reason: str) -> Entry:
+    e = _base("reserve", ts, by)
+    e.update(host=host, role=role, reason=reason)
+    return e
+
+
+def isolation(*, ts: float, by: str, host: str, on: bool, reason: str) -> Entry:
+    e = _base("isolation", ts, by)
+    e.update(host=host, on=bool(on), reason=reason)
+    return e
+
+
+def check(entry: Any) -> list[str]:
+    """Problems with an entry from outside (control socket, old journal). Empty = fine."""
+    if not isinstance(entry, dict):
+        return [f"entry is a {type(entry).__name__}, not a map"]
+    problems = []
+    for key, typ in (("v", int), ("kind", str), ("ts", float), ("by", str)):
+        if not isinstance(entry.get(key), typ):
+            problems.append(f"{key}: missing or not a {typ.__name__}")
+    kind = entry.get("kind")
+    if isinstance(kind, str):
+        if kind not in REQUIRED:
+            problems.append(f"kind: unknown {kind!r}")
+        else:
+            problems += [f"{f}: missing for {kind}" for f in REQUIRED[kind] if f not in entry]
+    if entry.get("v", SCHEMA_VERSION) > SCHEMA_VERSION:
+        problems.append(f"v: schema {entry.get('v')} is newer than this agent's {SCHEMA_VERSION}")
+    return problems
+
+
+def pack(entry: Entry) -> bytes:
+    return msgpack.packb(entry, use_bin_type=True)
+
+
+def unpack(data: bytes) -> Entry:
+    return msgpack.unpackb(data, raw=False, strict_map_key=True)

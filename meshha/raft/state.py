@@ -1,0 +1,288 @@
+"""The replicated segment state machine.
+
+`SegmentState.apply(entry)` is the only mutator and is deterministic: it reads nothing
+but the entry and the state (no clock, no IO), so every replica that applies the same log
+holds the same state, and replaying a journal rebuilds it. `apply(state, entry)` is the
+functional form used by tests.
+
+Invariants are checked here a second time (the leader checks them when planning): an
+evacuation whose source host was never fenced in this failure episode is a bug and
+raises InvariantViolation; an intent that merely lost a race (the host went into
+maintenance, or came back and was un-fenced, between planning and commit) is recorded as
+abandoned, which is safe.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshha.config.model import Segment
+from meshha.errors import InvariantViolation
+from meshha.raft.entries import Entry
+
+# Actions that touch a host (or its VMs) and so are refused while it is in maintenance.
+HOST_ACTIONS = frozenset(
+    {
+        "fence",
+        "disable_compute",
+        "inventory",
+        "evacuate",
+        "live_migrate",
+        "restart_vm",
+        "hard_reboot",
+        "migrate_vm",
+        "alert",
+    }
+)
+# Bounds: finished intents kept in memory (the ledger keeps all), VM failure times per VM.
+MAX_FINISHED_INTENTS = 5000
+MAX_VM_FAILURES = 20
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The condition of a host, with why: kind, the networks it concerns, a readable
+    reason and the evidence (observer, network, since) it rests on."""
+
+    kind: str  # healthy | suspect | degraded | failed | maintenance
+    networks: tuple[str, ...] = ()
+    reason: str = ""
+    evidence: tuple[tuple[str, str, float], ...] = ()
+
+    def same_as(self, other: Verdict | None) -> bool:
+        return other is not None and (self.kind, self.networks) == (other.kind, other.networks)
+
+
+HEALTHY = Verdict("healthy", (), "no peer has lost it")
+
+
+@dataclass
+class Intent:
+    id: str
+    action: str
+    host: str
+    vm: str | None
+    target: str | None
+    order: int
+    reason: str
+    params: dict[str, Any]
+    created_ts: float
+    created_index: int
+    episode: int
+    status: str = "pending"  # pending | ok | failed | abandoned
+    detail: str = ""
+    error_kind: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    done_ts: float | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status != "pending"
+
+
+class SegmentState:
+    def __init__(self, segment: Segment) -> None:
+        self.segment_name = segment.name
+        self.hosts: tuple[str, ...] = segment.host_names
+        self.voters: tuple[str, ...] = segment.voters
+        self.index = 0
+        self.last_ts = 0.0
+        self.lost: dict[tuple[str, str, str], float] = {}  # (observer, target, net) -> since
+        self.verdicts: dict[str, Verdict] = {h: HEALTHY for h in self.hosts}
+        self.verdict_since: dict[str, float] = {h: 0.0 for h in self.hosts}
+        self.episode: dict[str, int] = {h: 0 for h in self.hosts}
+        self.maintenance: dict[str, dict[str, Any]] = {}
+        self.roles: dict[str, str] = {h.name: h.role for h in segment.hosts}
+        self.fenced: dict[str, dict[str, Any]] = {}
+        self.ever_fenced: set[tuple[str, int]] = set()  # (host, episode)
+        self.intents: dict[str, Intent] = {}
+        self.finished: deque[str] = deque()
+        self.inventory: dict[str, dict[str, Any]] = {}  # host -> {episode, servers, targets}
+        self.vm_failures: dict[str, list[float]] = {}
+        self.vm_last_failure: dict[str, dict[str, Any]] = {}
+        self.brake_count = 0
+        self.process_failures: dict[tuple[str, str], dict[str, Any]] = {}
+        self.brake: dict[str, Any] = {"on": False, "hosts": [], "reason": "", "since": 0.0}
+        self.isolated: dict[str, bool] = {}
+        self.kinds_seen: dict[str, int] = {}
+
+    # -- reading ---------------------------------------------------------------------
+
+    def copy(self) -> SegmentState:
+        return copy.deepcopy(self)
+
+    def lost_by(self, target: str, network: str) -> dict[str, float]:
+        """observer -> since, for observers that have lost `target` on `network`."""
+        return {o: s for (o, t, n), s in self.lost.items() if t == target and n == network}
+
+    def in_maintenance(self, host: str) -> bool:
+        return host in self.maintenance
+
+    def intents_for(self, host: str, episode: int | None = None) -> list[Intent]:
+        ep = self.episode[host] if episode is None else episode
+        return [i for i in self.intents.values() if i.host == host and i.episode == ep]
+
+    def is_fenced(self, host: str) -> bool:
+        f = self.fenced.get(host)
+        return f is not None and f["episode"] == self.episode[host]
+
+    # -- the one mutator ---------------------------------------------------------------
+
+    def apply(self, entry: Entry, index: int | None = None) -> None:
+        self.index = self.index + 1 if index is None else index
+        self.last_ts = max(self.last_ts, entry["ts"])
+        kind = entry["kind"]
+        self.kinds_seen[kind] = self.kinds_seen.get(kind, 0) + 1
+        handler = getattr(self, f"_apply_{kind}", None)
+        if handler is not None:  # an unknown kind from a newer schema is kept in the ledger only
+            handler(entry)
+
+    def _apply_observation(self, e: Entry) -> None:
+        key = (e["by"], e["host"], e["network"])
+        if e["reachable"]:
+            self.lost.pop(key, None)
+        elif key not in self.lost:
+            self.lost[key] = e["since"]
+
+    def _apply_verdict(self, e: Entry) -> None:
+        host = e["host"]
+        new = Verdict(
+            e["verdict"],
+            tuple(e["networks"]),
+            e["reason"],
+            tuple((o, n, float(s)) for o, n, s in e["evidence"]),
+        )
+        old = self.verdicts[host]
+        if new.kind in ("failed", "degraded") and old.kind not in ("failed", "degraded"):
+            self.episode[host] += 1
+        if new.kind == "failed":
+            # What a dead host said it saw is stale; it reports again when it is back.
+            for key in [k for k in self.lost if k[0] == host]:
+                del self.lost[key]
+        self.verdicts[host] = new
+        self.verdict_since[host] = e["ts"]
+
+    def _apply_maintenance(self, e: Entry) -> None:
+        host = e["host"]
+        if e["on"]:
+            self.maintenance[host] = {"reason": e["reason"], "since": e["ts"], "operator": e.get("operator", "")}
+            for i in self.intents.values():
+                if not i.done and i.action in HOST_ACTIONS and host in (i.host, i.target):
+                    self._finish(i, "abandoned", "host entered maintenance", e["ts"])
+        else:
+            self.maintenance.pop(host, None)
+
+    def _apply_intent(self, e: Entry) -> None:
+        iid = e["intent"]
+        if iid in self.intents:  # a re-proposal by a new leader: idempotent
+            return
+        host = e["host"]
+        i = Intent(
+            id=iid,
+            action=e["action"],
+            host=host,
+            vm=e.get("vm"),
+            target=e.get("target"),
+            order=e.get("order", 0),
+            reason=e["reason"],
+            params=dict(e.get("params") or {}),
+            created_ts=e["ts"],
+            created_index=self.index,
+            episode=self.episode.get(host, 0),
+        )
+        self.intents[iid] = i
+        if i.action in HOST_ACTIONS and self.in_maintenance(host):
+            self._finish(i, "abandoned", "host in maintenance when the intent committed", e["ts"])
+        elif i.target is not None and self.in_maintenance(i.target):
+            self._finish(i, "abandoned", "target in maintenance when the intent committed", e["ts"])
+        elif i.action == "evacuate" and not self.is_fenced(host):
+            if (host, i.episode) not in self.ever_fenced:
+                raise InvariantViolation(
+                    f"evacuate {i.vm} from {host}: {host} was never fenced in episode {i.episode}"
+                )
+            self._finish(i, "abandoned", "source host is no longer fenced", e["ts"])
+
+    def _apply_result(self, e: Entry) -> None:
+        i = self.intents.get(e["intent"])
+        if i is None:
+            return
+        # What happened happened: a late result overrides an abandonment.
+        self._finish(i, e["outcome"], e["detail"], e["ts"], e.get("error_kind"), e.get("data"))
+        if e["outcome"] != "ok":
+            return
+        if i.action == "fence":
+            self._set_fenced(i.host, "bmc", e["detail"], e["ts"])
+        elif i.action == "inventory":
+            data = dict(e.get("data") or {})
+            data["episode"] = i.episode
+            self.inventory[i.host] = data
+        elif i.action == "enable_compute":
+            self.fenced.pop(i.host, None)
+
+    def _apply_fenced(self, e: Entry) -> None:
+        self._set_fenced(e["host"], e["method"], e["reason"], e["ts"])
+
+    def _set_fenced(self, host: str, method: str, detail: str, ts: float) -> None:
+        ep = self.episode[host]
+        self.fenced[host] = {"method": method, "detail": detail, "ts": ts, "episode": ep}
+        self.ever_fenced.add((host, ep))
+
+    def _apply_vm_failure(self, e: Entry) -> None:
+        times = self.vm_failures.setdefault(e["vm"], [])
+        times.append(e["ts"])
+        del times[:-MAX_VM_FAILURES]
+        self.vm_last_failure[e["vm"]] = {
+            "host": e["host"],
+            "event": e["event"],
+            "detail": e["detail"],
+            "ha": e.get("ha", True),
+            "on_vm_failure": e.get("on_vm_failure"),
+            "ts": e["ts"],
+        }
+
+    def _apply_process_failure(self, e: Entry) -> None:
+        self.process_failures[(e["host"], e["process"])] = {
+            "outcome": e["outcome"],
+            "detail": e["detail"],
+            "ts": e["ts"],
+        }
+
+    def _apply_brake(self, e: Entry) -> None:
+        if e["on"] and not self.brake["on"]:
+            self.brake_count += 1
+        self.brake = {"on": e["on"], "hosts": list(e["hosts"]), "reason": e["reason"], "since": e["ts"]}
+
+    def _apply_reserve(self, e: Entry) -> None:
+        self.roles[e["host"]] = e["role"]
+
+    def _apply_isolation(self, e: Entry) -> None:
+        self.isolated[e["host"]] = e["on"]
+
+    def _finish(
+        self,
+        i: Intent,
+        status: str,
+        detail: str,
+        ts: float,
+        error_kind: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        was_done = i.done
+        i.status, i.detail, i.done_ts, i.error_kind = status, detail, ts, error_kind
+        i.data = dict(data or {})
+        if not was_done:
+            self.finished.append(i.id)
+            while len(self.finished) > MAX_FINISHED_INTENTS:
+                old = self.finished.popleft()
+                if old in self.intents and self.intents[old].done:
+                    del self.intents[old]
+
+
+def apply(state: SegmentState, entry: Entry, index: int | None = None) -> SegmentState:
+    """Functional form: a new state with `entry` applied; `state` is untouched."""
+    new = state.copy()
+    new.apply(entry, index)
+    return new

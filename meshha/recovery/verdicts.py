@@ -1,0 +1,97 @@
+"""Verdicts: the condition of every host, computed from committed observations.
+
+Pure: every replica computes the same verdicts from the same state and `now`. Only the
+leader of a Raft majority commits them (so a minority never produces a verdict), and
+recovery acts on committed verdicts only.
+
+The rule, per host H, with observers = the segment's voters other than H and
+need = a majority of the observers:
+- maintenance: the operator said so; nothing else is looked at.
+- failed: on EVERY network H has an address on, at least `need` observers have held H
+  lost for `fail_after_s` or longer.
+- degraded(N, …): the same holds for some networks only (those are N, …).
+- suspect: someone has lost H somewhere, not (yet) enough for the above.
+- healthy: nobody has lost it.
+A host whose nova-compute/libvirtd could not be restarted is failed too when the segment's
+`recovery.process_restart_failure` is `fence_evacuate`.
+Observers that are themselves failed or isolated do not count: what they say is stale.
+"""
+
+from __future__ import annotations
+
+from meshha.config.model import Segment, majority
+from meshha.raft.state import SegmentState, Verdict
+
+
+def observers_of(segment: Segment, state: SegmentState, host: str) -> tuple[str, ...]:
+    return tuple(
+        v
+        for v in segment.voters
+        if v != host and state.verdicts[v].kind != "failed" and not state.isolated.get(v, False)
+    )
+
+
+def host_verdict(segment: Segment, state: SegmentState, host: str, now: float) -> Verdict:
+    if state.in_maintenance(host):
+        m = state.maintenance[host]
+        return Verdict("maintenance", (), f"operator maintenance: {m['reason']}")
+    if segment.recovery.process_restart_failure == "fence_evacuate":
+        for (h, proc), rec in sorted(state.process_failures.items()):
+            if h == host and rec["outcome"] == "restart_failed":
+                return Verdict(
+                    "failed",
+                    (f"process:{proc}",),
+                    f"{proc} could not be restarted ({rec['detail']}); "
+                    "policy process_restart_failure=fence_evacuate",
+                )
+    voters_but_host = [v for v in segment.voters if v != host]
+    need = majority(len(voters_but_host))
+    counted = set(observers_of(segment, state, host))
+    fail_after = segment.timings.fail_after_s
+    nets = segment.host(host).networks
+    confirmed: dict[str, list[tuple[str, float]]] = {}
+    any_lost = False
+    for net in nets:
+        lost = state.lost_by(host, net)
+        any_lost = any_lost or bool(lost)
+        confirmed[net] = sorted(
+            (o, s) for o, s in lost.items() if o in counted and s + fail_after <= now
+        )
+    down = tuple(n for n in nets if len(confirmed[n]) >= need)
+    evidence = tuple((o, n, s) for n in down for o, s in confirmed[n])
+    if down and len(down) == len(nets):
+        who = sorted({o for o, _, _ in evidence})
+        return Verdict(
+            "failed",
+            down,
+            f"lost on every network ({', '.join(nets)}) by {len(who)} of "
+            f"{len(voters_but_host)} voters ({', '.join(who)}), need {need}",
+            evidence,
+        )
+    if down:
+        return Verdict(
+            "degraded",
+            down,
+            f"lost on {', '.join(down)} by at least {need} of {len(voters_but_host)} voters, "
+            f"reachable on {', '.join(n for n in nets if n not in down)}",
+            evidence,
+        )
+    if any_lost:
+        partial = tuple(
+            (o, n, s)
+            for n in nets
+            for o, s in sorted(state.lost_by(host, n).items())
+        )
+        return Verdict("suspect", (), "lost by some peers, not yet by a majority", partial)
+    return Verdict("healthy", (), "no peer has lost it")
+
+
+def compute(segment: Segment, state: SegmentState, now: float) -> dict[str, Verdict]:
+    return {h: host_verdict(segment, state, h, now) for h in segment.host_names}
+
+
+def last_heard(state: SegmentState, host: str) -> float | None:
+    """The latest time any observer still had `host`: the newest `since` of its losses.
+    A host isolated from the majority started its own self-fence clock no later."""
+    sinces = [s for (_, t, _), s in state.lost.items() if t == host]
+    return max(sinces) if sinces else None
