@@ -1,0 +1,252 @@
+"""The authenticated datagram codec for UDP probes.
+
+A datagram is::
+
+    MAGIC (4 bytes: b"MHP" + version) | HMAC-SHA256 (32 bytes) | payload (msgpack)
+
+with the MAC computed over MAGIC + payload under the segment's probe key, and the payload
+the msgpack array ``[sender, seq, ts, msg]``. A decoder accepts a datagram only if:
+
+1. its size is within ``[MIN_DATAGRAM_B, max_datagram_b]`` (``too_short`` / ``oversize``),
+2. the magic and version match and the MAC verifies (``malformed`` / ``bad_mac``), checked
+   with `hmac.compare_digest` before anything else of the payload is parsed,
+3. the payload parses to the expected shape (``malformed``),
+4. the sender is one it knows, from the address it knows (``unknown_sender`` /
+   ``bad_source``),
+5. the sender's timestamp is within ``max_age_s`` of the receiver's ``now``, either way
+   (``stale``): this bounds replay across a receiver restart, when the window is empty,
+6. the sequence number is new: above the highest seen, or inside the sliding window of
+   the last ``window`` numbers and not yet seen (``replay``), as in IPsec/WireGuard. The
+   window is updated only after every other check passed, so forgeries never move it.
+
+`Decoder.decode` never raises, whatever the bytes: it returns `Message` or `Drop`, and
+counts drops by reason (for metrics).
+
+Sequence numbers must stay increasing across sender restarts, or peers drop the restarted
+sender's datagrams as replays until its counter climbs past the old one. `SeqCounter`
+starts at the sender's clock in microseconds, so a restart keeps counting upwards as long
+as the clock does not step back and the sender sends under a million datagrams a second.
+
+The key is shared by the segment, so it authenticates "a member of this segment", not a
+particular host: a member holding the key can claim another member's name. The optional
+source-address check narrows that to spoofing on the same network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from meshha.errors import MeshhaError
+
+VERSION = 1
+MAGIC = b"MHP" + bytes([VERSION])
+MAC_B = 32
+MIN_DATAGRAM_B = len(MAGIC) + MAC_B + 1
+# Below the IPv6 minimum MTU (1280) minus headers, so a probe is never fragmented.
+MAX_DATAGRAM_B = 1200
+MAX_SENDER_LEN = 253  # a DNS name
+SEQ_LIMIT = 2**64
+DEFAULT_WINDOW = 256
+DEFAULT_MAX_AGE_S = 10.0
+MIN_KEY_B = 16
+
+DROP_REASONS = (
+    "too_short",
+    "oversize",
+    "malformed",
+    "bad_mac",
+    "unknown_sender",
+    "bad_source",
+    "stale",
+    "replay",
+)
+
+# What msgpack may raise on bytes it cannot parse: ExtraData, FormatError, StackError and
+# UnicodeDecodeError are ValueErrors; unhashable keys give TypeError.
+_UNPACK_ERRORS = (ValueError, TypeError, msgpack.UnpackException)
+
+
+class WireError(MeshhaError):
+    """kind: oversize | bad_key (raised by `encode` and `Decoder`, never by `decode`)."""
+
+    kind = "wire"
+
+
+@dataclass(frozen=True)
+class Message:
+    sender: str
+    seq: int
+    ts: float
+    msg: dict[str, Any]
+    src_addr: Any
+
+
+@dataclass(frozen=True)
+class Drop:
+    reason: str
+    sender: str | None = None
+    detail: str = ""
+
+
+def _check_key(key: bytes) -> None:
+    if not isinstance(key, bytes) or len(key) < MIN_KEY_B:
+        raise WireError(f"probe key must be at least {MIN_KEY_B} bytes", kind="bad_key")
+
+
+def _mac(key: bytes, payload: bytes) -> bytes:
+    return hmac.new(key, MAGIC + payload, hashlib.sha256).digest()
+
+
+def encode(
+    msg: dict[str, Any],
+    *,
+    key: bytes,
+    sender: str,
+    seq: int,
+    now: float,
+    max_datagram_b: int = MAX_DATAGRAM_B,
+) -> bytes:
+    """One datagram carrying `msg` from `sender`. Raises WireError(oversize) if too big."""
+    _check_key(key)
+    assert isinstance(msg, dict), type(msg)
+    assert 0 < len(sender) <= MAX_SENDER_LEN, sender
+    assert 0 <= seq < SEQ_LIMIT, seq
+    payload = msgpack.packb([sender, seq, float(now), msg], use_bin_type=True)
+    data = MAGIC + _mac(key, payload) + payload
+    if len(data) > max_datagram_b:
+        raise WireError(f"datagram of {len(data)} B exceeds {max_datagram_b} B", kind="oversize")
+    return data
+
+
+class SeqCounter:
+    """Per-sender sequence numbers that keep increasing across restarts (see module doc)."""
+
+    def __init__(self, now: float) -> None:
+        self._next = int(now * 1_000_000)
+
+    def next(self) -> int:
+        seq = self._next
+        self._next += 1
+        return seq
+
+
+@dataclass
+class _Window:
+    """Sliding replay window: `top` is the highest seq accepted, bit i of `seen` is top-i."""
+
+    top: int
+    seen: int = 1
+
+    def check(self, seq: int, size: int) -> bool:
+        if seq > self.top:
+            return True
+        behind = self.top - seq
+        return behind < size and not (self.seen >> behind) & 1
+
+    def mark(self, seq: int, size: int) -> None:
+        if seq > self.top:
+            shift = seq - self.top
+            self.seen = ((self.seen << shift) | 1) & ((1 << size) - 1) if shift < size else 1
+            self.top = seq
+        else:
+            self.seen |= 1 << (self.top - seq)
+
+
+@dataclass
+class Decoder:
+    """Checks datagrams from the segment; keeps one replay window per sender.
+
+    `senders`: name -> expected source IP (None: any source), or None to accept any sender
+    name (then at most `max_senders` windows are kept; more senders are dropped as
+    unknown). `src_addr` given to `decode` is what `recvfrom` returned, `(ip, port)`.
+    """
+
+    key: bytes
+    max_age_s: float = DEFAULT_MAX_AGE_S
+    senders: Mapping[str, str | None] | None = None
+    window: int = DEFAULT_WINDOW
+    max_datagram_b: int = MAX_DATAGRAM_B
+    max_senders: int = 4096
+    drops: Counter[str] = field(default_factory=Counter)
+    accepted: int = 0
+    _windows: dict[str, _Window] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        _check_key(self.key)
+        assert self.max_age_s > 0 and self.window >= 1 and self.max_datagram_b >= MIN_DATAGRAM_B
+
+    def decode(self, data: bytes, src_addr: Any, now: float) -> Message | Drop:
+        """A `Message`, or the `Drop` saying why not. Never raises."""
+        result = self._decode(data, src_addr, now)
+        if isinstance(result, Drop):
+            self.drops[result.reason] += 1
+        else:
+            self.accepted += 1
+        return result
+
+    def _decode(self, data: bytes, src_addr: Any, now: float) -> Message | Drop:
+        if not isinstance(data, bytes | bytearray | memoryview):
+            return Drop("malformed", detail="not bytes")
+        data = bytes(data)
+        if len(data) > self.max_datagram_b:
+            return Drop("oversize", detail=f"{len(data)} B")
+        if len(data) < MIN_DATAGRAM_B:
+            return Drop("too_short", detail=f"{len(data)} B")
+        if data[: len(MAGIC)] != MAGIC:
+            return Drop("malformed", detail="magic or version")
+        mac, payload = data[len(MAGIC) : len(MAGIC) + MAC_B], data[len(MAGIC) + MAC_B :]
+        if not hmac.compare_digest(mac, _mac(self.key, payload)):
+            return Drop("bad_mac")
+        parsed = _parse(payload)
+        if isinstance(parsed, Drop):
+            return parsed
+        sender, seq, ts, msg = parsed
+        if self.senders is not None:
+            if sender not in self.senders:
+                return Drop("unknown_sender", sender)
+            expected = self.senders[sender]
+            if expected is not None and _source_ip(src_addr) != expected:
+                return Drop("bad_source", sender, f"from {src_addr!r}, expected {expected}")
+        if abs(now - ts) > self.max_age_s:
+            return Drop("stale", sender, f"sent at {ts:.3f}, now {now:.3f}")
+        win = self._windows.get(sender)
+        if win is None:
+            if len(self._windows) >= self.max_senders:
+                return Drop("unknown_sender", sender, "too many senders")
+            win = self._windows[sender] = _Window(top=seq)
+        elif not win.check(seq, self.window):
+            return Drop("replay", sender, f"seq {seq}, top {win.top}")
+        else:
+            win.mark(seq, self.window)
+        return Message(sender=sender, seq=seq, ts=ts, msg=msg, src_addr=src_addr)
+
+
+def _source_ip(src_addr: Any) -> Any:
+    return src_addr[0] if isinstance(src_addr, tuple) and src_addr else src_addr
+
+
+def _parse(payload: bytes) -> tuple[str, int, float, dict[str, Any]] | Drop:
+    try:
+        obj = msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
+    except _UNPACK_ERRORS as e:
+        return Drop("malformed", detail=f"msgpack: {type(e).__name__}")
+    if not (isinstance(obj, list) and len(obj) == 4):
+        return Drop("malformed", detail="not [sender, seq, ts, msg]")
+    sender, seq, ts, msg = obj
+    if not (isinstance(sender, str) and 0 < len(sender) <= MAX_SENDER_LEN):
+        return Drop("malformed", detail="sender")
+    if not (type(seq) is int and 0 <= seq < SEQ_LIMIT):
+        return Drop("malformed", sender, "seq")
+    if not (isinstance(ts, float) and math.isfinite(ts)):
+        return Drop("malformed", sender, "ts")
+    if not isinstance(msg, dict):
+        return Drop("malformed", sender, "msg")
+    return sender, seq, ts, msg
