@@ -88,7 +88,9 @@ class NodeStats:
 
 
 class Node:
-    def __init__(self, segment: Segment, me: str, ports: NodePorts, *, seed: int = 0, fanout: int = 1) -> None:
+    def __init__(
+        self, segment: Segment, me: str, ports: NodePorts, *, seed: int = 0, fanout: int = 1
+    ) -> None:
         self.segment = segment
         self.me = me
         self.p = ports
@@ -136,7 +138,9 @@ class Node:
             self._send.send_nowait((entry, key))
         except trio.WouldBlock:
             self._in_flight.discard(key)
-            self.stats.extra["proposal_queue_full"] = self.stats.extra.get("proposal_queue_full", 0) + 1
+            self.stats.extra["proposal_queue_full"] = (
+                self.stats.extra.get("proposal_queue_full", 0) + 1
+            )
 
     # -- loops -------------------------------------------------------------------------
 
@@ -182,21 +186,32 @@ class Node:
         for (target, net), since in local.items():
             if (target, net) not in committed:
                 self.propose(
-                    E.observation(ts=now, by=self.me, host=target, network=net, reachable=False, since=since),
+                    E.observation(
+                        ts=now, by=self.me, host=target, network=net, reachable=False, since=since
+                    ),
                     ("obs", target, net, False),
                 )
-        for (target, net) in committed:
+        for target, net in committed:
             if (target, net) not in local:
                 pv = self.prober.peer(target, net)
                 self.propose(
-                    E.observation(ts=now, by=self.me, host=target, network=net, reachable=True,
-                                  since=pv.since or now),
+                    E.observation(
+                        ts=now,
+                        by=self.me,
+                        host=target,
+                        network=net,
+                        reachable=True,
+                        since=pv.since or now,
+                    ),
                     ("obs", target, net, True),
                 )
 
     async def _lead_loop(self, nursery: trio.Nursery) -> None:
         while True:
-            await trio.sleep(self.segment.timings.probe_interval_s)
+            # Step as soon as something commits (each recovery step waits on the last
+            # one's result), and at least every probe interval (verdicts ripen with time).
+            with trio.move_on_after(self.segment.timings.probe_interval_s):
+                await self._applied.wait()
             log_ = self.p.log
             if not (log_.is_leader and log_.has_quorum):
                 self._stop_running("lost leadership")
@@ -236,7 +251,9 @@ class Node:
                 result = await self.executor.execute(intent, self.state, self.p.now)
                 self.stats.executed += 1
                 if self.p.log.is_leader:
-                    await self.p.log.propose(result, timeout_s=max(2.0, 2 * self.segment.timings.election_timeout_s))
+                    await self.p.log.propose(
+                        result, timeout_s=max(2.0, 2 * self.segment.timings.election_timeout_s)
+                    )
         except MeshhaError as err:  # the result could not be committed: the intent stays pending
             self.stats.last_error = str(err)
         finally:
@@ -263,8 +280,15 @@ class Node:
                 self._last_contact = now_m
                 if self.isolated:
                     self.isolated = False
-                    self.propose(E.isolation(ts=self.p.now(), by=self.me, host=self.me, on=False,
-                                             reason="contact with a majority is back"))
+                    self.propose(
+                        E.isolation(
+                            ts=self.p.now(),
+                            by=self.me,
+                            host=self.me,
+                            on=False,
+                            reason="contact with a majority is back",
+                        )
+                    )
                 continue
             if not self.isolated and now_m - self._last_contact >= t.isolation_after_s:
                 self.isolated = True
@@ -279,8 +303,15 @@ class Node:
                 log.error("self_fence_failed", error=str(err))
         self.stats.self_fences += 1
         log.warning("self_fenced", host=self.me, destroyed=len(destroyed))
-        self.propose(E.isolation(ts=self.p.now(), by=self.me, host=self.me, on=True,
-                                 reason=f"lost a majority on every network: destroyed {len(destroyed)} VMs"))
+        self.propose(
+            E.isolation(
+                ts=self.p.now(),
+                by=self.me,
+                host=self.me,
+                on=True,
+                reason=f"lost a majority on every network: destroyed {len(destroyed)} VMs",
+            )
+        )
 
     async def _vm_event_loop(self) -> None:
         assert self.p.vm_events is not None
@@ -288,10 +319,20 @@ class Node:
             now = self.p.now()
             if ev.kind in ("hypervisor_down", "hypervisor_up"):
                 outcome = "down" if ev.kind == "hypervisor_down" else "restarted"
-                self.propose(E.process_failure(ts=now, by=self.me, host=self.me, process="libvirtd",
-                                               outcome=outcome, detail=ev.detail))
+                self.propose(
+                    E.process_failure(
+                        ts=now,
+                        by=self.me,
+                        host=self.me,
+                        process="libvirtd",
+                        outcome=outcome,
+                        detail=ev.detail,
+                    )
+                )
                 continue
-            entry = E.vm_failure(ts=now, by=self.me, host=self.me, vm=ev.vm or "", event=ev.kind, detail=ev.detail)
+            entry = E.vm_failure(
+                ts=now, by=self.me, host=self.me, vm=ev.vm or "", event=ev.kind, detail=ev.detail
+            )
             entry.update(await self._vm_policy(ev.vm))
             self.propose(entry)
 
@@ -306,7 +347,10 @@ class Node:
             server = await d.nova.get_server(vm)
         except MeshhaError:
             return {}
-        p = resolve(self.segment.policy, VmContext(server=server, region=self.segment.region, cell=self.segment.cell))
+        p = resolve(
+            self.segment.policy,
+            VmContext(server=server, region=self.segment.region, cell=self.segment.cell),
+        )
         return {"ha": p.ha, "on_vm_failure": p.on_vm_failure, "priority": p.priority}
 
     async def _process_loop(self) -> None:
@@ -327,8 +371,16 @@ class Node:
                         outcome, detail = "restarted", f"restarted after {attempt} attempt(s)"
                         break
                     await trio.sleep(procs.restart_backoff_s * attempt)
-                self.propose(E.process_failure(ts=self.p.now(), by=self.me, host=self.me, process=name,
-                                               outcome=outcome, detail=detail or "still not running"))
+                self.propose(
+                    E.process_failure(
+                        ts=self.p.now(),
+                        by=self.me,
+                        host=self.me,
+                        process=name,
+                        outcome=outcome,
+                        detail=detail or "still not running",
+                    )
+                )
 
     # -- reading -----------------------------------------------------------------------
 
@@ -338,8 +390,10 @@ class Node:
             "host": self.me,
             "index": st.index,
             "isolated": self.isolated,
-            "verdicts": {h: {"kind": v.kind, "networks": list(v.networks), "reason": v.reason}
-                         for h, v in st.verdicts.items()},
+            "verdicts": {
+                h: {"kind": v.kind, "networks": list(v.networks), "reason": v.reason}
+                for h, v in st.verdicts.items()
+            },
             "maintenance": dict(st.maintenance),
             "fenced": dict(st.fenced),
             "roles": dict(st.roles),

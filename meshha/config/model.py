@@ -16,9 +16,7 @@ OnLoss = Literal["fence_evacuate", "live_migrate", "alert", "ignore"]
 Role = Literal["compute", "reserved"]
 Priority = Literal["high", "medium", "low"]
 VmFailureAction = Literal["restart", "hard_reboot", "restart_elsewhere", "alert", "ignore"]
-PolicyLevel = Literal[
-    "region", "cell", "availability_zone", "aggregate", "project", "flavor", "vm"
-]
+PolicyLevel = Literal["region", "cell", "availability_zone", "aggregate", "project", "flavor", "vm"]
 
 ON_LOSS_VALUES: tuple[str, ...] = ("fence_evacuate", "live_migrate", "alert", "ignore")
 ROLES: tuple[str, ...] = ("compute", "reserved")
@@ -124,6 +122,10 @@ class Brake:
 
     max_failed_fraction: float
     window_s: float
+    # How long a failed verdict stands before its fence, so that hosts failing together
+    # (detected a few probes apart) are all seen before the first is fenced. None: the
+    # timings' suspect_after_s. Adds that much to every recovery.
+    settle_s: float | None = None
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,10 @@ class SegmentState:
         self.index = 0
         self.last_ts = 0.0
         self.lost: dict[tuple[str, str, str], float] = {}  # (observer, target, net) -> since
+        # When the picture of each host last changed, in the log's own time: losses or
+        # recoveries committed in a burst (after a leader change, or as a host comes
+        # back network by network) must settle before they mean "degraded".
+        self.changed_at: dict[str, float] = {}
         self.verdicts: dict[str, Verdict] = {h: HEALTHY for h in self.hosts}
         self.verdict_since: dict[str, float] = {h: 0.0 for h in self.hosts}
         self.episode: dict[str, int] = {h: 0 for h in self.hosts}
@@ -143,9 +147,11 @@ class SegmentState:
     def _apply_observation(self, e: Entry) -> None:
         key = (e["by"], e["host"], e["network"])
         if e["reachable"]:
-            self.lost.pop(key, None)
+            if self.lost.pop(key, None) is not None:
+                self.changed_at[e["host"]] = self.last_ts
         elif key not in self.lost:
             self.lost[key] = e["since"]
+            self.changed_at[e["host"]] = self.last_ts
 
     def _apply_verdict(self, e: Entry) -> None:
         host = e["host"]
@@ -168,7 +174,11 @@ class SegmentState:
     def _apply_maintenance(self, e: Entry) -> None:
         host = e["host"]
         if e["on"]:
-            self.maintenance[host] = {"reason": e["reason"], "since": e["ts"], "operator": e.get("operator", "")}
+            self.maintenance[host] = {
+                "reason": e["reason"],
+                "since": e["ts"],
+                "operator": e.get("operator", ""),
+            }
             for i in self.intents.values():
                 if not i.done and i.action in HOST_ACTIONS and host in (i.host, i.target):
                     self._finish(i, "abandoned", "host entered maintenance", e["ts"])
@@ -253,7 +263,12 @@ class SegmentState:
     def _apply_brake(self, e: Entry) -> None:
         if e["on"] and not self.brake["on"]:
             self.brake_count += 1
-        self.brake = {"on": e["on"], "hosts": list(e["hosts"]), "reason": e["reason"], "since": e["ts"]}
+        self.brake = {
+            "on": e["on"],
+            "hosts": list(e["hosts"]),
+            "reason": e["reason"],
+            "since": e["ts"],
+        }
 
     def _apply_reserve(self, e: Entry) -> None:
         self.roles[e["host"]] = e["role"]

@@ -71,46 +71,74 @@ def needs_fence(segment: Segment, v: Verdict) -> bool:
     )
 
 
+def failing(segment: Segment, v: Verdict) -> bool:
+    """Counts toward the brake: suspected, failed, or degraded on a fencing network."""
+    return v.kind == "suspect" or needs_fence(segment, v)
+
+
 def _brake(
     segment: Segment, state: SegmentState, computed: dict[str, Verdict], now: float, me: str
 ) -> list[Entry]:
     """More than `max_failed_fraction` of the segment failing inside `window_s` is more
     likely our network than their hosts: hold all fencing, alert, let a human decide.
-    The brake releases by itself only when those hosts are back; `meshctl brake release`
-    releases it by hand (and the hosts still failed are then fenced)."""
+
+    Suspects count, so the brake trips before the first of many hosts is fenced (their
+    losses are detected a few probes apart). Once on, it holds while more than the limit
+    are still failing; it releases itself when enough are back and none of the braked
+    hosts is still half-way (suspect), so a host coming back is not fenced (the ones
+    that stay failed are then fenced as usual), and `meshctl brake release` releases it by hand (hosts failing
+    since before the release do not count toward tripping it again)."""
     b = segment.brake
-    released_at = state.brake["since"] if not state.brake["on"] else 0.0
-    floor = max(now - b.window_s, released_at)
-    failing = sorted(
-        h
-        for h, v in computed.items()
-        if needs_fence(segment, v)
-        and not state.is_fenced(h)
-        and not state.in_maintenance(h)
-        and (not needs_fence(segment, state.verdicts[h]) or state.verdict_since[h] >= floor)
-    )
     limit = b.max_failed_fraction * len(segment.hosts)
-    if not state.brake["on"] and len(failing) > limit:
-        reason = (
-            f"{len(failing)} of {len(segment.hosts)} hosts failing within {b.window_s:g}s "
-            f"(limit {b.max_failed_fraction:.0%}): likely a network fault, fencing held"
-        )
-        return [
-            E.brake(ts=now, by=me, on=True, hosts=failing, reason=reason),
-            _alert(now, me, f"alert:brake:{state.brake_count + 1}:a1", None, "critical",
-                   "mass-failure brake engaged", reason),
-        ]
+    now_failing = sorted(
+        h for h, v in computed.items() if failing(segment, v) and not state.in_maintenance(h)
+    )
     if state.brake["on"]:
-        still = [h for h in state.brake["hosts"] if computed[h].kind in ("failed", "degraded", "suspect")]
-        if not still:
-            return [E.brake(ts=now, by=me, on=False, hosts=[], reason="all braked hosts are back")]
-    return []
+        still = [h for h in now_failing if not state.is_fenced(h)]
+        moving = [h for h in state.brake["hosts"] if computed[h].kind == "suspect"]
+        if len(still) <= limit and not moving:
+            return [
+                E.brake(
+                    ts=now,
+                    by=me,
+                    on=False,
+                    hosts=[],
+                    reason=f"{len(still)} hosts failing now, within the limit of {limit:g}",
+                )
+            ]
+        return []
+    floor = max(now - b.window_s, state.brake["since"])
+    recent = [
+        h
+        for h in now_failing
+        if not failing(segment, state.verdicts[h]) or state.verdict_since[h] >= floor
+    ]
+    if len(recent) <= limit:
+        return []
+    reason = (
+        f"{len(recent)} of {len(segment.hosts)} hosts failing within {b.window_s:g}s "
+        f"(limit {b.max_failed_fraction:.0%}): likely a network fault, fencing held"
+    )
+    return [
+        E.brake(ts=now, by=me, on=True, hosts=recent, reason=reason),
+        _alert(
+            now,
+            me,
+            f"alert:brake:{state.brake_count + 1}:a1",
+            None,
+            "critical",
+            "mass-failure brake engaged",
+            reason,
+        ),
+    ]
 
 
 # -- host failures ---------------------------------------------------------------------
 
 
-def _host_recovery(segment: Segment, state: SegmentState, host: str, now: float, me: str) -> list[Entry]:
+def _host_recovery(
+    segment: Segment, state: SegmentState, host: str, now: float, me: str
+) -> list[Entry]:
     v = state.verdicts[host]
     ep = state.episode[host]
     if needs_fence(segment, v):
@@ -119,18 +147,41 @@ def _host_recovery(segment: Segment, state: SegmentState, host: str, now: float,
         return _degraded(segment, state, host, v, ep, now, me)
     if v.kind == "healthy" and state.fenced.get(host) is not None:
         # It is back (powered on by someone, agent rejoined): re-enable nova-compute.
-        return _step(segment, state, f"enable:{host}:e{state.fenced[host]['episode']}", now, me,
-                     "enable_compute", host, reason="host is back and healthy after a fence")
+        return _step(
+            segment,
+            state,
+            f"enable:{host}:e{state.fenced[host]['episode']}",
+            now,
+            me,
+            "enable_compute",
+            host,
+            reason="host is back and healthy after a fence",
+        )
     out: list[Entry] = []
     pf = _process_failed(state, host)
     if pf is not None and segment.recovery.process_restart_failure == "disable":
         proc, ts = pf
-        out += _step(segment, state, f"disable:{host}:{proc}:{int(ts * 1000)}", now, me,
-                     "disable_compute", host, params={"force_down": False},
-                     reason=f"{proc} could not be restarted: no new VMs on {host}")
-        out += _once(state, f"alert:process:{host}:{proc}:{int(ts * 1000)}", now, me, host, "critical",
-                     f"{proc} on {host} could not be restarted",
-                     f"nova-compute service on {host} disabled; {state.process_failures[(host, proc)]['detail']}")
+        out += _step(
+            segment,
+            state,
+            f"disable:{host}:{proc}:{int(ts * 1000)}",
+            now,
+            me,
+            "disable_compute",
+            host,
+            params={"force_down": False},
+            reason=f"{proc} could not be restarted: no new VMs on {host}",
+        )
+        out += _once(
+            state,
+            f"alert:process:{host}:{proc}:{int(ts * 1000)}",
+            now,
+            me,
+            host,
+            "critical",
+            f"{proc} on {host} could not be restarted",
+            f"nova-compute service on {host} disabled; {state.process_failures[(host, proc)]['detail']}",
+        )
     return out
 
 
@@ -141,28 +192,52 @@ def _process_failed(state: SegmentState, host: str) -> tuple[str, float] | None:
     return None
 
 
-def _fence_chain(segment: Segment, state: SegmentState, host: str, ep: int, now: float, me: str) -> list[Entry]:
+def _fence_chain(
+    segment: Segment, state: SegmentState, host: str, ep: int, now: float, me: str
+) -> list[Entry]:
     if not state.is_fenced(host):
         if state.brake["on"]:
             return []  # the brake holds every new fence, not only those it counted
+        settle = segment.brake.settle_s
+        if settle is None:
+            settle = segment.timings.suspect_after_s
+        if now < state.verdict_since[host] + settle:
+            return []  # let hosts failing together show up before the first is fenced
         return _fence(segment, state, host, ep, now, me)
-    out = _step(segment, state, f"disable:{host}:e{ep}", now, me, "disable_compute", host,
-                reason=f"{host} is fenced: force-down and disable its nova-compute service")
+    out = _step(
+        segment,
+        state,
+        f"disable:{host}:e{ep}",
+        now,
+        me,
+        "disable_compute",
+        host,
+        reason=f"{host} is fenced: force-down and disable its nova-compute service",
+    )
     if out or _latest(state, f"disable:{host}:e{ep}").status != "ok":
         return out
-    out = _step(segment, state, f"inventory:{host}:e{ep}", now, me, "inventory", host,
-                reason=f"list the servers of {host} and the reserved capacity")
+    out = _step(
+        segment,
+        state,
+        f"inventory:{host}:e{ep}",
+        now,
+        me,
+        "inventory",
+        host,
+        reason=f"list the servers of {host} and the reserved capacity",
+    )
     inv = state.inventory.get(host)
     if out or inv is None or inv["episode"] != ep:
         return out
     return _evacuations(segment, state, host, ep, inv, now, me)
 
 
-def _fence(segment: Segment, state: SegmentState, host: str, ep: int, now: float, me: str) -> list[Entry]:
+def _fence(
+    segment: Segment, state: SegmentState, host: str, ep: int, now: float, me: str
+) -> list[Entry]:
     base = f"fence:{host}:e{ep}"
     v = state.verdicts[host]
-    out = _step(segment, state, base, now, me, "fence", host,
-                reason=f"{v.kind}: {v.reason}")
+    out = _step(segment, state, base, now, me, "fence", host, reason=f"{v.kind}: {v.reason}")
     if out:
         return out
     last = _latest(state, base)
@@ -175,24 +250,52 @@ def _fence(segment: Segment, state: SegmentState, host: str, ep: int, now: float
     if segment.recovery.allow_self_fence_proof and heard is not None:
         deadline = heard + t.self_fence_deadline_s + t.max_clock_skew_s
         if now >= deadline:
-            return [E.fenced(
-                ts=now, by=me, host=host, method="self_fence_deadline",
-                reason=(f"BMC fence failed ({last.error_kind}: {last.detail}); last heard at "
+            return [
+                E.fenced(
+                    ts=now,
+                    by=me,
+                    host=host,
+                    method="self_fence_deadline",
+                    reason=(
+                        f"BMC fence failed ({last.error_kind}: {last.detail}); last heard at "
                         f"{heard:.3f}, self-fence deadline {t.self_fence_deadline_s:g}s + skew "
-                        f"{t.max_clock_skew_s:g}s passed at {deadline:.3f}"),
-                evidence={"last_heard": heard, "deadline": deadline, "fence_intent": last.id},
-            )]
-        return _once(state, f"alert:fence-wait:{host}:e{ep}", now, me, host, "critical",
-                     f"cannot fence {host} through its BMC",
-                     f"{last.error_kind}: {last.detail}. No evacuation until the self-fence "
-                     f"deadline passes at {deadline:.3f}.")
-    return _once(state, f"alert:fence-failed:{host}:e{ep}", now, me, host, "critical",
-                 f"cannot fence {host}: manual action needed",
-                 f"{last.error_kind}: {last.detail}. Its VMs are not evacuated until it is fenced.")
+                        f"{t.max_clock_skew_s:g}s passed at {deadline:.3f}"
+                    ),
+                    evidence={"last_heard": heard, "deadline": deadline, "fence_intent": last.id},
+                )
+            ]
+        return _once(
+            state,
+            f"alert:fence-wait:{host}:e{ep}",
+            now,
+            me,
+            host,
+            "critical",
+            f"cannot fence {host} through its BMC",
+            f"{last.error_kind}: {last.detail}. No evacuation until the self-fence "
+            f"deadline passes at {deadline:.3f}.",
+        )
+    return _once(
+        state,
+        f"alert:fence-failed:{host}:e{ep}",
+        now,
+        me,
+        host,
+        "critical",
+        f"cannot fence {host}: manual action needed",
+        f"{last.error_kind}: {last.detail}. Its VMs are not evacuated until it is fenced.",
+    )
 
 
-def _evacuations(segment: Segment, state: SegmentState, host: str, ep: int,
-                 inv: dict[str, Any], now: float, me: str) -> list[Entry]:
+def _evacuations(
+    segment: Segment,
+    state: SegmentState,
+    host: str,
+    ep: int,
+    inv: dict[str, Any],
+    now: float,
+    me: str,
+) -> list[Entry]:
     if not state.is_fenced(host):  # planning-time check of invariant 1
         raise InvariantViolation(f"planning evacuations from unfenced {host}")
     out: list[Entry] = []
@@ -209,110 +312,222 @@ def _evacuations(segment: Segment, state: SegmentState, host: str, ep: int,
         if latest is not None and not _retry_due(segment, latest, n, now):
             continue
         attempts[s["id"]] = n + 1
-        todo.append(placement.VmDemand(s["id"], s["vcpus"], s["ram_mb"], s["disk_gb"], s.get("priority", "medium")))
+        todo.append(
+            placement.VmDemand(
+                s["id"], s["vcpus"], s["ram_mb"], s["disk_gb"], s.get("priority", "medium")
+            )
+        )
     if not todo:
         return _after_evacuations(segment, state, host, ep, inv, now, me)
     plan = placement.plan(todo, _free_targets(segment, state, host, inv))
     for order, p in enumerate(plan.placements):
-        out.append(E.intent(
-            ts=now, by=me, intent_id=f"evacuate:{host}:e{ep}:{p.vm}:a{attempts[p.vm]}",
-            action="evacuate", host=host, vm=p.vm, target=p.target, order=order,
-            reason=f"{host} fenced ({state.fenced[host]['method']}); {p.priority} priority VM to reserved {p.target}",
-        ))
+        out.append(
+            E.intent(
+                ts=now,
+                by=me,
+                intent_id=f"evacuate:{host}:e{ep}:{p.vm}:a{attempts[p.vm]}",
+                action="evacuate",
+                host=host,
+                vm=p.vm,
+                target=p.target,
+                order=order,
+                reason=f"{host} fenced ({state.fenced[host]['method']}); {p.priority} priority VM to reserved {p.target}",
+            )
+        )
     if plan.unplaced:
         body = "; ".join(f"{u.vm} ({u.priority}): {u.reason}" for u in plan.unplaced)
-        out += _once(state, f"alert:unplaced:{host}:e{ep}", now, me, host, "critical",
-                     f"{len(plan.unplaced)} VMs of {host} do not fit the reserved capacity", body)
+        out += _once(
+            state,
+            f"alert:unplaced:{host}:e{ep}",
+            now,
+            me,
+            host,
+            "critical",
+            f"{len(plan.unplaced)} VMs of {host} do not fit the reserved capacity",
+            body,
+        )
     return out
 
 
-def _free_targets(segment: Segment, state: SegmentState, host: str, inv: dict[str, Any]) -> list[placement.Target]:
+def _free_targets(
+    segment: Segment, state: SegmentState, host: str, inv: dict[str, Any]
+) -> list[placement.Target]:
     """Reserved hosts that may take VMs now, with what inventory said is free minus what
     evacuations committed since (or still running) are taking."""
     demand = {s["id"]: s for x in state.inventory.values() for s in x.get("servers", [])}
     targets = []
     for t in inv.get("facts", []):
         name = t["host"]
-        if (name == host or state.roles.get(name) != "reserved" or state.in_maintenance(name)
-                or state.verdicts[name].kind != "healthy" or state.is_fenced(name)):
+        if (
+            name == host
+            or state.roles.get(name) != "reserved"
+            or state.in_maintenance(name)
+            or state.verdicts[name].kind != "healthy"
+            or state.is_fenced(name)
+        ):
             continue
         used_v = used_r = used_d = 0
         for i in state.intents.values():
-            if i.action == "evacuate" and i.target == name and i.vm in demand and (
-                    i.status == "pending" or (i.status == "ok" and (i.done_ts or 0) >= inv.get("ts", 0))):
+            if (
+                i.action == "evacuate"
+                and i.target == name
+                and i.vm in demand
+                and (
+                    i.status == "pending"
+                    or (i.status == "ok" and (i.done_ts or 0) >= inv.get("ts", 0))
+                )
+            ):
                 d = demand[i.vm]
-                used_v, used_r, used_d = used_v + d["vcpus"], used_r + d["ram_mb"], used_d + d["disk_gb"]
-        targets.append(placement.Target(name, t["vcpus_free"] - used_v, t["ram_mb_free"] - used_r,
-                                        t["disk_gb_free"] - used_d))
+                used_v, used_r, used_d = (
+                    used_v + d["vcpus"],
+                    used_r + d["ram_mb"],
+                    used_d + d["disk_gb"],
+                )
+        targets.append(
+            placement.Target(
+                name,
+                t["vcpus_free"] - used_v,
+                t["ram_mb_free"] - used_r,
+                t["disk_gb_free"] - used_d,
+            )
+        )
     return targets
 
 
-def _after_evacuations(segment: Segment, state: SegmentState, host: str, ep: int,
-                       inv: dict[str, Any], now: float, me: str) -> list[Entry]:
+def _after_evacuations(
+    segment: Segment,
+    state: SegmentState,
+    host: str,
+    ep: int,
+    inv: dict[str, Any],
+    now: float,
+    me: str,
+) -> list[Entry]:
     evac = [i for i in state.intents_for(host, ep) if i.action == "evacuate"]
     if any(not i.done for i in evac):
         return []
     ok = sorted({i.vm for i in evac if i.status == "ok"})
     failed = sorted({i.vm for i in evac if i.status != "ok"} - set(ok))
     non_ha = [s["id"] for s in inv.get("servers", []) if not s.get("ha", True)]
-    out = _once(state, f"alert:recovered:{host}:e{ep}", now, me, host, "warning" if not failed else "critical",
-                f"{host} failed and was recovered" if not failed else f"{host} failed: recovery incomplete",
-                f"fenced by {state.fenced[host]['method']}; evacuated {len(ok)} VMs; "
-                f"failed {len(failed)} {failed}; not HA, left alone: {len(non_ha)}")
-    out += _replace_reserve(segment, state, {i.target for i in evac if i.status == "ok" and i.target}, inv, now, me)
+    out = _once(
+        state,
+        f"alert:recovered:{host}:e{ep}",
+        now,
+        me,
+        host,
+        "warning" if not failed else "critical",
+        f"{host} failed and was recovered" if not failed else f"{host} failed: recovery incomplete",
+        f"fenced by {state.fenced[host]['method']}; evacuated {len(ok)} VMs; "
+        f"failed {len(failed)} {failed}; not HA, left alone: {len(non_ha)}",
+    )
+    out += _replace_reserve(
+        segment, state, {i.target for i in evac if i.status == "ok" and i.target}, inv, now, me
+    )
     return out
 
 
-def _replace_reserve(segment: Segment, state: SegmentState, used: set[str], inv: dict[str, Any],
-                     now: float, me: str) -> list[Entry]:
+def _replace_reserve(
+    segment: Segment, state: SegmentState, used: set[str], inv: dict[str, Any], now: float, me: str
+) -> list[Entry]:
     if not used:
         return []
     wanted = sum(1 for h in segment.hosts if h.role == "reserved")
     reserve_after = [
         placement.Target(t["host"], t["vcpus_free"], t["ram_mb_free"], t["disk_gb_free"])
         for t in inv.get("facts", [])
-        if state.roles.get(t["host"]) == "reserved" and t["host"] not in used
-        and not state.in_maintenance(t["host"]) and state.verdicts[t["host"]].kind == "healthy"
+        if state.roles.get(t["host"]) == "reserved"
+        and t["host"] not in used
+        and not state.in_maintenance(t["host"])
+        and state.verdicts[t["host"]].kind == "healthy"
     ]
     candidates = []
     for f in inv.get("facts", []):
         name = f["host"]
         if name in used or state.roles.get(name) != "compute":
             continue
-        ok = (state.roles.get(name) == "compute" and not state.in_maintenance(name)
-              and state.verdicts[name].kind == "healthy" and not state.is_fenced(name))
-        candidates.append(placement.Candidate(
-            name, placement.Target(name, f["vcpus_free"], f["ram_mb_free"], f["disk_gb_free"]),
-            f.get("running_vms", 0), ok and f.get("running_vms", 0) == 0,
-            "" if ok else "not a healthy compute host"))
+        ok = (
+            state.roles.get(name) == "compute"
+            and not state.in_maintenance(name)
+            and state.verdicts[name].kind == "healthy"
+            and not state.is_fenced(name)
+        )
+        candidates.append(
+            placement.Candidate(
+                name,
+                placement.Target(name, f["vcpus_free"], f["ram_mb_free"], f["disk_gb_free"]),
+                f.get("running_vms", 0),
+                ok and f.get("running_vms", 0) == 0,
+                "" if ok else "not a healthy compute host",
+            )
+        )
     out: list[Entry] = []
     for name in placement.replacement(reserve_after, wanted, candidates):
-        out.append(E.reserve(ts=now, by=me, host=name, role="reserved",
-                             reason=f"replaces used reserved capacity on {', '.join(sorted(used))}"))
+        out.append(
+            E.reserve(
+                ts=now,
+                by=me,
+                host=name,
+                role="reserved",
+                reason=f"replaces used reserved capacity on {', '.join(sorted(used))}",
+            )
+        )
     for name in sorted(used):
         if state.roles.get(name) == "reserved" and out:
-            out.append(E.reserve(ts=now, by=me, host=name, role="compute",
-                                 reason="reserved host took evacuated VMs and is now a compute host"))
+            out.append(
+                E.reserve(
+                    ts=now,
+                    by=me,
+                    host=name,
+                    role="compute",
+                    reason="reserved host took evacuated VMs and is now a compute host",
+                )
+            )
     return out
 
 
-def _degraded(segment: Segment, state: SegmentState, host: str, v: Verdict, ep: int, now: float, me: str) -> list[Entry]:
+def _degraded(
+    segment: Segment, state: SegmentState, host: str, v: Verdict, ep: int, now: float, me: str
+) -> list[Entry]:
     out: list[Entry] = []
     actions = {segment.network(n).on_loss for n in v.networks}
     nets = ",".join(v.networks)
     if "alert" in actions or "live_migrate" in actions:
-        out += _once(state, f"alert:degraded:{host}:e{ep}", now, me, host, "warning",
-                     f"{host} lost {nets}", v.reason)
+        out += _once(
+            state,
+            f"alert:degraded:{host}:e{ep}",
+            now,
+            me,
+            host,
+            "warning",
+            f"{host} lost {nets}",
+            v.reason,
+        )
     if "live_migrate" in actions:
-        out += _step(segment, state, f"inventory:{host}:e{ep}", now, me, "inventory", host,
-                     reason=f"{host} lost {nets}: list its servers to live-migrate them")
+        out += _step(
+            segment,
+            state,
+            f"inventory:{host}:e{ep}",
+            now,
+            me,
+            "inventory",
+            host,
+            reason=f"{host} lost {nets}: list its servers to live-migrate them",
+        )
         inv = state.inventory.get(host)
         if not out and inv is not None and inv["episode"] == ep:
             for s in inv.get("servers", []):
                 if s.get("ha", True):
-                    out += _step(segment, state, f"live_migrate:{host}:e{ep}:{s['id']}", now, me,
-                                 "live_migrate", host, vm=s["id"],
-                                 reason=f"{host} lost {nets} (on_loss=live_migrate)")
+                    out += _step(
+                        segment,
+                        state,
+                        f"live_migrate:{host}:e{ep}:{s['id']}",
+                        now,
+                        me,
+                        "live_migrate",
+                        host,
+                        vm=s["id"],
+                        reason=f"{host} lost {nets} (on_loss=live_migrate)",
+                    )
     return out
 
 
@@ -336,21 +551,56 @@ def _vm_recovery(segment: Segment, state: SegmentState, now: float, me: str) -> 
         if action == "restart" and len(recent) >= pol.vm_restart_limit:
             action = "restart_elsewhere"
         if action == "restart":
-            out += _step(segment, state, f"restart_vm:{key}", now, me, "restart_vm", host, vm=vm,
-                         reason=f"{info.get('event')}: restart on {host} ({len(recent)} failures in window)")
+            out += _step(
+                segment,
+                state,
+                f"restart_vm:{key}",
+                now,
+                me,
+                "restart_vm",
+                host,
+                vm=vm,
+                reason=f"{info.get('event')}: restart on {host} ({len(recent)} failures in window)",
+            )
             first = _latest(state, f"restart_vm:{key}")
             if not out and first is not None and first.status == "failed":
                 action = "restart_elsewhere"
         if action == "hard_reboot":
-            out += _step(segment, state, f"hard_reboot:{key}", now, me, "hard_reboot", host, vm=vm,
-                         reason=f"{info.get('event')}: hard reboot")
+            out += _step(
+                segment,
+                state,
+                f"hard_reboot:{key}",
+                now,
+                me,
+                "hard_reboot",
+                host,
+                vm=vm,
+                reason=f"{info.get('event')}: hard reboot",
+            )
         if action == "restart_elsewhere":
-            out += _step(segment, state, f"migrate_vm:{key}", now, me, "migrate_vm", host, vm=vm,
-                         reason=f"{info.get('event')}: {len(recent)} failures in {pol.vm_restart_window_s:g}s "
-                                f"or restart failed: restart elsewhere")
+            out += _step(
+                segment,
+                state,
+                f"migrate_vm:{key}",
+                now,
+                me,
+                "migrate_vm",
+                host,
+                vm=vm,
+                reason=f"{info.get('event')}: {len(recent)} failures in {pol.vm_restart_window_s:g}s "
+                f"or restart failed: restart elsewhere",
+            )
         if action == "alert":
-            out += _once(state, f"alert:vm:{key}", now, me, host, "warning",
-                         f"VM {vm} on {host}: {info.get('event')}", info.get("detail", ""))
+            out += _once(
+                state,
+                f"alert:vm:{key}",
+                now,
+                me,
+                host,
+                "warning",
+                f"VM {vm} on {host}: {info.get('event')}",
+                info.get("detail", ""),
+            )
     return out
 
 
@@ -380,27 +630,67 @@ def _retry_due(segment: Segment, last: Intent, n: int, now: float) -> bool:
     return now >= (last.done_ts or 0.0) + r.intent_retry_backoff_s * 2 ** (n - 1)
 
 
-def _step(segment: Segment, state: SegmentState, base: str, now: float, me: str, action: str,
-          host: str, *, reason: str, vm: str | None = None, target: str | None = None,
-          params: dict[str, Any] | None = None) -> list[Entry]:
+def _step(
+    segment: Segment,
+    state: SegmentState,
+    base: str,
+    now: float,
+    me: str,
+    action: str,
+    host: str,
+    *,
+    reason: str,
+    vm: str | None = None,
+    target: str | None = None,
+    params: dict[str, Any] | None = None,
+) -> list[Entry]:
     """Propose attempt 1 of `base`, or the next attempt once a failed one is due for a
     retry (bounded count, exponential backoff). Nothing while one is pending."""
     last = _latest(state, base)
     n = _attempts(state, base)
-    if last is not None and (last.status in ("pending", "ok", "abandoned") or not _retry_due(segment, last, n, now)):
+    if last is not None and (
+        last.status in ("pending", "ok", "abandoned") or not _retry_due(segment, last, n, now)
+    ):
         return []
-    return [E.intent(ts=now, by=me, intent_id=f"{base}:a{n + 1}", action=action, host=host, vm=vm,
-                     target=target, reason=reason if n == 0 else f"{reason} (attempt {n + 1})",
-                     params=params)]
+    return [
+        E.intent(
+            ts=now,
+            by=me,
+            intent_id=f"{base}:a{n + 1}",
+            action=action,
+            host=host,
+            vm=vm,
+            target=target,
+            reason=reason if n == 0 else f"{reason} (attempt {n + 1})",
+            params=params,
+        )
+    ]
 
 
-def _alert(now: float, me: str, intent_id: str, host: str | None, severity: str, subject: str, body: str) -> Entry:
-    return E.intent(ts=now, by=me, intent_id=intent_id, action="alert", host=host or "", reason=subject,
-                    params={"severity": severity, "subject": subject, "body": body})
+def _alert(
+    now: float, me: str, intent_id: str, host: str | None, severity: str, subject: str, body: str
+) -> Entry:
+    return E.intent(
+        ts=now,
+        by=me,
+        intent_id=intent_id,
+        action="alert",
+        host=host or "",
+        reason=subject,
+        params={"severity": severity, "subject": subject, "body": body},
+    )
 
 
-def _once(state: SegmentState, intent_id: str, now: float, me: str, host: str | None,
-          severity: str, subject: str, body: str) -> list[Entry]:
+def _once(
+    state: SegmentState,
+    intent_id: str,
+    now: float,
+    me: str,
+    host: str | None,
+    severity: str,
+    subject: str,
+    body: str,
+) -> list[Entry]:
     if _latest(state, intent_id) is not None:
         return []
     return [_alert(now, me, intent_id + ":a1", host, severity, subject, body)]
@@ -408,4 +698,6 @@ def _once(state: SegmentState, intent_id: str, now: float, me: str, host: str | 
 
 def pending_intents(state: SegmentState) -> Iterable[Intent]:
     """What the executor should be doing now, in commit order."""
-    return sorted((i for i in state.intents.values() if not i.done), key=lambda i: (i.created_index, i.order))
+    return sorted(
+        (i for i in state.intents.values() if not i.done), key=lambda i: (i.created_index, i.order)
+    )

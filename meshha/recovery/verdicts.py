@@ -9,12 +9,22 @@ need = a majority of the observers:
 - maintenance: the operator said so; nothing else is looked at.
 - failed: on EVERY network H has an address on, at least `need` observers have held H
   lost for `fail_after_s` or longer.
-- degraded(N, …): the same holds for some networks only (those are N, …).
+- degraded(N, …): the same holds for some networks only (those are N, …), and what the
+  log says about H has not changed for `suspect_after_s`: a dead host's networks are
+  lost a few probes apart (and may be committed in a burst after a leader change), and
+  a host coming back comes back network by network. Neither may look "degraded on
+  storage" for that moment (that would fence a host that is coming back, or start a
+  live migration off a dead one).
 - suspect: someone has lost H somewhere, not (yet) enough for the above.
 - healthy: nobody has lost it.
 A host whose nova-compute/libvirtd could not be restarted is failed too when the segment's
 `recovery.process_restart_failure` is `fence_evacuate`.
 Observers that are themselves failed or isolated do not count: what they say is stale.
+An observer that a majority has lost on network N is *discredited* on N: a host with a
+broken storage NIC loses every peer on storage, and must not make them all suspects
+(Lifeguard's lesson: a degraded member's accusations are worth little). And "suspect"
+takes two credible accusers (one where only one could exist), so one observer's hiccup
+neither alarms the operator nor counts toward the mass-failure brake.
 """
 
 from __future__ import annotations
@@ -29,6 +39,23 @@ def observers_of(segment: Segment, state: SegmentState, host: str) -> tuple[str,
         for v in segment.voters
         if v != host and state.verdicts[v].kind != "failed" and not state.isolated.get(v, False)
     )
+
+
+def discredited(segment: Segment, state: SegmentState, observer: str, network: str) -> bool:
+    """A majority of the other voters have lost `observer` on `network`."""
+    others = [v for v in segment.voters if v != observer]
+    return len(state.lost_by(observer, network)) >= majority(len(others)) if others else False
+
+
+def credible_losses(
+    segment: Segment, state: SegmentState, host: str, network: str
+) -> dict[str, float]:
+    counted = set(observers_of(segment, state, host))
+    return {
+        o: s
+        for o, s in state.lost_by(host, network).items()
+        if o in counted and not discredited(segment, state, o, network)
+    }
 
 
 def host_verdict(segment: Segment, state: SegmentState, host: str, now: float) -> Verdict:
@@ -46,19 +73,22 @@ def host_verdict(segment: Segment, state: SegmentState, host: str, now: float) -
                 )
     voters_but_host = [v for v in segment.voters if v != host]
     need = majority(len(voters_but_host))
-    counted = set(observers_of(segment, state, host))
     fail_after = segment.timings.fail_after_s
     nets = segment.host(host).networks
     confirmed: dict[str, list[tuple[str, float]]] = {}
-    any_lost = False
+    accusers: set[str] = set()
     for net in nets:
-        lost = state.lost_by(host, net)
-        any_lost = any_lost or bool(lost)
-        confirmed[net] = sorted(
-            (o, s) for o, s in lost.items() if o in counted and s + fail_after <= now
-        )
+        lost = credible_losses(segment, state, host, net)
+        accusers |= set(lost)
+        confirmed[net] = sorted((o, s) for o, s in lost.items() if s + fail_after <= now)
     down = tuple(n for n in nets if len(confirmed[n]) >= need)
     evidence = tuple((o, n, s) for n in down for o, s in confirmed[n])
+    if (
+        down
+        and len(down) < len(nets)
+        and state.changed_at.get(host, 0.0) + segment.timings.suspect_after_s > now
+    ):
+        down = ()  # the picture is still moving: suspect until it settles
     if down and len(down) == len(nets):
         who = sorted({o for o, _, _ in evidence})
         return Verdict(
@@ -76,13 +106,16 @@ def host_verdict(segment: Segment, state: SegmentState, host: str, now: float) -
             f"reachable on {', '.join(n for n in nets if n not in down)}",
             evidence,
         )
-    if any_lost:
+    if len(accusers) >= min(2, need):
         partial = tuple(
             (o, n, s)
             for n in nets
-            for o, s in sorted(state.lost_by(host, n).items())
+            for o, s in sorted(credible_losses(segment, state, host, n).items())
         )
-        return Verdict("suspect", (), "lost by some peers, not yet by a majority", partial)
+        who = ", ".join(sorted(accusers))
+        return Verdict(
+            "suspect", (), f"lost by {len(accusers)} peers ({who}), not yet by a majority", partial
+        )
     return Verdict("healthy", (), "no peer has lost it")
 
 

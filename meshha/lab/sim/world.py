@@ -1,0 +1,376 @@
+"""A whole segment in one process: N real `Node`s over the in-memory network, the Raft
+stand-in and the fake cloud, under whatever trio clock runs it (tests and `meshctl sim`
+use trio's MockClock with autojump, so simulated minutes cost milliseconds).
+
+The simulator owns the ground truth and checks the safety invariants of DESIGN.md while
+the run goes (a guard called before every action) and at its end:
+  1. no VM runs in two places (FakeCloud records it the moment it would happen);
+  2. no evacuation while the VM still runs on its source (i.e. before a real fence);
+  3. only the leader of a majority acts;
+  4. nothing acts on a host in maintenance, nor targets one;
+  5. every live host's ledger holds every committed entry, in order.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from meshha.agent.node import Node, NodePorts
+from meshha.config.model import (
+    TIMING_PROFILES,
+    Brake,
+    Capacity,
+    Host,
+    Network,
+    Policy,
+    Raft,
+    Recovery,
+    Segment,
+    Timings,
+)
+from meshha.lab.fakes import FakeAlerts, FakeBmc, FakeCloud, FakeHypervisor, FakeNova, FakeProcesses
+from meshha.lab.sim.network import SimNetwork, SimTransport
+from meshha.lab.sim.raft_standin import SimLog, SimRaft
+from meshha.raft import entries as E
+from meshha.raft.entries import Entry
+from meshha.raft.state import Intent
+from meshha.recovery.executor import Drivers
+from meshha.recovery.ports import Flavor
+
+EPOCH = 1_800_000_000.0  # simulated wall clock = EPOCH + trio time
+DEFAULT_NETWORKS = {"admin": "alert", "storage": "fence_evacuate", "tenant": "live_migrate"}
+FLAVORS = {
+    "m1.small": Flavor("m1.small", 1, 2048, 20),
+    "m1.medium": Flavor("m1.medium", 2, 4096, 40),
+    "m1.large": Flavor("m1.large", 4, 8192, 80),
+}
+
+
+class SimTimeout(AssertionError):
+    pass
+
+
+@dataclass
+class SimSpec:
+    hosts: int = 5
+    voters: int | None = None  # default: every host up to 7, else 5
+    reserved: tuple[str, ...] | None = None  # default: the last host
+    networks: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_NETWORKS))
+    profile: str = "lan-fast"
+    timings: dict[str, float] = field(default_factory=dict)
+    vms_per_host: int = 2
+    flavor: str = "m1.medium"
+    host_size: tuple[int, int, int] = (16, 32768, 500)
+    brake_fraction: float = 0.5
+    brake_window_s: float = 30.0
+    fanout: int = 1
+    policy: Policy = field(default_factory=Policy)
+    recovery: Recovery = field(default_factory=Recovery)
+
+
+def build_segment(spec: SimSpec) -> Segment:
+    names = [f"host{i}" for i in range(1, spec.hosts + 1)]
+    n_voters = spec.voters or (spec.hosts if spec.hosts <= 7 else 5)
+    reserved = spec.reserved if spec.reserved is not None else (names[-1],)
+    nets = tuple(
+        Network(n, on_loss, 7946 + i) for i, (n, on_loss) in enumerate(spec.networks.items())
+    )  # type: ignore[arg-type]
+    hosts = tuple(
+        Host(
+            name=h,
+            addresses=tuple(
+                (n.name, f"10.{i}.{k // 250}.{k % 250 + 1}") for i, n in enumerate(nets)
+            ),
+            bmc=None,
+            role="reserved" if h in reserved else "compute",
+            voter=k < n_voters,
+            capacity=Capacity(*spec.host_size),
+        )
+        for k, h in enumerate(names)
+    )
+    t = dict(TIMING_PROFILES[spec.profile])
+    t.update(spec.timings)
+    timings = Timings(profile=spec.profile, **t)  # type: ignore[arg-type]
+    return Segment(
+        name="sim",
+        networks=nets,
+        hosts=hosts,
+        timings=timings,
+        brake=Brake(spec.brake_fraction, spec.brake_window_s),
+        raft=Raft(4321, Path("/nonexistent"), Path("/nonexistent")),
+        probe_key_file=Path("/nonexistent"),
+        policy=spec.policy,
+        recovery=spec.recovery,
+    )
+
+
+class MemoryLedger:
+    """A host's ledger in the simulator: kept across that host's restarts, like SQLite."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, Entry]] = []
+
+    def append(self, index: int, entry: Entry) -> None:
+        if not self.rows or index > self.rows[-1][0]:
+            self.rows.append((index, entry))
+
+
+class Sim:
+    def __init__(self, spec: SimSpec, seed: int) -> None:
+        self.spec = spec
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.segment = build_segment(spec)
+        self.cloud = FakeCloud(clock=self.clock)
+        nets = self.segment.network_names
+        for h in self.segment.hosts:
+            vcpus, ram, disk = spec.host_size
+            self.cloud.add_host(h.name, nets, vcpus=vcpus, ram_mb=ram, disk_gb=disk)
+        self.net = SimNetwork(self.cloud, nets, random.Random(f"net:{seed}"))
+        self.raft = SimRaft(
+            self.segment,
+            self.net,
+            random.Random(f"raft:{seed}"),
+            network="admin" if "admin" in nets else nets[0],
+        )
+        self.nodes: dict[str, Node] = {}
+        self.scopes: dict[str, trio.CancelScope] = {}
+        self.ledgers: dict[str, MemoryLedger] = {h: MemoryLedger() for h in self.segment.host_names}
+        self.violations: list[str] = []
+        self.faults: list[tuple[float, str]] = []
+        self.boots: dict[str, int] = {}
+        self._nursery: trio.Nursery | None = None
+        for h in self.segment.hosts:
+            if h.role == "compute":
+                for k in range(spec.vms_per_host):
+                    self.cloud.boot(f"{h.name}-vm{k + 1}", h.name, FLAVORS[spec.flavor])
+
+    # -- time --------------------------------------------------------------------------
+
+    def clock(self) -> float:
+        return trio.current_time()
+
+    def wall(self) -> float:
+        return EPOCH + trio.current_time()
+
+    # -- running -----------------------------------------------------------------------
+
+    async def run(self, body: Callable[[Sim], Awaitable[Any]]) -> Any:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self.net.run)
+            await nursery.start(self.raft.run)
+            for h in self.segment.host_names:
+                self._start_node(h)
+            nursery.start_soon(self._lifecycle)
+            try:
+                return await body(self)
+            finally:
+                nursery.cancel_scope.cancel()
+
+    def _start_node(self, host: str) -> None:
+        assert self._nursery is not None
+        self.boots[host] = self.boots.get(host, 0) + 1
+        drivers = Drivers(
+            fence=FakeBmc(self.cloud, actor=host),
+            nova=FakeNova(self.cloud, actor=host),
+            alerts=FakeAlerts(self.cloud, actor=host),
+        )
+        ports = NodePorts(
+            log=SimLog(self.raft, host),
+            transport=SimTransport(self.net, host),
+            ledger=self.ledgers[host],
+            now=self.wall,
+            drivers=drivers,
+            hypervisor=FakeHypervisor(self.cloud, host),
+            vm_events=self.cloud.events_for(host),
+            processes=FakeProcesses(self.cloud, host),
+            guard=self._guard(host),
+        )
+        node = Node(
+            self.segment,
+            host,
+            ports,
+            seed=self.seed * 1000 + self.boots[host],
+            fanout=self.spec.fanout,
+        )
+        self.nodes[host] = node
+        self.net.receivers[host] = node.on_datagram
+        scope = trio.CancelScope()
+        self.scopes[host] = scope
+
+        async def _run() -> None:
+            with scope:
+                await node.run()
+
+        self._nursery.start_soon(_run)
+
+    def _stop_node(self, host: str) -> None:
+        self.scopes.pop(host).cancel()
+        self.nodes[host].alive = False
+        self.net.receivers.pop(host, None)
+
+    async def _lifecycle(self) -> None:
+        """Machines that stop stop their agent; machines that come back boot it again."""
+        while True:
+            for h, m in self.cloud.machines.items():
+                if m.alive and h not in self.scopes:
+                    self._start_node(h)
+                elif not m.alive and h in self.scopes:
+                    self._stop_node(h)
+            await trio.sleep(0.02)
+
+    def _guard(self, actor: str) -> Callable[[str, Intent], None]:
+        def check(action: str, intent: Intent) -> None:
+            t = trio.current_time()
+            if not self.raft.leading(actor):
+                self.violations.append(
+                    f"t={t:.3f}: {actor} did {action} ({intent.id}) without leading a majority"
+                )
+            if (
+                action == "evacuate"
+                and intent.vm
+                and intent.host in self.cloud.running.get(intent.vm, set())
+            ):
+                self.violations.append(
+                    f"t={t:.3f}: evacuating {intent.vm} while it still runs on {intent.host}"
+                )
+            truth = self.live_state()
+            if truth is not None:
+                for h in (intent.host, intent.target):
+                    if h and h in truth.maintenance and action != "enable_compute":
+                        self.violations.append(
+                            f"t={t:.3f}: {action} ({intent.id}) touches {h} in maintenance"
+                        )
+
+        return check
+
+    def live_state(self) -> Any:
+        """The state of the most up-to-date running node (the committed truth)."""
+        best = None
+        for h, n in self.nodes.items():
+            if h in self.scopes and (best is None or n.state.index > best.index):
+                best = n.state
+        return best
+
+    # -- faults (each is recorded in the timeline) --------------------------------------
+
+    def fault(self, what: str) -> None:
+        self.faults.append((trio.current_time(), what))
+
+    def power_off(self, host: str) -> None:
+        self.fault(f"power-off {host}")
+        self.cloud.power_off(host)
+
+    def power_on(self, host: str) -> None:
+        self.fault(f"power-on {host}")
+        self.cloud.power_on(host)
+
+    def hang(self, host: str) -> None:
+        self.fault(f"hang {host}")
+        self.cloud.machines[host].hung = True
+
+    def unhang(self, host: str) -> None:
+        self.fault(f"unhang {host}")
+        self.cloud.machines[host].hung = False
+
+    def nic(self, host: str, network: str, up: bool) -> None:
+        self.fault(f"nic-{'up' if up else 'down'} {host} {network}")
+        self.cloud.machines[host].nics[network] = up
+
+    def bmc(self, host: str, alive: bool) -> None:
+        self.fault(f"bmc-{'alive' if alive else 'dead'} {host}")
+        self.cloud.machines[host].bmc_alive = alive
+
+    def partition(self, groups: list[set[str]], networks: tuple[str, ...] | None = None) -> None:
+        self.fault("partition " + " | ".join(",".join(sorted(g)) for g in groups))
+        self.net.partition(groups, networks)
+
+    def heal(self) -> None:
+        self.fault("heal")
+        self.net.heal()
+        self.net.quality.loss = self.net.quality.jitter_s = 0.0
+        self.cloud.nova_up = True
+        for h, m in self.cloud.machines.items():
+            if not m.alive:
+                self.cloud.power_on(h)
+            m.bmc_alive = True
+            m.nics = {n: True for n in m.nics}
+            m.restart_fails.clear()
+
+    def leader(self) -> str | None:
+        return self.raft.leader
+
+    async def propose(self, entry: Entry) -> int:
+        """As an operator would through meshctl: through any member in the quorum."""
+        for h in sorted(self.scopes):
+            if self.raft.in_quorum(h):
+                return await self.raft.propose(h, entry, timeout_s=5.0)
+        raise SimTimeout("no member in a quorum to take the operator's command")
+
+    async def maintenance(self, host: str, on: bool, reason: str = "scenario") -> None:
+        self.fault(f"maintenance {'on' if on else 'off'} {host}")
+        await self.propose(
+            E.maintenance(
+                ts=self.wall(), by="operator", host=host, on=on, reason=reason, operator="sim"
+            )
+        )
+
+    async def wait_for(self, cond: Callable[[], bool], timeout_s: float, what: str) -> float:
+        start = trio.current_time()
+        with trio.move_on_after(timeout_s):
+            while not cond():  # noqa: ASYNC110 - a condition over many objects, polled in simulated time
+                await trio.sleep(0.01)
+            return trio.current_time() - start
+        raise SimTimeout(f"not within {timeout_s:g}s: {what} (seed {self.seed})")
+
+    # -- reading the committed history ---------------------------------------------------
+
+    def committed(self, kind: str | None = None, **match: Any) -> list[tuple[float, Entry]]:
+        out = []
+        for t, e in zip(self.raft.commit_times, self.raft.log, strict=True):
+            if (kind is None or e["kind"] == kind) and all(e.get(k) == v for k, v in match.items()):
+                out.append((t, e))
+        return out
+
+    def check_invariants(self, *, converged: bool) -> list[str]:
+        problems = list(self.cloud.violations) + list(self.violations)
+        if converged:
+            n = len(self.raft.log)
+            for h in sorted(self.scopes):
+                rows = self.ledgers[h].rows
+                if [i for i, _ in rows] != list(range(1, n + 1)):
+                    problems.append(f"ledger of {h} has {len(rows)} of {n} committed entries")
+                elif any(
+                    a is not b and a != b for (_, a), b in zip(rows, self.raft.log, strict=True)
+                ):
+                    problems.append(f"ledger of {h} differs from the committed log")
+        return problems
+
+    async def converge(self, timeout_s: float = 120.0) -> None:
+        """After a heal: every machine up, one leader, every host healthy, nothing pending,
+        every ledger complete."""
+
+        def done() -> bool:
+            st = self.live_state()
+            if (
+                self.raft.leader is None
+                or st is None
+                or len(self.scopes) != len(self.cloud.machines)
+            ):
+                return False
+            if st.index < len(self.raft.log) or any(not i.done for i in st.intents.values()):
+                return False
+            if any(v.kind not in ("healthy", "maintenance") for v in st.verdicts.values()):
+                return False
+            if st.fenced:
+                return False
+            return all(len(self.ledgers[h].rows) == len(self.raft.log) for h in self.scopes)
+
+        await self.wait_for(done, timeout_s, "the healed segment converges")
