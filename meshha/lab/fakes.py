@@ -46,10 +46,15 @@ class FakeMachine:
     bmc_password: bytes = b"secret"
     bmc_delay_s: float = 0.02
     nics: dict[str, bool] = field(default_factory=dict)
-    processes: dict[str, bool] = field(default_factory=lambda: {"nova-compute": True, "libvirtd": True})
+    processes: dict[str, bool] = field(
+        default_factory=lambda: {"nova-compute": True, "libvirtd": True}
+    )
     restart_fails: set[str] = field(default_factory=set)
     availability_zone: str = "nova"
     aggregates: tuple[str, ...] = ()
+    # A watchdog the agent pets: a host hung this long is reset (None: no watchdog).
+    watchdog_s: float | None = None
+    hung_since: float | None = None
 
     @property
     def alive(self) -> bool:
@@ -70,9 +75,15 @@ class FakeServer:
 
     def view(self) -> Server:
         return Server(
-            id=self.id, name=self.name, host=self.host, status=self.status,
-            task_state=self.task_state, project_id=self.project_id, flavor=self.flavor,
-            metadata=tuple(sorted(self.metadata.items())), availability_zone=self.availability_zone,
+            id=self.id,
+            name=self.name,
+            host=self.host,
+            status=self.status,
+            task_state=self.task_state,
+            project_id=self.project_id,
+            flavor=self.flavor,
+            metadata=tuple(sorted(self.metadata.items())),
+            availability_zone=self.availability_zone,
         )
 
 
@@ -98,11 +109,15 @@ class FakeCloud:
         self.alerts_up = True
         self.nova_delay_s = 0.3
         self._clock = clock or trio.current_time
-        self._events: dict[str, tuple[trio.MemorySendChannel[VmEvent], trio.MemoryReceiveChannel[VmEvent]]] = {}
+        self._events: dict[
+            str, tuple[trio.MemorySendChannel[VmEvent], trio.MemoryReceiveChannel[VmEvent]]
+        ] = {}
 
     # -- building ----------------------------------------------------------------------
 
-    def add_host(self, name: str, networks: tuple[str, ...] = ("admin",), **kw: object) -> FakeMachine:
+    def add_host(
+        self, name: str, networks: tuple[str, ...] = ("admin",), **kw: object
+    ) -> FakeMachine:
         m = FakeMachine(name, networks, **kw)  # type: ignore[arg-type]
         m.nics = {n: True for n in networks}
         self.machines[name] = m
@@ -110,10 +125,24 @@ class FakeCloud:
         self._events[name] = trio.open_memory_channel[VmEvent](256)
         return m
 
-    def boot(self, vm: str, host: str, flavor: Flavor, *, project: str = "demo",
-             metadata: Mapping[str, str] | None = None) -> FakeServer:
-        s = FakeServer(vm, vm, project, flavor, host, metadata=dict(metadata or {}),
-                       availability_zone=self.machines[host].availability_zone)
+    def boot(
+        self,
+        vm: str,
+        host: str,
+        flavor: Flavor,
+        *,
+        project: str = "demo",
+        metadata: Mapping[str, str] | None = None,
+    ) -> FakeServer:
+        s = FakeServer(
+            vm,
+            vm,
+            project,
+            flavor,
+            host,
+            metadata=dict(metadata or {}),
+            availability_zone=self.machines[host].availability_zone,
+        )
         self.servers[vm] = s
         self._start(vm, host)
         return s
@@ -171,7 +200,9 @@ class FakeBmc:
     """FencePort over FakeCloud. `credentials` is what the adapter was configured with;
     a mismatch with the machine's BMC password is an auth error, as on a real BMC."""
 
-    def __init__(self, cloud: FakeCloud, actor: str = "", credentials: Mapping[str, bytes] | None = None) -> None:
+    def __init__(
+        self, cloud: FakeCloud, actor: str = "", credentials: Mapping[str, bytes] | None = None
+    ) -> None:
         self.cloud, self.actor, self.credentials = cloud, actor, dict(credentials or {})
 
     def _machine(self, host: str) -> FakeMachine:
@@ -197,7 +228,9 @@ class FakeBmc:
         await trio.sleep(m.bmc_delay_s)
         state = await self.power_state(host)
         if state != "off":
-            raise FenceError("BMC still reports power on", kind="not_confirmed", where=f"bmc of {host}")
+            raise FenceError(
+                "BMC still reports power on", kind="not_confirmed", where=f"bmc of {host}"
+            )
         return FenceProof(host, "bmc", "power state read back: off")
 
     async def power_state(self, host: str) -> PowerState:
@@ -249,13 +282,19 @@ class FakeNova:
         await self._call()
         m = self.cloud.machines[host]
         if not (m.alive and m.processes.get("nova-compute", False)):
-            raise NovaError(f"nova-compute on {host} has not restarted", kind="conflict", where="nova-api")
+            raise NovaError(
+                f"nova-compute on {host} has not restarted", kind="conflict", where="nova-api"
+            )
         self.cloud.record(self.actor, "enable", host)
         self.cloud.services[host].update(forced_down=False, disabled=False, reason="")
 
     async def list_servers(self, host: str) -> list[Server]:
         await self._call()
-        return [s.view() for s in sorted(self.cloud.servers.values(), key=lambda s: s.id) if s.host == host]
+        return [
+            s.view()
+            for s in sorted(self.cloud.servers.values(), key=lambda s: s.id)
+            if s.host == host
+        ]
 
     async def get_server(self, server_id: str) -> Server:
         await self._call()
@@ -268,15 +307,20 @@ class FakeNova:
             m = self.cloud.machines[h]
             mine = [s for s in self.cloud.servers.values() if s.host == h]
             svc = self.cloud.services[h]
-            out.append(HostFacts(
-                host=h,
-                vcpus_free=m.vcpus - sum(s.flavor.vcpus for s in mine),
-                ram_mb_free=m.ram_mb - sum(s.flavor.ram_mb for s in mine),
-                disk_gb_free=m.disk_gb - sum(s.flavor.disk_gb for s in mine),
-                availability_zone=m.availability_zone, aggregates=m.aggregates,
-                service_up=not self._service_down(h), service_enabled=not svc["disabled"],
-                forced_down=bool(svc["forced_down"]), running_vms=len(mine),
-            ))
+            out.append(
+                HostFacts(
+                    host=h,
+                    vcpus_free=m.vcpus - sum(s.flavor.vcpus for s in mine),
+                    ram_mb_free=m.ram_mb - sum(s.flavor.ram_mb for s in mine),
+                    disk_gb_free=m.disk_gb - sum(s.flavor.disk_gb for s in mine),
+                    availability_zone=m.availability_zone,
+                    aggregates=m.aggregates,
+                    service_up=not self._service_down(h),
+                    service_enabled=not svc["disabled"],
+                    forced_down=bool(svc["forced_down"]),
+                    running_vms=len(mine),
+                )
+            )
         return out
 
     async def evacuate(self, server_id: str, target_host: str) -> Server:
@@ -285,7 +329,9 @@ class FakeNova:
         if s.host == target_host and s.task_state is None:
             return s.view()  # already done: idempotent
         if not self._service_down(s.host):
-            raise NovaError(f"compute service of {s.host} is still in use", kind="conflict", where="nova-api")
+            raise NovaError(
+                f"compute service of {s.host} is still in use", kind="conflict", where="nova-api"
+            )
         if not self.cloud.machines[target_host].alive:
             raise NovaError(f"target {target_host} is down", kind="failed", where="nova-api")
         self.cloud.record(self.actor, "evacuate", s.host, f"{server_id} -> {target_host}")
@@ -327,8 +373,13 @@ class FakeNova:
         await self._call()
         s = self._server(server_id)
         target = target_host or next(
-            (h for h, m in sorted(self.cloud.machines.items())
-             if h != s.host and m.alive and not self.cloud.services[h]["disabled"]), None)
+            (
+                h
+                for h, m in sorted(self.cloud.machines.items())
+                if h != s.host and m.alive and not self.cloud.services[h]["disabled"]
+            ),
+            None,
+        )
         if target is None:
             raise NovaError("no valid host found", kind="failed", where="nova-scheduler")
         self.cloud.record(self.actor, action, s.host, f"{server_id} -> {target}")

@@ -247,7 +247,10 @@ def _fence(
     # the self-fence deadline; once that has provably passed, that is a fence too.
     heard = last_heard(state, host)
     t = segment.timings
-    if segment.recovery.allow_self_fence_proof and heard is not None:
+    # Only a host lost on every network has isolated itself; one that is merely
+    # degraded, or failed for a process, still reaches the majority and runs its VMs.
+    isolated = v.kind == "failed" and not any(n.startswith("process:") for n in v.networks)
+    if segment.recovery.allow_self_fence_proof and heard is not None and isolated:
         deadline = heard + t.self_fence_deadline_s + t.max_clock_skew_s
         if now >= deadline:
             return [

@@ -121,6 +121,8 @@ def _segment(words: list[str], name: str, no: int) -> SimSpec:
             spec.brake_fraction = float(val)
         elif key == "brake-window":
             spec.brake_window_s = _seconds(val)
+        elif key == "watchdog":
+            spec.watchdog = val == "true"
         elif key == "fanout":
             spec.fanout = int(val)
         elif key == "host-size":

@@ -72,6 +72,9 @@ class SimSpec:
     fanout: int = 1
     policy: Policy = field(default_factory=Policy)
     recovery: Recovery = field(default_factory=Recovery)
+    # Every host's agent arms a watchdog that resets a hung host well before the
+    # self-fence deadline; the self-fence proof is only sound with it.
+    watchdog: bool = True
 
 
 def build_segment(spec: SimSpec) -> Segment:
@@ -129,9 +132,12 @@ class Sim:
         self.segment = build_segment(spec)
         self.cloud = FakeCloud(clock=self.clock)
         nets = self.segment.network_names
+        watchdog_s = self.segment.timings.self_fence_deadline_s / 2 if spec.watchdog else None
         for h in self.segment.hosts:
             vcpus, ram, disk = spec.host_size
-            self.cloud.add_host(h.name, nets, vcpus=vcpus, ram_mb=ram, disk_gb=disk)
+            self.cloud.add_host(
+                h.name, nets, vcpus=vcpus, ram_mb=ram, disk_gb=disk, watchdog_s=watchdog_s
+            )
         self.net = SimNetwork(self.cloud, nets, random.Random(f"net:{seed}"))
         self.raft = SimRaft(
             self.segment,
@@ -219,7 +225,18 @@ class Sim:
     async def _lifecycle(self) -> None:
         """Machines that stop stop their agent; machines that come back boot it again."""
         while True:
+            now = trio.current_time()
             for h, m in self.cloud.machines.items():
+                if m.hung and m.watchdog_s is not None:
+                    if m.hung_since is None:
+                        m.hung_since = now
+                    elif now - m.hung_since >= m.watchdog_s:
+                        # Configured to power off, not reboot: a rebooted host would
+                        # come back without its VMs, and nothing restarts them yet.
+                        self.fault(f"watchdog powers off {h}")
+                        self.cloud.power_off(h)
+                if not m.hung:
+                    m.hung_since = None
                 if m.alive and h not in self.scopes:
                     self._start_node(h)
                 elif not m.alive and h in self.scopes:
@@ -307,12 +324,16 @@ class Sim:
     def leader(self) -> str | None:
         return self.raft.leader
 
-    async def propose(self, entry: Entry) -> int:
-        """As an operator would through meshctl: through any member in the quorum."""
-        for h in sorted(self.scopes):
-            if self.raft.in_quorum(h):
-                return await self.raft.propose(h, entry, timeout_s=5.0)
-        raise SimTimeout("no member in a quorum to take the operator's command")
+    async def propose(self, entry: Entry, timeout_s: float = 5.0) -> int:
+        """As an operator would through meshctl: through any member in the quorum,
+        retrying (like an operator would) until `timeout_s`."""
+        with trio.move_on_after(timeout_s):
+            while True:
+                for h in sorted(self.scopes):
+                    if self.raft.in_quorum(h):
+                        return await self.raft.propose(h, entry, timeout_s=timeout_s)
+                await trio.sleep(0.1)
+        raise SimTimeout(f"no member in a quorum took the operator's command within {timeout_s:g}s")
 
     async def maintenance(self, host: str, on: bool, reason: str = "scenario") -> None:
         self.fault(f"maintenance {'on' if on else 'off'} {host}")
@@ -357,20 +378,46 @@ class Sim:
         """After a heal: every machine up, one leader, every host healthy, nothing pending,
         every ledger complete."""
 
-        def done() -> bool:
+        def blocker() -> str:
             st = self.live_state()
             if (
                 self.raft.leader is None
                 or st is None
                 or len(self.scopes) != len(self.cloud.machines)
             ):
-                return False
-            if st.index < len(self.raft.log) or any(not i.done for i in st.intents.values()):
-                return False
-            if any(v.kind not in ("healthy", "maintenance") for v in st.verdicts.values()):
-                return False
+                return "no leader, or not every agent running"
+            if st.index < len(self.raft.log):
+                return "state behind the log"
+            pending = [i.id for i in st.intents.values() if not i.done]
+            if pending:
+                return f"pending intents {pending[:5]}"
+            bad = {
+                h: f"{v.kind}: {v.reason}"
+                for h, v in st.verdicts.items()
+                if v.kind not in ("healthy", "maintenance")
+            }
+            if bad:
+                return f"verdicts {bad}"
             if st.fenced:
-                return False
-            return all(len(self.ledgers[h].rows) == len(self.raft.log) for h in self.scopes)
+                return f"still fenced {sorted(st.fenced)}"
+            short = [h for h in self.scopes if len(self.ledgers[h].rows) != len(self.raft.log)]
+            return f"ledgers behind on {short}" if short else ""
 
-        await self.wait_for(done, timeout_s, "the healed segment converges")
+        async def operator_repairs() -> None:
+            """A host fenced after the heal (it was still failed) is powered on again."""
+            while True:
+                await trio.sleep(5.0)
+                for h, m in self.cloud.machines.items():
+                    if not m.alive:
+                        self.power_on(h)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(operator_repairs)
+            try:
+                await self.wait_for(
+                    lambda: not blocker(), timeout_s, "the healed segment converges"
+                )
+            except SimTimeout as err:
+                raise SimTimeout(f"{err}: {blocker()}") from None
+            finally:
+                nursery.cancel_scope.cancel()

@@ -1,0 +1,148 @@
+"""Swarm testing: a segment and a fault schedule drawn from one seed.
+
+Each run draws a segment size, which fault kinds are enabled and how often (swarm
+testing: different runs stress different mixes), then runs a faulty phase, a healed
+phase that must converge, and checks the invariants. The seed reproduces the run:
+`meshctl sim --random 1 --seed S`.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import trio
+
+from meshha.lab.sim.scenario import timeline
+from meshha.lab.sim.world import Sim, SimSpec, SimTimeout
+
+FAULT_KINDS = (
+    "power-off",
+    "hang",
+    "nic-down",
+    "bmc-dead",
+    "partition",
+    "loss",
+    "maintenance",
+    "nova-down",
+    "crash-vm",
+    "process-dead",
+    "power-on",
+    "heal-links",
+)
+
+
+@dataclass
+class SwarmRun:
+    seed: int
+    hosts: int
+    faults: list[str] = field(default_factory=list)
+    failure: str = ""
+    violations: list[str] = field(default_factory=list)
+    committed: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failure and not self.violations
+
+
+def draw_spec(rng: random.Random) -> SimSpec:
+    hosts = rng.choice((3, 4, 5, 5, 6, 7))
+    voters = hosts if hosts <= 5 else rng.choice((3, 5, hosts))
+    return SimSpec(
+        hosts=hosts,
+        voters=voters,
+        vms_per_host=rng.choice((1, 2, 3)),
+        profile=rng.choice(("lan-fast", "lan-fast", "lan-safe")),
+    )
+
+
+async def _faulty_phase(sim: Sim, rng: random.Random, duration_s: float, run: SwarmRun) -> None:
+    enabled = [k for k in FAULT_KINDS if rng.random() < 0.6] or ["power-off"]
+    mean_gap = rng.uniform(2.0, 10.0)
+    hosts = list(sim.segment.host_names)
+    end = trio.current_time() + duration_s
+    while True:
+        gap = rng.expovariate(1.0 / mean_gap)
+        if trio.current_time() + gap >= end:
+            await trio.sleep(max(0.0, end - trio.current_time()))
+            return
+        await trio.sleep(gap)
+        kind = rng.choice(enabled)
+        h = rng.choice(hosts)
+        if kind == "power-off":
+            sim.power_off(h)
+        elif kind == "power-on":
+            sim.power_on(h)
+        elif kind == "hang":
+            sim.hang(h)
+        elif kind == "nic-down":
+            sim.nic(h, rng.choice(sim.segment.network_names), False)
+        elif kind == "bmc-dead":
+            sim.bmc(h, False)
+        elif kind == "partition":
+            rng.shuffle(hosts)
+            cut = rng.randint(1, len(hosts) - 1)
+            sim.partition([set(hosts[:cut]), set(hosts[cut:])])
+        elif kind == "loss":
+            sim.net.quality.loss = rng.choice((0.01, 0.05, 0.1, 0.2))
+            sim.net.quality.jitter_s = rng.choice((0.0, 0.01, 0.05))
+            sim.net.quality.duplicate = rng.choice((0.0, 0.01))
+            sim.fault(
+                f"loss {sim.net.quality.loss:.0%} jitter {sim.net.quality.jitter_s * 1000:.0f}ms"
+            )
+        elif kind == "maintenance":
+            try:
+                await sim.maintenance(h, rng.random() < 0.6)
+            except SimTimeout:
+                pass  # no quorum to take the command: an operator would retry
+            except Exception as err:  # noqa: BLE001 - LogError: same as above
+                if "quorum" not in str(err):
+                    raise
+        elif kind == "nova-down":
+            sim.cloud.nova_up = not sim.cloud.nova_up
+            sim.fault(f"nova {'up' if sim.cloud.nova_up else 'down'}")
+        elif kind == "crash-vm":
+            vms = sorted(v for v, where in sim.cloud.running.items() if where)
+            if vms:
+                vm = rng.choice(vms)
+                if sim.cloud.servers[vm].host in sim.cloud.running[vm]:
+                    sim.fault(f"crash-vm {vm}")
+                    sim.cloud.crash_vm(vm)
+        elif kind == "process-dead":
+            m = sim.cloud.machines[h]
+            m.processes["nova-compute"] = False
+            if rng.random() < 0.5:
+                m.restart_fails.add("nova-compute")
+            sim.fault(f"process-dead {h} nova-compute")
+        elif kind == "heal-links":
+            sim.net.heal()
+            sim.fault("heal-links")
+
+
+async def swarm_run(seed: int, *, faulty_s: float = 60.0) -> SwarmRun:
+    rng = random.Random(seed)
+    spec = draw_spec(rng)
+    sim = Sim(spec, seed)
+    run = SwarmRun(seed, spec.hosts)
+
+    async def body(sim: Sim) -> None:
+        await sim.wait_for(lambda: sim.raft.leader is not None, 10, "a first leader")
+        await trio.sleep(2.0)
+        await _faulty_phase(sim, rng, faulty_s, run)
+        sim.heal()
+        await sim.wait_for(lambda: sim.raft.leader is not None, 30, "a leader after healing")
+        for h in sim.segment.host_names:  # maintenance ends with the faults
+            if (st := sim.live_state()) is not None and h in st.maintenance:
+                await sim.maintenance(h, False)
+        await sim.converge(180.0)
+
+    try:
+        await sim.run(body)
+    except* SimTimeout as group:
+        run.failure = "; ".join(str(e) for e in group.exceptions)
+    run.violations = sim.check_invariants(converged=not run.failure)
+    run.faults = [f"t={t:.2f} {w}" for t, w in sim.faults]
+    run.committed = len(sim.raft.log)
+    run.timeline = timeline(sim)  # type: ignore[attr-defined]
+    return run
