@@ -75,7 +75,9 @@ def verdict(
     return e
 
 
-def maintenance(*, ts: float, by: str, host: str, on: bool, reason: str, operator: str = "") -> Entry:
+def maintenance(
+    *, ts: float, by: str, host: str, on: bool, reason: str, operator: str = ""
+) -> Entry:
     e = _base("maintenance", ts, by)
     e.update(host=host, on=bool(on), reason=reason, operator=operator)
     return e
@@ -121,7 +123,9 @@ def result(
 ) -> Entry:
     assert outcome in OUTCOMES, outcome
     e = _base("result", ts, by)
-    e.update(intent=intent_id, outcome=outcome, detail=detail, error_kind=error_kind, data=data or {})
+    e.update(
+        intent=intent_id, outcome=outcome, detail=detail, error_kind=error_kind, data=data or {}
+    )
     return e
 
 

@@ -38,7 +38,9 @@ class Drivers:
 
 
 class Executor:
-    def __init__(self, segment: Segment, drivers: Drivers, me: str, guard: Guard | None = None) -> None:
+    def __init__(
+        self, segment: Segment, drivers: Drivers, me: str, guard: Guard | None = None
+    ) -> None:
         self.segment = segment
         self.d = drivers
         self.me = me
@@ -52,10 +54,18 @@ class Executor:
             detail, data = await getattr(self, f"_do_{intent.action}")(intent, now)
         except MeshhaError as err:
             log.warning("intent_failed", intent=intent.id, kind=err.kind, error=str(err))
-            return E.result(ts=now(), by=self.me, intent_id=intent.id, outcome="failed",
-                            detail=str(err), error_kind=err.kind)
+            return E.result(
+                ts=now(),
+                by=self.me,
+                intent_id=intent.id,
+                outcome="failed",
+                detail=str(err),
+                error_kind=err.kind,
+            )
         log.info("intent_done", intent=intent.id, detail=detail)
-        return E.result(ts=now(), by=self.me, intent_id=intent.id, outcome="ok", detail=detail, data=data)
+        return E.result(
+            ts=now(), by=self.me, intent_id=intent.id, outcome="ok", detail=detail, data=data
+        )
 
     def _check(self, i: Intent, state: SegmentState) -> None:
         if i.action == "evacuate" and not state.is_fenced(i.host):
@@ -63,15 +73,22 @@ class Executor:
         if i.action != "enable_compute" and i.host and state.in_maintenance(i.host):
             raise InvariantViolation(f"about to {i.action} on {i.host}, which is in maintenance")
         if i.target and state.in_maintenance(i.target):
-            raise InvariantViolation(f"about to {i.action} onto {i.target}, which is in maintenance")
+            raise InvariantViolation(
+                f"about to {i.action} onto {i.target}, which is in maintenance"
+            )
 
     # -- actions: each returns (detail, data) ------------------------------------------
 
     async def _do_fence(self, i: Intent, now: Callable[[], float]) -> tuple[str, dict[str, Any]]:
         proof = await self.d.fence.power_off(i.host)
-        return f"BMC reports {i.host} powered off ({proof.detail})", {"method": proof.method, "attempts": proof.attempts}
+        return f"BMC reports {i.host} powered off ({proof.detail})", {
+            "method": proof.method,
+            "attempts": proof.attempts,
+        }
 
-    async def _do_disable_compute(self, i: Intent, now: Callable[[], float]) -> tuple[str, dict[str, Any]]:
+    async def _do_disable_compute(
+        self, i: Intent, now: Callable[[], float]
+    ) -> tuple[str, dict[str, Any]]:
         reason = f"meshha: {i.reason}"[:255]
         if i.params.get("force_down", True):
             await self.d.nova.force_down(i.host, reason)
@@ -79,11 +96,15 @@ class Executor:
         await self.d.nova.disable_service(i.host, reason)
         return f"nova-compute on {i.host} disabled", {}
 
-    async def _do_enable_compute(self, i: Intent, now: Callable[[], float]) -> tuple[str, dict[str, Any]]:
+    async def _do_enable_compute(
+        self, i: Intent, now: Callable[[], float]
+    ) -> tuple[str, dict[str, Any]]:
         await self.d.nova.enable_service(i.host)
         return f"nova-compute on {i.host} enabled", {}
 
-    async def _do_inventory(self, i: Intent, now: Callable[[], float]) -> tuple[str, dict[str, Any]]:
+    async def _do_inventory(
+        self, i: Intent, now: Callable[[], float]
+    ) -> tuple[str, dict[str, Any]]:
         servers = await self.d.nova.list_servers(i.host)
         facts = await self.d.nova.host_facts(list(self.segment.host_names))
         own = next((f for f in facts if f.host == i.host), None)
@@ -97,33 +118,55 @@ class Executor:
                 cell=self.segment.cell,
             )
             p = resolve(self.segment.policy, ctx)
-            rows.append({
-                "id": s.id, "name": s.name, "status": s.status, "project": s.project_id,
-                "flavor": s.flavor.name, "vcpus": s.flavor.vcpus, "ram_mb": s.flavor.ram_mb,
-                "disk_gb": s.flavor.disk_gb, "ha": p.ha, "priority": p.priority,
-                "on_vm_failure": p.on_vm_failure, "decided_by": [list(x) for x in p.decided_by],
-            })
+            rows.append(
+                {
+                    "id": s.id,
+                    "name": s.name,
+                    "status": s.status,
+                    "project": s.project_id,
+                    "flavor": s.flavor.name,
+                    "vcpus": s.flavor.vcpus,
+                    "ram_mb": s.flavor.ram_mb,
+                    "disk_gb": s.flavor.disk_gb,
+                    "ha": p.ha,
+                    "priority": p.priority,
+                    "on_vm_failure": p.on_vm_failure,
+                    "decided_by": [list(x) for x in p.decided_by],
+                }
+            )
         fact_rows = [
-            {"host": f.host, "vcpus_free": f.vcpus_free, "ram_mb_free": f.ram_mb_free,
-             "disk_gb_free": f.disk_gb_free, "running_vms": f.running_vms,
-             "service_up": f.service_up, "forced_down": f.forced_down}
+            {
+                "host": f.host,
+                "vcpus_free": f.vcpus_free,
+                "ram_mb_free": f.ram_mb_free,
+                "disk_gb_free": f.disk_gb_free,
+                "running_vms": f.running_vms,
+                "service_up": f.service_up,
+                "forced_down": f.forced_down,
+            }
             for f in facts
         ]
         n_ha = sum(1 for r in rows if r["ha"])
-        return (f"{len(rows)} servers on {i.host} ({n_ha} HA), {len(facts)} hosts' capacity",
-                {"ts": now(), "servers": rows, "facts": fact_rows})
+        return (
+            f"{len(rows)} servers on {i.host} ({n_ha} HA), {len(facts)} hosts' capacity",
+            {"ts": now(), "servers": rows, "facts": fact_rows},
+        )
 
     async def _do_evacuate(self, i: Intent, now: Callable[[], float]) -> tuple[str, dict[str, Any]]:
         assert i.vm and i.target
         s = await self.d.nova.evacuate(i.vm, i.target)
         return f"{i.vm} rebuilt on {s.host}, {s.status}", {"host": s.host, "status": s.status}
 
-    async def _do_live_migrate(self, i: Intent, now: Callable[[], float]) -> tuple[str, dict[str, Any]]:
+    async def _do_live_migrate(
+        self, i: Intent, now: Callable[[], float]
+    ) -> tuple[str, dict[str, Any]]:
         assert i.vm
         s = await self.d.nova.live_migrate(i.vm, i.target)
         return f"{i.vm} live-migrated to {s.host}", {"host": s.host}
 
-    async def _do_restart_vm(self, i: Intent, now: Callable[[], float]) -> tuple[str, dict[str, Any]]:
+    async def _do_restart_vm(
+        self, i: Intent, now: Callable[[], float]
+    ) -> tuple[str, dict[str, Any]]:
         assert i.vm
         try:
             await self.d.nova.stop(i.vm)
@@ -133,12 +176,16 @@ class Executor:
         await self.d.nova.start(i.vm)
         return f"{i.vm} stopped and started on {i.host}", {}
 
-    async def _do_hard_reboot(self, i: Intent, now: Callable[[], float]) -> tuple[str, dict[str, Any]]:
+    async def _do_hard_reboot(
+        self, i: Intent, now: Callable[[], float]
+    ) -> tuple[str, dict[str, Any]]:
         assert i.vm
         await self.d.nova.hard_reboot(i.vm)
         return f"{i.vm} hard-rebooted", {}
 
-    async def _do_migrate_vm(self, i: Intent, now: Callable[[], float]) -> tuple[str, dict[str, Any]]:
+    async def _do_migrate_vm(
+        self, i: Intent, now: Callable[[], float]
+    ) -> tuple[str, dict[str, Any]]:
         assert i.vm
         s = await self.d.nova.cold_migrate(i.vm, i.target)
         if s.status != "ACTIVE":
@@ -147,8 +194,14 @@ class Executor:
 
     async def _do_alert(self, i: Intent, now: Callable[[], float]) -> tuple[str, dict[str, Any]]:
         p = i.params
-        await self.d.alerts.send(Alert(
-            segment=self.segment.name, severity=p.get("severity", "warning"),
-            subject=p.get("subject", i.reason), body=p.get("body", ""), host=i.host or None, key=i.id,
-        ))
+        await self.d.alerts.send(
+            Alert(
+                segment=self.segment.name,
+                severity=p.get("severity", "warning"),
+                subject=p.get("subject", i.reason),
+                body=p.get("body", ""),
+                host=i.host or None,
+                key=i.id,
+            )
+        )
         return "alert delivered", {}
