@@ -20,5 +20,7 @@ async def test_random_schedules(start: int, autojump_clock) -> None:  # type: ig
     for seed in range(start, start + CHUNK):
         run = await swarm_run(seed)
         if not run.ok:
-            bad.append(f"seed {seed} ({run.hosts} hosts): {run.failure} {run.violations}\n  faults: {run.faults}")
+            bad.append(
+                f"seed {seed} ({run.hosts} hosts): {run.failure} {run.violations}\n  faults: {run.faults}"
+            )
     assert not bad, "\n".join(bad)

@@ -48,7 +48,9 @@ def test_config_check_reports_key_path_and_fails(tmp_path: Path) -> None:
 
 
 def test_sim_prints_timeline_and_summary() -> None:
-    res = CliRunner().invoke(main, ["sim", "--hosts", "5", "--scenario", "host-power-off", "--seed", "1"])
+    res = CliRunner().invoke(
+        main, ["sim", "--hosts", "5", "--scenario", "host-power-off", "--seed", "1"]
+    )
     assert res.exit_code == 0, res.output
     assert "FAULT     power-off host2" in res.output
     assert "VERDICT   host2 failed" in res.output
