@@ -1,0 +1,131 @@
+"""One pysyncobj member in this process (real thread, real socket): compaction to a dump
+and replay from it after a restart, bounded retention (a reader that fell behind it gets
+a typed error, not a silent gap), the entry size bound, bind failure and config checks."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+import trio
+
+from meshha.errors import ConfigError, LogError
+from meshha.raft.log import LogPort
+from meshha.raft.pysyncobj_log import DUMP_FILE, PysyncobjLog, RaftLogConfig
+
+WAIT_S = 10.0
+
+
+def _config(tmp_path, **kw) -> RaftLogConfig:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    kw.setdefault("voters", {"solo": f"127.0.0.1:{port}"})
+    kw.setdefault("election_timeout_min_s", 0.2)
+    kw.setdefault("election_timeout_max_s", 0.3)
+    kw.setdefault("heartbeat_interval_s", 0.05)
+    kw.setdefault("tick_s", 0.01)  # a lone voter commits on its next tick: keep it short
+    return RaftLogConfig(me="solo", password=b"pw", data_dir=tmp_path / "raft", **kw)
+
+
+def _entry(i: int) -> dict:
+    return {"v": 1, "kind": "observation", "ts": 1000.0 + i, "by": "solo", "i": i}
+
+
+async def _until_quorum(log: PysyncobjLog) -> None:
+    with trio.fail_after(WAIT_S):
+        while not log.has_quorum:
+            await log.wait_change()
+
+
+async def _read(log: PysyncobjLog, after: int, n: int) -> list[tuple[int, dict]]:
+    got = []
+    with trio.fail_after(WAIT_S):
+        async for item in log.committed_from(after):
+            got.append(item)
+            if len(got) == n:
+                return got
+    raise AssertionError("unreachable")
+
+
+async def test_single_voter_commits_and_is_a_log_port(tmp_path):
+    log = PysyncobjLog(_config(tmp_path))
+    assert isinstance(log, LogPort)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(log.run)
+        await _until_quorum(log)
+        assert log.is_leader and log.leader == "solo" and log.term >= 1
+        idx = [await log.propose(_entry(i), timeout_s=WAIT_S) for i in range(3)]
+        assert log.commit_index == idx[-1]
+        assert await _read(log, 0, 3) == list(zip(idx, map(_entry, range(3)), strict=True))
+        assert await _read(log, idx[0], 2) == [(idx[1], _entry(1)), (idx[2], _entry(2))]
+        with pytest.raises(LogError) as e:
+            await log.propose({**_entry(9), "pad": "x" * 70_000}, timeout_s=1.0)
+        assert e.value.kind == "too_large"
+        nursery.cancel_scope.cancel()
+    assert not log.status.running and not log.has_quorum
+
+
+async def test_compaction_then_restart_replays_from_the_dump(tmp_path):
+    config = _config(tmp_path, compaction_min_entries=20)
+    async with trio.open_nursery() as nursery:
+        log = PysyncobjLog(config)
+        await nursery.start(log.run)
+        await _until_quorum(log)
+        for i in range(60):
+            await log.propose(_entry(i), timeout_s=WAIT_S)
+        before = await _read(log, 0, 60)
+        with trio.fail_after(WAIT_S):
+            while not (config.data_dir / DUMP_FILE).exists():
+                await log.wait_change()  # compaction runs in the ticks after commits
+                await log.propose(_entry(-1), timeout_s=WAIT_S)
+        nursery.cancel_scope.cancel()
+    async with trio.open_nursery() as nursery:
+        log = PysyncobjLog(config)
+        await nursery.start(log.run)
+        assert (await _read(log, 0, 60)) == before  # from the dump, then the journal
+        nursery.cancel_scope.cancel()
+
+
+async def test_reader_behind_retention_gets_a_typed_error(tmp_path):
+    log = PysyncobjLog(_config(tmp_path, retain_entries=10))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(log.run)
+        await _until_quorum(log)
+        idx = [await log.propose(_entry(i), timeout_s=WAIT_S) for i in range(30)]
+        with pytest.raises(LogError) as e:
+            await _read(log, 0, 1)
+        assert e.value.kind == "truncated"
+        tail = await _read(log, idx[-5], 4)  # within retention: fine
+        assert [i for i, _ in tail] == idx[-4:]
+        nursery.cancel_scope.cancel()
+
+
+async def test_port_in_use_is_a_bind_error(tmp_path):
+    config = _config(tmp_path)
+    host, port = config.voters["solo"].rsplit(":", 1)
+    with socket.socket() as squatter:
+        squatter.bind((host, int(port)))
+        squatter.listen()
+        t0 = time.monotonic()
+        with pytest.raises(LogError) as e:
+            await PysyncobjLog(config).run()
+        assert e.value.kind == "bind" and time.monotonic() - t0 < WAIT_S
+
+
+def test_config_is_checked(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        PysyncobjLog(
+            _config(
+                tmp_path,
+                voters={"solo": "nowhere"},
+                election_timeout_min_s=0.2,
+                election_timeout_max_s=0.4,
+                heartbeat_interval_s=0.1,
+            )
+        )
+    msg = str(e.value)
+    assert "not ip:port" in msg and "3 x heartbeat" in msg
+    with pytest.raises(ConfigError, match="password"):
+        RaftLogConfig(me="a", voters={"a": "127.0.0.1:1"}, password="", data_dir=tmp_path).check()
