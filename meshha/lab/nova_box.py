@@ -171,6 +171,12 @@ class Box:
         from nova.virt import fake
         from placement import deploy
 
+        if self.args.eventlet:
+            # socketserver picked the real poll selector at import; the green select
+            # (patched in place by eventlet) keeps serve_forever from blocking the hub.
+            import selectors
+
+            socketserver._ServerSelector = selectors.SelectSelector  # type: ignore[attr-defined]
         box = self
         install_driver(fake, self.default_size, self.sizes, self.args)
         # The placement fixture only installs a wsgi-intercept; keep the app it loads.

@@ -1,0 +1,537 @@
+"""NovaPort over openstacksdk: the only place meshha talks to Nova.
+
+Every sdk call is blocking, so it runs in `trio.to_thread.run_sync` under the driver's own
+`CapacityLimiter` (bounded parallel HTTP calls). Each public method has one deadline,
+`timeout_s`, covering the request and the wait for its end state; waits poll Nova every
+`poll_interval_s` for a *condition* (for an evacuation: host changed to the target and no
+task state), never a fixed time.
+
+Errors become `NovaError` with a `kind`:
+
+    unreachable  connection refused/reset, discovery failed, 502/503/504
+    conflict     409 (the server is busy or in the wrong state)
+    not_found    404, or a host Nova does not know
+    refused      400/401/403: Nova said no (e.g. evacuating from a host still up)
+    timeout      the end state did not come before the deadline
+    failed       Nova reported the operation failed (migration error, ERROR state), 5xx
+
+Microversion: the whole compute API is used at `microversion` (default 2.95, at least
+2.60). From 2.95 an evacuated server ends SHUTOFF on its new host; `evacuate` starts it
+again unless its last power action before the evacuation was a stop.
+
+Capacity comes from Placement (what the scheduler decides on: allocation ratios,
+reserved amounts and in-flight allocations included), looked up per compute node; the
+hypervisors API gives the node uuids of each host (at 2.53+ they are the provider uuids).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+import trio
+
+from meshha.errors import NovaError
+from meshha.recovery.ports import Flavor, HostFacts, Server
+
+log = structlog.get_logger("meshha.nova")
+
+MIN_MICROVERSION = (2, 60)
+# Actions that say whether the user wants the server running; the newest one wins.
+RUNNING_ACTIONS = frozenset(
+    {"create", "start", "reboot", "rebuild", "unshelve", "resume", "unpause", "unrescue"}
+)
+STOPPED_ACTIONS = frozenset({"stop", "shelve", "suspend", "pause"})
+FAILED_MIGRATION = frozenset({"error", "failed", "cancelled"})
+
+
+def parse_microversion(text: str) -> tuple[int, int]:
+    major, _, minor = text.partition(".")
+    return int(major), int(minor)
+
+
+# ---- pure helpers -----------------------------------------------------------------------
+
+
+def to_server(raw: Any) -> Server:
+    """An sdk Server (detail view, microversion >= 2.47) as meshha's frozen Server."""
+    f = raw.flavor
+    flavor = Flavor(
+        name=str(getattr(f, "original_name", None) or getattr(f, "name", None) or ""),
+        vcpus=int(getattr(f, "vcpus", 0) or 0),
+        ram_mb=int(getattr(f, "ram", 0) or 0),
+        disk_gb=int(getattr(f, "disk", 0) or 0),
+        extra_specs=tuple(sorted((str(k), str(v)) for k, v in (f.extra_specs or {}).items())),
+    )
+    return Server(
+        id=raw.id,
+        name=raw.name or "",
+        host=raw.compute_host,
+        status=raw.status or "",
+        task_state=raw.task_state,
+        project_id=raw.project_id or "",
+        flavor=flavor,
+        metadata=tuple(sorted((str(k), str(v)) for k, v in (raw.metadata or {}).items())),
+        availability_zone=raw.availability_zone,
+    )
+
+
+def wants_running(actions_newest_first: Iterable[str]) -> bool:
+    """Whether a server should run after an evacuation: its newest power action, evacuations
+    left out. A server stopped on purpose (before or after) stays stopped."""
+    for action in actions_newest_first:
+        if action in STOPPED_ACTIONS:
+            return False
+        if action in RUNNING_ACTIONS:
+            return True
+    return True
+
+
+def free_amount(inventory: dict[str, Any] | None, used: int) -> int:
+    """What placement would still allocate of one resource class."""
+    if not inventory:
+        return 0
+    total = inventory.get("total", 0) - inventory.get("reserved", 0)
+    return max(0, math.floor(total * float(inventory.get("allocation_ratio", 1.0))) - used)
+
+
+@dataclass(frozen=True)
+class _Service:
+    id: str
+    host: str
+    up: bool
+    enabled: bool
+    forced_down: bool
+    zone: str | None
+
+
+# ---- the driver -------------------------------------------------------------------------
+
+
+class NovaDriver:
+    """NovaPort over openstacksdk.
+
+    `conn` is a cloud name from clouds.yaml, or a zero-argument callable that returns an
+    `openstack.connection.Connection` (made lazily, in a worker thread, once).
+    """
+
+    def __init__(
+        self,
+        conn: str | Callable[[], Any],
+        *,
+        microversion: str = "2.95",
+        timeout_s: float = 30.0,
+        limiter: trio.CapacityLimiter | None = None,
+        poll_interval_s: float = 0.2,
+    ) -> None:
+        if parse_microversion(microversion) < MIN_MICROVERSION:
+            raise ValueError(f"nova microversion {microversion} < 2.60 is not supported")
+        assert timeout_s > 0 and poll_interval_s > 0
+        self.microversion = microversion
+        self.stops_evacuated = parse_microversion(microversion) >= (2, 95)
+        self.timeout_s = timeout_s
+        self.poll_interval_s = poll_interval_s
+        self.limiter = limiter or trio.CapacityLimiter(10)
+        self.where = conn if isinstance(conn, str) else "nova"
+        self._factory = (
+            _cloud_factory(conn, microversion, timeout_s) if isinstance(conn, str) else conn
+        )
+        self._conn: Any = None
+        self._conn_lock = threading.Lock()
+
+    # ---- plumbing ---------------------------------------------------------------------
+
+    def _compute(self) -> Any:
+        """The sdk compute proxy, pinned to our microversion (called in worker threads)."""
+        with self._conn_lock:
+            if self._conn is None:
+                conn = self._factory()
+                conn.compute.default_microversion = self.microversion
+                self._conn = conn
+        return self._conn.compute
+
+    def _placement(self) -> Any:
+        self._compute()
+        return self._conn.placement
+
+    async def _call(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run one blocking sdk call in a worker thread; sdk errors become NovaError."""
+
+        def run() -> Any:
+            try:
+                return fn(*args)
+            except Exception as e:  # translated (or re-raised as is), never swallowed
+                raise _translate(e, f"{self.where}: {what}") from e
+
+        return await trio.to_thread.run_sync(run, limiter=self.limiter)
+
+    @contextmanager
+    def _deadline(self, what: str) -> Iterator[None]:
+        """One deadline for a whole public call: TooSlowError becomes kind=timeout."""
+        try:
+            with trio.fail_after(self.timeout_s):
+                yield
+        except trio.TooSlowError:
+            raise NovaError(
+                f"{what}: not done after {self.timeout_s:g} s", kind="timeout", where=self.where
+            ) from None
+
+    async def _server(self, server_id: str) -> Any:
+        return await self._call(f"get {server_id}", lambda: self._compute().get_server(server_id))
+
+    async def _wait(self, server_id: str, what: str, done: Callable[[Any], bool]) -> Any:
+        """Poll until `done(server)`; an ERROR state with no task state is a failure."""
+        while True:
+            raw = await self._server(server_id)
+            if done(raw):
+                return raw
+            if raw.status == "ERROR" and raw.task_state is None:
+                raise NovaError(f"{what}: server went to ERROR", kind="failed", where=self.where)
+            await trio.sleep(self.poll_interval_s)
+
+    async def _service(self, host: str) -> _Service:
+        for svc in await self._services():
+            if svc.host == host:
+                return svc
+        raise NovaError(f"no nova-compute service on {host}", kind="not_found", where=self.where)
+
+    async def _services(self) -> list[_Service]:
+        raws = await self._call(
+            "list services", lambda: list(self._compute().services(binary="nova-compute"))
+        )
+        return [
+            _Service(
+                id=s.id,
+                host=s.host,
+                up=s.state == "up",
+                enabled=s.status == "enabled",
+                forced_down=bool(s.is_forced_down),
+                zone=s.availability_zone,
+            )
+            for s in raws
+        ]
+
+    async def _update_service(self, host: str, what: str, **attrs: Any) -> None:
+        svc = await self._service(host)
+        await self._call(f"{what} {host}", lambda: self._compute().update_service(svc.id, **attrs))
+        log.info("nova.service_updated", host=host, what=what)
+
+    # ---- services ---------------------------------------------------------------------
+
+    async def force_down(self, host: str, reason: str) -> None:
+        """One PUT (2.53+): forced down, disabled, with `reason`. Idempotent."""
+        with self._deadline(f"force down {host}"):
+            await self._update_service(
+                host, "force_down", forced_down=True, status="disabled", disabled_reason=reason
+            )
+
+    async def disable_service(self, host: str, reason: str) -> None:
+        with self._deadline(f"disable {host}"):
+            await self._update_service(host, "disable", status="disabled", disabled_reason=reason)
+
+    async def enable_service(self, host: str) -> None:
+        """Un-force and enable. Nova refuses (kind=refused) while evacuations from the
+        host wait for its nova-compute to restart and clean up."""
+        with self._deadline(f"enable {host}"):
+            await self._update_service(host, "enable", forced_down=False, status="enabled")
+
+    # ---- reads ------------------------------------------------------------------------
+
+    async def list_servers(self, host: str) -> list[Server]:
+        raws = await self._call(
+            f"list servers on {host}",
+            lambda: list(
+                self._compute().servers(details=True, all_projects=True, compute_host=host)
+            ),
+        )
+        return [to_server(r) for r in raws if r.compute_host == host]
+
+    async def get_server(self, server_id: str) -> Server:
+        return to_server(await self._server(server_id))
+
+    async def host_facts(self, hosts: list[str]) -> list[HostFacts]:
+        with self._deadline("host facts"):
+            services = {s.host: s for s in await self._services()}
+            missing = [h for h in hosts if h not in services]
+            if missing:
+                raise NovaError(
+                    f"no nova-compute service on {', '.join(missing)}",
+                    kind="not_found",
+                    where=self.where,
+                )
+            nodes = await self._nodes_by_host()
+            aggregates = await self._call(
+                "list aggregates", lambda: list(self._compute().aggregates())
+            )
+            facts = []
+            for host in hosts:
+                free = [0, 0, 0]
+                for node in nodes.get(host, []):
+                    for i, amount in enumerate(await self._node_free(node)):
+                        free[i] += amount
+                svc = services[host]
+                facts.append(
+                    HostFacts(
+                        host=host,
+                        vcpus_free=free[0],
+                        ram_mb_free=free[1],
+                        disk_gb_free=free[2],
+                        availability_zone=svc.zone,
+                        aggregates=tuple(
+                            sorted(a.name for a in aggregates if host in (a.hosts or ()))
+                        ),
+                        service_up=svc.up and not svc.forced_down,
+                        service_enabled=svc.enabled,
+                        forced_down=svc.forced_down,
+                        running_vms=await self._server_count(host),
+                    )
+                )
+            return facts
+
+    async def _server_count(self, host: str) -> int:
+        """Servers Nova places on `host` (any status), from the short list view."""
+        return await self._call(
+            f"count servers on {host}",
+            lambda: sum(
+                1
+                for _ in self._compute().servers(
+                    details=False, all_projects=True, compute_host=host
+                )
+            ),
+        )
+
+    async def _nodes_by_host(self) -> dict[str, list[str]]:
+        raws = await self._call(
+            "list hypervisors", lambda: list(self._compute().hypervisors(details=True))
+        )
+        nodes: dict[str, list[str]] = {}
+        for h in raws:
+            host = (h.service_details or {}).get("host")
+            if host:
+                nodes.setdefault(host, []).append(h.id)
+        return nodes
+
+    async def _node_free(self, node: str) -> tuple[int, int, int]:
+        def read() -> tuple[dict, dict]:
+            placement = self._placement()
+            inv = placement.get(f"/resource_providers/{node}/inventories")
+            use = placement.get(f"/resource_providers/{node}/usages")
+            for r in (inv, use):
+                _raise_for_status(r)
+            return inv.json()["inventories"], use.json()["usages"]
+
+        inventories, usages = await self._call(f"placement {node}", read)
+        return (
+            free_amount(inventories.get("VCPU"), usages.get("VCPU", 0)),
+            free_amount(inventories.get("MEMORY_MB"), usages.get("MEMORY_MB", 0)),
+            free_amount(inventories.get("DISK_GB"), usages.get("DISK_GB", 0)),
+        )
+
+    async def _actions(self, server_id: str) -> list[str]:
+        """Instance action names, newest first."""
+        raws = await self._call(
+            f"actions of {server_id}", lambda: list(self._compute().server_actions(server_id))
+        )
+        raws.sort(key=lambda a: a.start_time or "", reverse=True)
+        return [a.action for a in raws]
+
+    async def _migration_failed(self, server_id: str, kind: str) -> str | None:
+        """The status of the newest migration of `kind` for the server if it failed."""
+
+        def newest() -> Any:
+            migs = list(self._compute().migrations(server_id=server_id, migration_type=kind))
+            return max(migs, key=lambda m: m.created_at or "", default=None)
+
+        mig = await self._call(f"migrations of {server_id}", newest)
+        if mig is not None and mig.status in FAILED_MIGRATION:
+            return str(mig.status)
+        return None
+
+    # ---- evacuation -------------------------------------------------------------------
+
+    async def evacuate(self, server_id: str, target_host: str) -> Server:
+        t0 = time.monotonic()
+        what = f"evacuate {server_id} to {target_host}"
+        with self._deadline(what):
+            raw = await self._server(server_id)
+            if raw.compute_host != target_host or raw.task_state is not None:
+                if raw.task_state is None:
+                    await self._call(
+                        what, lambda: self._compute().evacuate_server(server_id, host=target_host)
+                    )
+                    log.info("nova.evacuate_requested", server=server_id, target=target_host)
+                elif (await self._actions(server_id))[:1] != ["evacuate"]:
+                    raise NovaError(
+                        f"{what}: server is busy ({raw.task_state})",
+                        kind="conflict",
+                        where=self.where,
+                    )
+                raw = await self._wait_moved(server_id, what, "evacuation", target_host)
+            if self.stops_evacuated and raw.status == "SHUTOFF":
+                actions = await self._actions(server_id)
+                if wants_running(a for a in actions if a != "evacuate"):
+                    raw = await self._power(server_id, "start")
+        log.info(
+            "nova.evacuated",
+            server=server_id,
+            host=raw.compute_host,
+            status=raw.status,
+            elapsed_s=round(time.monotonic() - t0, 3),
+        )
+        return to_server(raw)
+
+    async def _wait_moved(
+        self, server_id: str, what: str, kind: str, target: str | None, source: str | None = None
+    ) -> Any:
+        """Wait until the server sits on `target` (or anywhere but `source`) with no task
+        state. Host unchanged and no task state can be a 70 ms gap mid-operation, so it
+        only counts as failure when the migration record says so."""
+        while True:
+            raw = await self._server(server_id)
+            moved = raw.compute_host == target if target else raw.compute_host != source
+            if raw.task_state is None:
+                if moved:
+                    return raw
+                status = await self._migration_failed(server_id, kind)
+                if status is not None or raw.status == "ERROR":
+                    raise NovaError(
+                        f"{what}: {kind} {status or 'left the server in ERROR'}",
+                        kind="failed",
+                        where=self.where,
+                    )
+            await trio.sleep(self.poll_interval_s)
+
+    # ---- power ------------------------------------------------------------------------
+
+    async def start(self, server_id: str) -> None:
+        with self._deadline(f"start {server_id}"):
+            await self._power(server_id, "start")
+
+    async def stop(self, server_id: str) -> None:
+        with self._deadline(f"stop {server_id}"):
+            await self._power(server_id, "stop")
+
+    async def hard_reboot(self, server_id: str) -> None:
+        with self._deadline(f"hard reboot {server_id}"):
+            await self._power(server_id, "reboot")
+
+    async def _power(self, server_id: str, action: str) -> Any:
+        """start/stop are idempotent (no request when already there); the API sets a task
+        state before it answers, so "no task state and the end status" is the end."""
+        end = "SHUTOFF" if action == "stop" else "ACTIVE"
+        raw = await self._server(server_id)
+        if action != "reboot" and raw.status == end and raw.task_state is None:
+            return raw
+        compute = self._compute()
+        request = {
+            "start": lambda: compute.start_server(server_id),
+            "stop": lambda: compute.stop_server(server_id),
+            "reboot": lambda: compute.reboot_server(server_id, "HARD"),
+        }[action]
+        await self._call(f"{action} {server_id}", request)
+        log.info("nova.power", server=server_id, action=action)
+        return await self._wait(
+            server_id,
+            f"{action} {server_id}",
+            lambda r: r.status == end and r.task_state is None,
+        )
+
+    # ---- migrations -------------------------------------------------------------------
+
+    async def live_migrate(self, server_id: str, target_host: str | None) -> Server:
+        what = f"live-migrate {server_id} to {target_host or 'any host'}"
+        with self._deadline(what):
+            raw = await self._server(server_id)
+            if target_host and raw.compute_host == target_host and raw.task_state is None:
+                return to_server(raw)
+            source = raw.compute_host
+            await self._call(
+                what,
+                lambda: self._compute().live_migrate_server(
+                    server_id, host=target_host, block_migration="auto"
+                ),
+            )
+            log.info("nova.live_migrate_requested", server=server_id, target=target_host)
+            raw = await self._wait_moved(server_id, what, "live-migration", target_host, source)
+        return to_server(raw)
+
+    async def cold_migrate(self, server_id: str, target_host: str | None) -> Server:
+        what = f"cold-migrate {server_id} to {target_host or 'any host'}"
+        with self._deadline(what):
+            raw = await self._server(server_id)
+            if target_host and raw.compute_host == target_host and raw.task_state is None:
+                if raw.status == "VERIFY_RESIZE":
+                    return to_server(await self._confirm(server_id, what))
+                return to_server(raw)
+            source = raw.compute_host
+            if raw.status != "VERIFY_RESIZE":
+                await self._call(
+                    what, lambda: self._compute().migrate_server(server_id, host=target_host)
+                )
+                log.info("nova.cold_migrate_requested", server=server_id, target=target_host)
+                await self._wait(
+                    server_id, what, lambda r: r.status == "VERIFY_RESIZE" and r.task_state is None
+                )
+            raw = await self._confirm(server_id, what)
+            if raw.compute_host == source:
+                raise NovaError(f"{what}: still on {source}", kind="failed", where=self.where)
+        return to_server(raw)
+
+    async def _confirm(self, server_id: str, what: str) -> Any:
+        await self._call(what, lambda: self._compute().confirm_server_resize(server_id))
+        return await self._wait(
+            server_id,
+            what,
+            lambda r: r.status in ("ACTIVE", "SHUTOFF") and r.task_state is None,
+        )
+
+
+def _cloud_factory(cloud: str, microversion: str, timeout_s: float) -> Callable[[], Any]:
+    def connect() -> Any:
+        import openstack
+
+        return openstack.connect(
+            cloud=cloud, compute_api_version=microversion, api_timeout=timeout_s
+        )
+
+    return connect
+
+
+def _raise_for_status(response: Any) -> None:
+    from openstack import exceptions
+
+    exceptions.raise_from_response(response)
+
+
+def _translate(e: Exception, where: str) -> NovaError:
+    """An sdk/keystoneauth exception as a NovaError with its kind."""
+    from keystoneauth1 import exceptions as ksa
+    from openstack import exceptions as sdk
+
+    if isinstance(e, ksa.ConnectionError | ksa.DiscoveryFailure):
+        return NovaError(f"unreachable: {e}", kind="unreachable", where=where)
+    status = getattr(e, "status_code", None)
+    if isinstance(e, sdk.NotFoundException) or status == 404:
+        kind = "not_found"
+    elif isinstance(e, sdk.ConflictException) or status == 409:
+        kind = "conflict"
+    elif status in (502, 503, 504):
+        kind = "unreachable"
+    elif status in (400, 401, 403):
+        kind = "refused"
+    elif isinstance(e, sdk.SDKException | ksa.ClientException):
+        kind = "failed"
+    else:
+        raise e  # a programmer error: let it crash as it is
+    return NovaError(_message(e), kind=kind, where=where)
+
+
+def _message(e: Exception) -> str:
+    details = getattr(e, "details", None)
+    return f"{type(e).__name__}: {details or e}"
