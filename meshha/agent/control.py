@@ -61,7 +61,9 @@ class ControlError(MeshhaError):
 
     kind = "control"
 
-    def __init__(self, message: str, *, kind: str | None = None, where: str = "", remote=False):
+    def __init__(
+        self, message: str, *, kind: str | None = None, where: str = "", remote: bool = False
+    ) -> None:
         super().__init__(message, kind=kind, where=where)
         self.remote = remote
 

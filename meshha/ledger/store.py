@@ -249,7 +249,8 @@ class Ledger:
         newest_first: bool,
         after_idx: int | None = None,
     ) -> list[dict[str, Any]]:
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
         if after_idx is not None:
             where.append("idx > ?")
             args.append(after_idx)

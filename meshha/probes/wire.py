@@ -39,7 +39,7 @@ import hmac
 import math
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import msgpack
@@ -170,6 +170,7 @@ class Decoder:
     """
 
     key: bytes
+    _: KW_ONLY
     max_age_s: float = DEFAULT_MAX_AGE_S
     senders: Mapping[str, str | None] | None = None
     window: int = DEFAULT_WINDOW

@@ -19,7 +19,9 @@ stand-in. Both keep these promises:
   (Raft's own no-op entries take indexes too). Each reader has its own cursor, so the
   state machine and the ledger can read independently. After a restart the log
   re-delivers from its start (or from what its snapshot retains); readers skip what they
-  already have (the ledger dedups by index).
+  already have (the ledger dedups by index). A log that keeps only a bounded tail raises
+  `LogError(kind="truncated")` to a reader whose cursor is older than that tail, rather
+  than skip entries silently.
 - `leader`, `term`, `is_leader`: this member's current view; may be stale by a heartbeat.
   `leader` is None unless this member heard from it within the quorum window.
 - `has_quorum`: for the leader, a majority of voters answered it within the quorum window
@@ -39,7 +41,7 @@ from meshha.errors import LogError
 
 Entry = dict[str, Any]
 
-LOG_ERROR_KINDS = ("no_quorum", "not_leader", "timeout", "too_large")
+LOG_ERROR_KINDS = ("no_quorum", "not_leader", "timeout", "too_large")  # from propose
 
 __all__ = ["LOG_ERROR_KINDS", "Entry", "LogError", "LogPort"]
 
