@@ -155,5 +155,193 @@ def _swarm(n: int, seed: int, as_json: bool) -> None:
         sys.exit(1)
 
 
+# -- against the local agent -------------------------------------------------------------
+
+CONTROL = click.option(
+    "--control",
+    "control_path",
+    envvar="MESHHA_CONTROL",
+    default="/run/meshha/control.sock",
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="The local agent's control socket.",
+)
+
+
+def _call(control_path: Path, request: dict, timeout_s: float = 15.0) -> dict:  # type: ignore[type-arg]
+    from meshha.agent.control import ControlError, call
+
+    try:
+        return call(control_path, request, timeout_s)
+    except ControlError as err:
+        hint = {
+            "not_running": "is meshha-agent running on this host? (systemctl status meshha-agent)",
+            "permission_denied": "the control socket is root-only: run meshctl as root",
+            "no_quorum": "this side of the segment has no Raft majority: writes are refused",
+        }.get(err.kind, "")
+        raise click.ClickException(f"{err}" + (f"\n  {hint}" if hint else "")) from None
+
+
+def _view_line(r: dict) -> str:  # type: ignore[type-arg]
+    stale = "  (STALE: no quorum in sight; this host's last known state)" if r.get("stale") else ""
+    return (
+        f"leader {r.get('leader') or '-'}, term {r.get('term')}, log index {r.get('index')}{stale}"
+    )
+
+
+@main.command()
+@CONTROL
+@click.option("--json", "as_json", is_flag=True)
+def status(control_path: Path, as_json: bool) -> None:
+    """The segment as this host's agent sees it: leader, term, every host's verdict."""
+    r = _call(control_path, {"op": "status"})
+    if as_json:
+        click.echo(json.dumps(r, indent=2, sort_keys=True))
+        return
+    click.echo(f"segment {r['segment']} (seen from {r['me']}): {_view_line(r)}")
+    if r.get("brake", {}).get("on"):
+        click.echo(f"BRAKE ON: {r['brake']['reason']}")
+    nets = sorted({n for h in r["hosts"] for n in h["reach"]})
+    head = (
+        f"{'host':12} {'role':9} {'voter':5} {'verdict':18} {'maint':5} {'fenced':7} "
+        + " ".join(f"{n:10}" for n in nets)
+    )
+    click.echo(head)
+    for h in r["hosts"]:
+        verdict = h["verdict"] + (f"({','.join(h['networks'])})" if h["networks"] else "")
+        reach = " ".join(f"{('ok' if h['reach'].get(n) == 'ok' else 'LOST'):10}" for n in nets)
+        click.echo(
+            f"{h['name']:12} {h['role']:9} {'yes' if h['voter'] else 'no':5} {verdict:18} "
+            f"{'on' if h['maintenance'] else '-':5} {(h['fenced'] or {}).get('method', '-'):7} {reach}"
+        )
+    for h in r["hosts"]:
+        if h["verdict"] not in ("healthy",):
+            click.echo(f"  {h['name']}: {h['reason']}")
+    if r.get("pending_intents"):
+        click.echo(f"pending: {len(r['pending_intents'])} intents")
+
+
+@main.command()
+@CONTROL
+@click.argument("state", type=click.Choice(["on", "off"]))
+@click.argument("host")
+@click.option("--reason", default="", help="Why (kept in the event history).")
+def maintenance(control_path: Path, state: str, host: str, reason: str) -> None:
+    """Put HOST in maintenance (no alerts, no recovery, not a failover target) or take it out."""
+    import getpass
+
+    r = _call(
+        control_path,
+        {
+            "op": "maintenance",
+            "host": host,
+            "on": state == "on",
+            "reason": reason,
+            "operator": getpass.getuser(),
+        },
+    )
+    click.echo(f"maintenance {state} {host}: committed at index {r['index']} ({_view_line(r)})")
+
+
+@main.group()
+def brake() -> None:
+    """The mass-failure brake."""
+
+
+@brake.command("release")
+@CONTROL
+def brake_release(control_path: Path) -> None:
+    """Release the brake: hosts still failed are then fenced and recovered."""
+    import getpass
+
+    r = _call(control_path, {"op": "brake_release", "operator": getpass.getuser()})
+    click.echo(f"brake released: committed at index {r['index']}")
+
+
+def _since(value: str | None) -> float | None:
+    if value is None:
+        return None
+    import datetime as dt
+    import time as _time
+
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if value[-1:] in units and value[:-1].isdigit():
+        return _time.time() - int(value[:-1]) * units[value[-1]]
+    try:
+        return dt.datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: use an ISO time or an age like 30m, 2h, 7d") from None
+
+
+@main.command()
+@CONTROL
+@click.option("--host")
+@click.option("--since", help="ISO time, or an age: 30m, 2h, 7d.")
+@click.option("--type", "kind", help="verdict, intent, result, fenced, maintenance, vm_failure, …")
+@click.option("--vm")
+@click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def events(
+    control_path: Path,
+    host: str | None,
+    since: str | None,
+    kind: str | None,
+    vm: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """The event history (the ledger): what, when, where, how and why."""
+    import datetime as dt
+
+    r = _call(
+        control_path,
+        {
+            "op": "events",
+            "host": host,
+            "since": _since(since),
+            "kind": kind,
+            "vm": vm,
+            "limit": limit,
+        },
+    )
+    if as_json:
+        for e in r["events"]:
+            click.echo(json.dumps(e, sort_keys=True))
+        return
+    click.echo(_view_line(r))
+    for e in reversed(r["events"]):
+        when = dt.datetime.fromtimestamp(e["ts"], dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+        what = " ".join(
+            str(e[k]) for k in ("host", "network", "vm", "action", "outcome") if e.get(k)
+        )
+        click.echo(f"{e['idx']:>7} {when} {e['kind']:15} {what:40} {e.get('reason') or ''}")
+
+
+@main.command()
+@CONTROL
+@click.option(
+    "--format", "fmt", type=click.Choice(["csv", "json"]), default="json", show_default=True
+)
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of stdout."
+)
+@click.option("--host")
+@click.option("--since")
+def export(
+    control_path: Path, fmt: str, out: Path | None, host: str | None, since: str | None
+) -> None:
+    """Export the event history as CSV or JSON."""
+    r = _call(
+        control_path,
+        {"op": "export", "format": fmt, "host": host, "since": _since(since)},
+        timeout_s=120,
+    )
+    if out is None:
+        click.echo(r["data"], nl=False)
+    else:
+        out.write_text(r["data"])
+        click.echo(f"{r['rows']} events written to {out}", err=True)
+
+
 if __name__ == "__main__":
     main()

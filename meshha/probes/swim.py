@@ -113,6 +113,9 @@ class Prober:
     def receive(self, network: str, sender: str, msg: dict[str, Any], now: float) -> list[Send]:
         self.stats.received += 1
         t = msg.get("t")
+        if not isinstance(msg.get("id"), int) or isinstance(msg.get("id"), bool):
+            self.stats.by_type["malformed"] = self.stats.by_type.get("malformed", 0) + 1
+            return []  # an authenticated but malformed probe: ignore it
         self.stats.by_type[str(t)] = self.stats.by_type.get(str(t), 0) + 1
         out: list[Send] = []
         if t == "ping":

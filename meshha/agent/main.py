@@ -1,0 +1,219 @@
+"""meshha-agent: the per-host daemon (one per compute host, under systemd).
+
+    meshha-agent --config /etc/meshha/segment.toml --host compute-01
+
+Starts, in one trio nursery tree: the Raft member (pysyncobj, bound to the admin
+address, password from its file), the UDP probers, the node (verdicts, decisions,
+executor, isolation response, local monitors), and the control socket. SIGTERM or
+SIGINT drain and exit cleanly; SIGKILL at any point loses nothing committed (the Raft
+journal is on disk and the ledger replays from it, idempotently).
+
+Exit codes: 0 clean stop, 2 configuration or start-up error (message says what and where).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import structlog
+import trio
+
+from meshha import logs
+from meshha.agent import control
+from meshha.agent.node import Node, NodePorts
+from meshha.agent.service import ControlHandler
+from meshha.agent.udp import UdpTransport
+from meshha.config import load_segment
+from meshha.config.model import Segment
+from meshha.errors import ConfigError, MeshhaError
+from meshha.ledger.sink import LedgerSink
+from meshha.ledger.store import Ledger
+from meshha.raft.pysyncobj_log import PysyncobjLog, RaftLogConfig
+from meshha.recovery.executor import Drivers
+
+log = structlog.get_logger("meshha.agent")
+
+
+@dataclass(frozen=True)
+class Options:
+    control_path: Path
+    dry_run: bool
+    libvirt_uri: str | None
+    data_dir: Path
+
+
+def read_secret(path: Path, what: str) -> bytes:
+    try:
+        data = path.read_bytes().strip()
+    except OSError as err:
+        raise ConfigError(f"{what} file {path}: {err.strerror}", where=str(path)) from None
+    if not data:
+        raise ConfigError(f"{what} file {path} is empty", where=str(path))
+    return data
+
+
+def raft_config(segment: Segment, me: str, password: bytes, data_dir: Path) -> RaftLogConfig:
+    e = segment.timings.election_timeout_s
+    voters = {v: f"{segment.host(v).address('admin')}:{segment.raft.port}" for v in segment.voters}
+    bind = segment.host(me).address("admin")
+    return RaftLogConfig(
+        me=me if me in voters else f"{bind}:{segment.raft.port}",
+        voters=voters,
+        password=password,
+        data_dir=data_dir,
+        bind_address=f"{bind}:{segment.raft.port}" if me in voters else None,
+        election_timeout_min_s=0.4 * e,
+        election_timeout_max_s=1.4 * e,
+        heartbeat_interval_s=min(0.1, 0.1 * e),
+        leader_fallback_timeout_s=max(1.5 * e, 1.0),
+        connection_timeout_s=max(3.5, 1.4 * e),
+    )
+
+
+def real_drivers(segment: Segment) -> Drivers | None:
+    """The leader's hands. None (dry run: intents are committed and logged, not acted on)
+    when Nova is not configured."""
+    if segment.nova.cloud is None:
+        log.warning("dry_run", why="no [nova] cloud configured: intents are logged, not executed")
+        return None
+    from meshha.recovery.alerts import AlertSender
+    from meshha.recovery.fence_ipmi import IpmiFencer
+    from meshha.recovery.nova import NovaDriver
+
+    bmcs = {h.name: h.bmc for h in segment.hosts if h.bmc is not None}
+    return Drivers(
+        fence=IpmiFencer(bmcs),
+        nova=NovaDriver(
+            segment.nova.cloud,
+            microversion=segment.nova.microversion,
+            timeout_s=segment.nova.timeout_s,
+        ),
+        alerts=AlertSender(segment.alerts),
+    )
+
+
+async def run_agent(
+    segment: Segment,
+    me: str,
+    opts: Options,
+    task_status: trio.TaskStatus[dict[str, Any]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    key = read_secret(segment.probe_key_file, "probe key")
+    password = read_secret(segment.raft.password_file, "raft password")
+    data_dir = opts.data_dir / me
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    raft = PysyncobjLog(raft_config(segment, me, password, data_dir))
+    ledger = Ledger(data_dir / "ledger.sqlite")
+    transport = UdpTransport(segment, me, key, now=time.time)
+    transport.bind()
+    drivers = None if opts.dry_run else real_drivers(segment)
+    hypervisor = vm_events = None
+    if opts.libvirt_uri and not opts.dry_run:
+        from meshha.probes.libvirt_events import LibvirtHypervisor
+
+        hypervisor = LibvirtHypervisor(opts.libvirt_uri)
+    node = Node(
+        segment,
+        me,
+        NodePorts(
+            log=raft,
+            transport=transport,
+            ledger=LedgerSink(ledger),
+            now=time.time,
+            drivers=drivers,
+            hypervisor=hypervisor,
+            vm_events=vm_events,
+        ),
+    )
+    transport.deliver = node.on_datagram
+    handler = ControlHandler(segment, node, raft, ledger, time.time, transport)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(raft.run)
+            await nursery.start(transport.run)
+            await nursery.start(node.run)
+            await nursery.start(control.serve, opts.control_path, handler)
+            log.info(
+                "agent_started",
+                host=me,
+                segment=segment.name,
+                voter=me in segment.voters,
+                control=str(opts.control_path),
+                dry_run=drivers is None,
+            )
+            task_status.started({"node": node, "raft": raft, "ledger": ledger})
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for sig in signals:
+                    log.info("agent_stopping", signal=signal.Signals(sig).name)
+                    nursery.cancel_scope.cancel()
+                    break
+    finally:
+        ledger.close()
+
+
+@click.command()
+@click.option(
+    "--config", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--host", "me", required=True, help="This host's name in the segment (its nova-compute host)."
+)
+@click.option(
+    "--control",
+    "control_path",
+    type=click.Path(path_type=Path),
+    default=control.DEFAULT_PATH,
+    show_default=True,
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Override [raft] data_dir (journal, ledger).",
+)
+@click.option(
+    "--libvirt-uri", default=None, help="Watch VMs and self-fence through this libvirt URI."
+)
+@click.option("--dry-run", is_flag=True, help="Decide and log, never act.")
+@click.option(
+    "--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"])
+)
+def main(
+    config_path: Path,
+    me: str,
+    control_path: Path,
+    data_dir: Path | None,
+    libvirt_uri: str | None,
+    dry_run: bool,
+    log_level: str,
+) -> None:
+    """The meshha agent for one compute host."""
+    logs.configure(json=True, level=getattr(logging, log_level.upper()))
+    try:
+        segment = load_segment(config_path)
+        if me not in segment.host_names:
+            raise ConfigError(
+                f"host {me!r} is not in segment {segment.name} ({', '.join(segment.host_names)})",
+                where=str(config_path),
+            )
+    except ConfigError as err:
+        click.echo(f"meshha-agent: {err}", err=True)
+        sys.exit(2)
+    opts = Options(control_path, dry_run, libvirt_uri, data_dir or segment.raft.data_dir)
+    try:
+        trio.run(run_agent, segment, me, opts)
+    except* (OSError, MeshhaError) as group:
+        for e in group.exceptions:
+            click.echo(f"meshha-agent: {e}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""The agent's answers to meshctl, over the local control socket.
+
+Reads (status, events, export) answer from this host's replica and say which leader and
+term they reflect, and whether they may be stale (no quorum in sight). Writes
+(maintenance, brake release) go through Raft: they are committed before the reply, or
+refused with the reason (no quorum, not caught up).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from typing import Any
+
+from meshha.agent.control import ControlError
+from meshha.agent.node import Node
+from meshha.config.model import Segment
+from meshha.raft import entries as E
+
+WRITE_TIMEOUT_S = 10.0
+
+
+class ControlHandler:
+    def __init__(
+        self,
+        segment: Segment,
+        node: Node,
+        log: Any,
+        ledger: Any,
+        now: Callable[[], float],
+        transport: Any = None,
+    ) -> None:
+        self.segment, self.node, self.log, self.ledger, self.now = segment, node, log, ledger, now
+        self.transport = transport
+
+    async def __call__(self, req: dict[str, Any]) -> dict[str, Any]:
+        op = req.get("op")
+        if op == "status":
+            return self.status()
+        if op == "maintenance":
+            return await self.maintenance(req)
+        if op == "brake_release":
+            return await self._write(
+                E.brake(
+                    ts=self.now(),
+                    by=self.node.me,
+                    on=False,
+                    hosts=[],
+                    reason=f"released by operator {req.get('operator', '')}".strip(),
+                )
+            )
+        if op == "events":
+            return self.events(req)
+        if op == "export":
+            return self.export(req)
+        raise ControlError(f"unknown op {op!r}", kind="bad_request")
+
+    def _view(self) -> dict[str, Any]:
+        return {
+            "leader": self.log.leader,
+            "term": self.log.term,
+            "is_leader": self.log.is_leader,
+            "has_quorum": self.log.has_quorum,
+            "stale": not self.log.has_quorum,
+            "index": self.node.state.index,
+        }
+
+    def status(self) -> dict[str, Any]:
+        st = self.node.state
+        hosts = []
+        for h in self.segment.hosts:
+            v = st.verdicts[h.name]
+            reach = {}
+            for net in h.networks:
+                lost = st.lost_by(h.name, net)
+                reach[net] = "ok" if not lost else f"lost by {','.join(sorted(lost))}"
+            hosts.append(
+                {
+                    "name": h.name,
+                    "role": st.roles.get(h.name, h.role),
+                    "voter": h.voter,
+                    "verdict": v.kind,
+                    "networks": list(v.networks),
+                    "reason": v.reason,
+                    "maintenance": st.maintenance.get(h.name),
+                    "fenced": st.fenced.get(h.name),
+                    "reach": reach,
+                    "capacity": None
+                    if h.capacity is None
+                    else {
+                        "vcpus": h.capacity.vcpus,
+                        "ram_mb": h.capacity.ram_mb,
+                        "disk_gb": h.capacity.disk_gb,
+                    },
+                }
+            )
+        pending = [
+            {"id": i.id, "action": i.action, "host": i.host, "vm": i.vm, "target": i.target}
+            for i in st.intents.values()
+            if not i.done
+        ]
+        out = {
+            "segment": self.segment.name,
+            "me": self.node.me,
+            **self._view(),
+            "isolated": self.node.isolated,
+            "brake": st.brake,
+            "hosts": hosts,
+            "pending_intents": pending[:100],
+        }
+        if self.transport is not None:
+            out["probe_drops"] = self.transport.drops()
+        return out
+
+    async def maintenance(self, req: dict[str, Any]) -> dict[str, Any]:
+        host = req.get("host")
+        if host not in self.segment.host_names:
+            raise ControlError(
+                f"no host {host!r} in segment {self.segment.name}", kind="bad_request"
+            )
+        on = req.get("on")
+        if not isinstance(on, bool):
+            raise ControlError("'on' must be true or false", kind="bad_request")
+        reason = str(req.get("reason") or ("maintenance" if on else "maintenance over"))[:500]
+        entry = E.maintenance(
+            ts=self.now(),
+            by=self.node.me,
+            host=host,
+            on=on,
+            reason=reason,
+            operator=str(req.get("operator", ""))[:100],
+        )
+        return await self._write(entry)
+
+    async def _write(self, entry: dict[str, Any]) -> dict[str, Any]:
+        index = await self.log.propose(entry, timeout_s=WRITE_TIMEOUT_S)  # LogError -> error reply
+        return {"index": index, **self._view()}
+
+    def events(self, req: dict[str, Any]) -> dict[str, Any]:
+        rows = self.ledger.query(
+            host=req.get("host"),
+            since=req.get("since"),
+            until=req.get("until"),
+            kind=req.get("kind"),
+            vm=req.get("vm"),
+            limit=int(req.get("limit", 200)),
+            newest_first=bool(req.get("newest_first", True)),
+        )
+        return {"events": rows, **self._view()}
+
+    def export(self, req: dict[str, Any]) -> dict[str, Any]:
+        fmt = req.get("format", "json")
+        if fmt not in ("csv", "json"):
+            raise ControlError(f"format must be csv or json, not {fmt!r}", kind="bad_request")
+        buf = io.StringIO()
+        n = self.ledger.export(
+            fmt, buf, host=req.get("host"), since=req.get("since"), kind=req.get("kind")
+        )
+        return {"rows": n, "format": fmt, "data": buf.getvalue(), **self._view()}
