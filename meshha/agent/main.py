@@ -132,6 +132,7 @@ async def run_agent(
             vm_events=vm_events,
         ),
     )
+    restored = node.restore(ledger.entries())
     transport.deliver = node.on_datagram
     handler = ControlHandler(segment, node, raft, ledger, time.time, transport)
     try:
@@ -145,6 +146,7 @@ async def run_agent(
                 host=me,
                 segment=segment.name,
                 voter=me in segment.voters,
+                restored_from_ledger=restored,
                 control=str(opts.control_path),
                 dry_run=drivers is None,
             )

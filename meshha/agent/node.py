@@ -123,6 +123,14 @@ class Node:
                 nursery.start_soon(self._process_loop)
             task_status.started()
 
+    def restore(self, rows: Any) -> int:
+        """Rebuild the state from the ledger's (index, entry) rows before `run`: the Raft
+        journal is compacted, the ledger keeps everything. Returns the index reached."""
+        for index, entry in rows:  # Raft indexes increase but have gaps (no-op entries)
+            if index > self.state.index:
+                self.state.apply(entry, index)
+        return self.state.index
+
     def on_datagram(self, network: str, sender: str, msg: dict[str, Any]) -> None:
         """An authenticated probe datagram arrived (the transport checked it)."""
         for s in self.prober.receive(network, sender, msg, self.p.now()):

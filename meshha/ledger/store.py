@@ -314,6 +314,25 @@ class Ledger:
         out.write("\n]\n")
         return n
 
+    def entries(self, after: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Every stored entry after Raft index `after`, in index order, paged. The agent
+        rebuilds its state from this at start, so it needs no Raft log older than the
+        ledger (pysyncobj compacts its journal)."""
+        while True:
+            with self._lock:
+                try:
+                    rows = self._db.execute(
+                        f"SELECT idx, entry FROM {TABLE} WHERE idx > ? ORDER BY idx LIMIT ?",
+                        [after, EXPORT_PAGE],
+                    ).fetchall()
+                except sqlite3.Error as e:
+                    raise _error(self.path, e, "read") from e
+            if not rows:
+                return
+            for idx, entry in rows:
+                yield idx, json.loads(entry)
+            after = rows[-1][0]
+
     def _pages(
         self,
         host: str | None,
