@@ -158,6 +158,7 @@ class Box:
         self.default_size, self.sizes = parse_sizes(args.host_size, self.hosts)
         self.outage = Outage()
         self.control_lock = threading.Lock()
+        self.listener_lock = threading.Lock()  # opening/closing the API listener
         self.api_server: ThreadingWSGIServer | None = None
         self.api_thread: threading.Thread | None = None
         self.stopped_hosts: set[str] = set()
@@ -266,7 +267,8 @@ class Box:
             if armed.get("body_contains", "").encode() not in body:
                 return
             self.outage.armed = None
-        # Trip after this response is written: the outage starts with the next request.
+            # From the next request on: 503 until the listener is closed, then refused.
+            self.outage.mode = armed["mode"]
         threading.Thread(
             target=self.begin_outage, args=(armed["mode"], armed.get("duration_s")), daemon=True
         ).start()
@@ -292,30 +294,31 @@ class Box:
 
     def begin_outage(self, mode: str, duration_s: float | None = None) -> None:
         assert mode in ("refuse", "503"), mode
-        with self.outage.lock:
-            self.outage.mode = mode
-            if self.outage.timer is not None:
-                self.outage.timer.cancel()
-                self.outage.timer = None
-        if mode == "refuse":
-            self.close_api()
-        if duration_s:
-            timer = threading.Timer(duration_s, self.heal)
-            timer.daemon = True
+        with self.listener_lock:
             with self.outage.lock:
-                self.outage.timer = timer
-            timer.start()
+                self.outage.mode = mode
+                if self.outage.timer is not None:
+                    self.outage.timer.cancel()
+                    self.outage.timer = None
+            if mode == "refuse":
+                self.close_api()
+            if duration_s:
+                timer = threading.Timer(duration_s, self.heal)
+                timer.daemon = True
+                with self.outage.lock:
+                    self.outage.timer = timer
+                timer.start()
 
     def heal(self) -> None:
-        with self.outage.lock:
-            mode = self.outage.mode
-            self.outage.mode = None
-            self.outage.armed = None
-            if self.outage.timer is not None:
-                self.outage.timer.cancel()
-                self.outage.timer = None
-        if mode == "refuse" and self.api_server is None:
-            self.serve_api(self.port)
+        with self.listener_lock:
+            with self.outage.lock:
+                self.outage.mode = None
+                self.outage.armed = None
+                if self.outage.timer is not None:
+                    self.outage.timer.cancel()
+                    self.outage.timer = None
+            if self.api_server is None:
+                self.serve_api(self.port)
 
     def stop_compute(self, host: str) -> None:
         compute = self.case.computes[host]
@@ -339,6 +342,9 @@ class Box:
             if self.args.real_vms:
                 old.manager.driver.destroy_all_domains()
             new = self.case.start_service("compute", host=host, cell_name="cell1")
+        # Heartbeat now, not after report_interval: with our short service_down_time the
+        # scheduler would otherwise still see the host down for a moment.
+        new.servicegroup_api._driver._report_state(new)
         self.case.computes[host] = new
         self.stopped_hosts.discard(host)
 
