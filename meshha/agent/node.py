@@ -103,6 +103,7 @@ class Node:
         self._isolation_reported = True
         self._in_flight: set[Any] = set()
         self._running: dict[str, trio.CancelScope] = {}
+        self._dry_logged: set[str] = set()
         self._send, self._recv = trio.open_memory_channel[tuple[Entry, Any]](PROPOSAL_QUEUE)
         self._applied = trio.Event()
         self.alive = True
@@ -233,7 +234,21 @@ class Node:
             self._execute(nursery, now)
 
     def _execute(self, nursery: trio.Nursery, now: float) -> None:
-        if self.executor is None:
+        if self.executor is None:  # dry run: say what would be done, once per intent
+            for intent in pending_intents(self.state):
+                if intent.id not in self._dry_logged:
+                    if len(self._dry_logged) > 10_000:  # bounded: forget what is no longer pending
+                        self._dry_logged &= {i.id for i in pending_intents(self.state)}
+                    self._dry_logged.add(intent.id)
+                    log.info(
+                        "dry_run_intent",
+                        intent=intent.id,
+                        action=intent.action,
+                        host=intent.host,
+                        vm=intent.vm,
+                        target=intent.target,
+                        reason=intent.reason,
+                    )
             return
         evac_running = sum(1 for i in self._running if i.startswith("evacuate:"))
         other_running = len(self._running) - evac_running
