@@ -1,0 +1,232 @@
+"""Local process checks: is nova-compute / libvirtd alive, and restart it when not.
+
+Alive means two things: a process with that name exists (a scan of /proc, zombies not
+counted: a killed process stays a zombie until it is reaped, which PID 1 does only
+every ~2 s here), and, when a health probe is given for the name, the probe answers
+True within `probe_timeout_s` (a process can exist and hang: libvirtd that no longer
+answers getLibVersion is dead for our purposes).
+
+A name matches a process whose comm is the name (the kernel keeps 15 bytes of it), or
+whose argv[0] or argv[1] has the name as its basename (`python3 /usr/bin/nova-compute`).
+
+Restarting runs `systemctl restart NAME` when the host runs systemd (/run/systemd/system
+exists), else the configured `restart_command` template with "{name}" replaced, split
+with shlex and run without a shell. After each attempt the process must be alive within
+`confirm_timeout_s`; `restart_attempts` attempts are made, `restart_backoff_s` apart
+(doubling), before ProcessError(kind="restart_failed").
+
+`ProcessChecker.supervise()` is the loop: every `check_interval_s` it checks each name,
+restarts the dead ones and reports a `ProcessResult` (restarted / restart_failed) on a
+channel. A name whose restart failed is retried on later checks, with the pause between
+tries doubling up to `max_retry_pause_s`; its failure is reported once per outage.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import structlog
+import trio
+
+from meshha.config.model import Processes
+from meshha.errors import ProcessError
+
+log = structlog.get_logger(__name__)
+
+HealthProbe = Callable[[], Awaitable[bool]]
+_COMM_BYTES = 15
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    """What supervision did about a dead process."""
+
+    name: str
+    outcome: Literal["restarted", "restart_failed"]
+    attempts: int
+    detail: str
+
+
+def find_pids(name: str, proc_root: Path = Path("/proc")) -> list[int]:
+    """Pids of live (not zombie) processes called `name` (see the module doc)."""
+    pids = []
+    for entry in os.scandir(proc_root):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_bytes()
+            comm = stat[stat.index(b"(") + 1 : stat.rindex(b")")].decode(errors="replace")
+            state = stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3]
+            if state in (b"Z", b"X"):
+                continue
+            if comm == name[:_COMM_BYTES] and len(name) <= _COMM_BYTES:
+                pids.append(int(entry.name))
+                continue
+            argv = Path(entry.path, "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue  # it exited while we looked
+        heads = [os.path.basename(a.decode(errors="replace")) for a in argv[:2] if a]
+        if name in heads:
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
+def host_runs_systemd() -> bool:
+    """sd_booted(): the host was booted with systemd as PID 1."""
+    return Path("/run/systemd/system").is_dir()
+
+
+def libvirt_probe(uri: str, limiter: trio.CapacityLimiter | None = None) -> HealthProbe:
+    """A health probe for libvirtd: a connection to `uri` answers getLibVersion."""
+    from meshha.lab.libvirt_setup import libvirt_answers
+
+    async def probe() -> bool:
+        return bool(await trio.to_thread.run_sync(libvirt_answers, uri, limiter=limiter))
+
+    return probe
+
+
+class ProcessChecker:
+    """ProcessPort for this host (see the module doc)."""
+
+    def __init__(
+        self,
+        processes: Processes,
+        *,
+        health: Mapping[str, HealthProbe] | None = None,
+        use_systemd: bool | None = None,
+        probe_timeout_s: float = 5.0,
+        command_timeout_s: float = 60.0,
+        confirm_timeout_s: float = 30.0,
+        max_retry_pause_s: float = 300.0,
+        proc_root: Path = Path("/proc"),
+    ) -> None:
+        assert processes.restart_attempts >= 1 and processes.check_interval_s > 0
+        self._config = processes
+        self._health = dict(health or {})
+        self._systemd = host_runs_systemd() if use_systemd is None else use_systemd
+        self._probe_timeout_s = probe_timeout_s
+        self._command_timeout_s = command_timeout_s
+        self._confirm_timeout_s = confirm_timeout_s
+        self._max_retry_pause_s = max_retry_pause_s
+        self._proc_root = proc_root
+
+    async def is_alive(self, name: str) -> bool:
+        if not find_pids(name, self._proc_root):
+            return False
+        probe = self._health.get(name)
+        if probe is None:
+            return True
+        with trio.move_on_after(self._probe_timeout_s):
+            return await probe()
+        return False  # a probe that hangs is a process that hangs
+
+    async def restart(self, name: str) -> None:
+        """Restart `name` until it is alive again, or raise ProcessError(restart_failed)."""
+        await self._restart(name)
+
+    async def _restart(self, name: str) -> int:
+        """Restart `name`; the number of attempts it took."""
+        argv = self.restart_argv(name)
+        backoff_s = self._config.restart_backoff_s
+        problems = []
+        for attempt in range(1, self._config.restart_attempts + 1):
+            problem = await self._run(argv)
+            if problem is None:
+                if await self._wait_alive(name):
+                    log.info("process.restarted", name=name, attempt=attempt)
+                    return attempt
+                problem = f"not alive {self._confirm_timeout_s}s after the restart"
+            problems.append(f"attempt {attempt}: {problem}")
+            log.warning("process.restart_attempt_failed", name=name, attempt=attempt)
+            if attempt < self._config.restart_attempts:
+                await trio.sleep(backoff_s)
+                backoff_s *= 2
+        raise ProcessError(
+            f"{name} not restarted after {self._config.restart_attempts} attempt(s): "
+            + "; ".join(problems),
+            kind="restart_failed",
+            where=name,
+        )
+
+    def restart_argv(self, name: str) -> list[str]:
+        """The command that restarts `name` here (no shell; the name is one argument)."""
+        if self._systemd:
+            return ["systemctl", "restart", name]
+        template = self._config.restart_command
+        if not template:
+            raise ProcessError(
+                "no systemd and no restart_command configured", kind="config", where=name
+            )
+        return [part.replace("{name}", name) for part in shlex.split(template)]
+
+    async def supervise(
+        self,
+        results: trio.MemorySendChannel[ProcessResult],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Check every `check_interval_s`; restart what died; report on `results` (owned
+        and closed here). Runs until cancelled."""
+        failed_at: dict[str, float] = {}  # name -> when it may be tried again
+        retry_pause_s: dict[str, float] = {}
+        async with results:
+            task_status.started()
+            while True:
+                for name in self._config.names:
+                    if trio.current_time() < failed_at.get(name, 0.0):
+                        continue
+                    if await self.is_alive(name):
+                        failed_at.pop(name, None)
+                        retry_pause_s.pop(name, None)
+                        continue
+                    result = await self._restart_reported(name)
+                    if result.outcome == "restarted":
+                        failed_at.pop(name, None)
+                        retry_pause_s.pop(name, None)
+                        await results.send(result)
+                        continue
+                    pause_s = retry_pause_s.get(name, self._config.check_interval_s)
+                    if name not in retry_pause_s:  # first failure of this outage
+                        await results.send(result)
+                    retry_pause_s[name] = min(pause_s * 2, self._max_retry_pause_s)
+                    failed_at[name] = trio.current_time() + pause_s
+                await trio.sleep(self._config.check_interval_s)
+
+    async def _restart_reported(self, name: str) -> ProcessResult:
+        try:
+            attempts = await self._restart(name)
+        except ProcessError as e:
+            return ProcessResult(name, "restart_failed", self._config.restart_attempts, str(e))
+        return ProcessResult(
+            name, "restarted", attempts, f"alive again after {attempts} attempt(s)"
+        )
+
+    async def _run(self, argv: list[str]) -> str | None:
+        """Run a restart command; None when it exited 0, else what went wrong."""
+        try:
+            with trio.fail_after(self._command_timeout_s):
+                done = await trio.run_process(
+                    argv, capture_stdout=True, capture_stderr=True, check=False
+                )
+        except trio.TooSlowError:
+            return f"{argv[0]} did not finish in {self._command_timeout_s}s"
+        except OSError as e:
+            return f"{argv[0]}: {e.strerror}"
+        if done.returncode != 0:
+            err = done.stderr.decode(errors="replace").strip().splitlines()
+            return f"{argv[0]} exited {done.returncode}" + (f": {err[-1]}" if err else "")
+        return None
+
+    async def _wait_alive(self, name: str) -> bool:
+        with trio.move_on_after(self._confirm_timeout_s):
+            while True:
+                if await self.is_alive(name):
+                    return True
+                await trio.sleep(0.05)
+        return False

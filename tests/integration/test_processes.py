@@ -1,0 +1,256 @@
+"""ProcessChecker against real processes: a dummy daemon found by its name in /proc (and
+no longer once it is a zombie), killed with SIGKILL and brought back by the supervise
+loop through its restart command; restarts that fail are reported once; libvirtd killed
+for real is restarted and the event monitor sees it go and come back."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from meshha.config.model import Processes
+from meshha.errors import ProcessError
+from meshha.probes.processes import ProcessChecker, ProcessResult, find_pids, libvirt_probe
+
+pytestmark = pytest.mark.integration
+
+DEADLINE_S = 15.0
+
+
+class Dummy:
+    """A daemon for tests: a copy of `sleep` under a unique name, and a start script
+    (its restart command) that launches it detached and exits, like `service x start`.
+    The script refuses to start it while the file `broken` exists."""
+
+    def __init__(self, directory: Path) -> None:
+        self.name = "mhd-" + secrets.token_hex(4)  # 12 bytes: fits the kernel's comm
+        self.binary = directory / self.name
+        shutil.copy(shutil.which("sleep") or "/bin/sleep", self.binary)
+        self.broken_flag = directory / "broken"
+        self.start_script = directory / "start-dummy"
+        self.start_script.write_text(
+            "#!/bin/sh\n"
+            f'[ -e "{self.broken_flag}" ] && {{ echo "start refused" >&2; exit 3; }}\n'
+            f'setsid "{self.binary}" 600 </dev/null >/dev/null 2>&1 &\n'
+        )
+        self.start_script.chmod(0o755)
+
+    def restart_command(self) -> str:
+        return f"{self.start_script} {{name}}"
+
+    def kill_all(self) -> None:
+        for pid in find_pids(self.name):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def dummy() -> Iterator[Dummy]:
+    directory = Path(tempfile.mkdtemp(prefix="mh-proc-"))
+    d = Dummy(directory)
+    yield d
+    d.kill_all()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def config(dummy: Dummy, **overrides: object) -> Processes:
+    values: dict[str, object] = {
+        "names": (dummy.name,),
+        "check_interval_s": 0.1,
+        "restart_attempts": 2,
+        "restart_backoff_s": 0.1,
+        "restart_command": dummy.restart_command(),
+    }
+    values.update(overrides)
+    return Processes(**values)  # type: ignore[arg-type]
+
+
+async def wait_for(predicate: Callable[[], bool], timeout_s: float = DEADLINE_S) -> None:
+    with trio.fail_after(timeout_s):
+        while True:
+            if predicate():
+                return
+            await trio.sleep(0.02)
+
+
+def proc_state(pid: int) -> str | None:
+    """The state letter of /proc/PID/stat (Z for a zombie); None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+async def next_result(results: trio.MemoryReceiveChannel[ProcessResult]) -> ProcessResult:
+    with trio.fail_after(DEADLINE_S):
+        return await results.receive()
+
+
+async def test_presence_by_name_and_a_zombie_is_dead(dummy: Dummy) -> None:
+    process = await trio.lowlevel.open_process([str(dummy.binary), "600"])
+    try:
+        assert find_pids(dummy.name) == [process.pid]
+        checker = ProcessChecker(config(dummy), use_systemd=False)
+        assert await checker.is_alive(dummy.name)
+        os.kill(process.pid, signal.SIGKILL)  # and do not reap it yet: a zombie
+        await wait_for(lambda: proc_state(process.pid) == "Z")  # still in /proc
+        assert find_pids(dummy.name) == []
+        assert not await checker.is_alive(dummy.name)
+    finally:
+        with trio.fail_after(5):
+            await process.wait()
+
+
+async def test_interpreter_scripts_match_by_script_name(tmp_path: Path) -> None:
+    script = tmp_path / "mh-fake-nova-compute"
+    script.write_text("import time\ntime.sleep(600)\n")
+    process = await trio.lowlevel.open_process([sys.executable, str(script)])
+    try:
+        await wait_for(lambda: bool(find_pids("mh-fake-nova-compute")))
+        assert find_pids("mh-fake-nova-compute") == [process.pid]  # argv[1], 20 bytes
+    finally:
+        process.kill()
+        with trio.fail_after(5):
+            await process.wait()
+
+
+async def test_health_probe_decides_for_a_present_process(dummy: Dummy) -> None:
+    process = await trio.lowlevel.open_process([str(dummy.binary), "600"])
+    try:
+        answers = {"value": False}
+
+        async def probe() -> bool:
+            return answers["value"]
+
+        async def hangs() -> bool:
+            await trio.sleep_forever()
+            raise AssertionError
+
+        checker = ProcessChecker(config(dummy), health={dummy.name: probe})
+        assert not await checker.is_alive(dummy.name)
+        answers["value"] = True
+        assert await checker.is_alive(dummy.name)
+        hanging = ProcessChecker(config(dummy), health={dummy.name: hangs}, probe_timeout_s=0.2)
+        assert not await hanging.is_alive(dummy.name)
+    finally:
+        process.kill()
+        with trio.fail_after(5):
+            await process.wait()
+
+
+async def test_killed_process_is_restarted_by_the_supervise_loop(
+    dummy: Dummy, nursery: trio.Nursery
+) -> None:
+    await trio.run_process([str(dummy.start_script)])
+    await wait_for(lambda: bool(find_pids(dummy.name)))
+    (first,) = find_pids(dummy.name)
+    checker = ProcessChecker(config(dummy), use_systemd=False)
+    send, results = trio.open_memory_channel[ProcessResult](8)
+    await nursery.start(checker.supervise, send)
+
+    os.kill(first, signal.SIGKILL)
+    result = await next_result(results)
+    assert result == ProcessResult(dummy.name, "restarted", 1, "alive again after 1 attempt(s)")
+    (second,) = find_pids(dummy.name)
+    assert second != first
+
+
+async def test_failing_restarts_are_reported_once_then_recovery(
+    dummy: Dummy, nursery: trio.Nursery
+) -> None:
+    dummy.broken_flag.touch()
+    checker = ProcessChecker(config(dummy), use_systemd=False)
+    send, results = trio.open_memory_channel[ProcessResult](8)
+    await nursery.start(checker.supervise, send)
+
+    failed = await next_result(results)
+    assert failed.outcome == "restart_failed" and failed.attempts == 2
+    assert "exited 3: start refused" in failed.detail
+
+    dummy.broken_flag.unlink()  # fixed: a later retry must bring it back
+    # The next result is the recovery: restart_failed was not reported again meanwhile.
+    recovered = await next_result(results)
+    assert recovered.outcome == "restarted"
+    assert find_pids(dummy.name)
+
+
+async def test_restart_that_starts_nothing_is_restart_failed(dummy: Dummy) -> None:
+    checker = ProcessChecker(
+        config(dummy, restart_command="true", restart_attempts=2),
+        use_systemd=False,
+        confirm_timeout_s=0.3,
+    )
+    with pytest.raises(ProcessError) as caught:
+        await checker.restart(dummy.name)
+    assert caught.value.kind == "restart_failed"
+    assert "attempt 2: not alive 0.3s after the restart" in str(caught.value)
+
+
+def test_restart_argv_no_shell_and_systemd(dummy: Dummy) -> None:
+    tricky = config(dummy, restart_command="/usr/sbin/service {name} restart; rm -rf /")
+    checker = ProcessChecker(tricky, use_systemd=False)
+    assert checker.restart_argv("nova-compute") == [
+        "/usr/sbin/service",
+        "nova-compute",
+        "restart;",  # one literal argument: there is no shell to split on ';'
+        "rm",
+        "-rf",
+        "/",
+    ]
+    systemd = ProcessChecker(tricky, use_systemd=True)
+    assert systemd.restart_argv("nova-compute") == ["systemctl", "restart", "nova-compute"]
+    unconfigured = ProcessChecker(config(dummy, restart_command=None), use_systemd=False)
+    with pytest.raises(ProcessError) as caught:
+        unconfigured.restart_argv("libvirtd")
+    assert caught.value.kind == "config"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a private libvirtd needs root")
+async def test_killed_libvirtd_is_restarted_and_the_monitor_sees_it(
+    nursery: trio.Nursery,
+) -> None:
+    from meshha.lab.libvirt_setup import PrivateLibvirtd, missing_programs
+    from meshha.probes.libvirt_events import LibvirtEventMonitor
+    from meshha.recovery.ports import VmEvent
+
+    if missing_programs():
+        pytest.skip(f"missing: {missing_programs()}")
+    root = Path(tempfile.mkdtemp(prefix="mh-lv-", dir="/tmp"))
+    libvirtd = PrivateLibvirtd(root / "lv")
+    libvirtd.start()
+    try:
+        await libvirtd.wait_ready()
+        send_events, events = trio.open_memory_channel[VmEvent](16)
+        await nursery.start(LibvirtEventMonitor(libvirtd.uri, reconnect_max_s=0.2).run, send_events)
+        processes = Processes(
+            names=("libvirtd",),
+            check_interval_s=0.1,
+            restart_attempts=3,
+            restart_backoff_s=0.2,
+            restart_command=libvirtd.restart_command(),
+        )
+        checker = ProcessChecker(
+            processes, health={"libvirtd": libvirt_probe(libvirtd.uri)}, use_systemd=False
+        )
+        assert await checker.is_alive("libvirtd")
+        send_results, results = trio.open_memory_channel[ProcessResult](8)
+        await nursery.start(checker.supervise, send_results)
+
+        libvirtd.kill_libvirtd()
+        with trio.fail_after(DEADLINE_S):
+            assert (await events.receive()).kind == "hypervisor_down"
+            assert (await results.receive()).outcome == "restarted"
+            assert (await events.receive()).kind == "hypervisor_up"
+        assert await checker.is_alive("libvirtd")
+    finally:
+        libvirtd.stop()
+        shutil.rmtree(root, ignore_errors=True)
