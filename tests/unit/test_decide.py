@@ -1,0 +1,859 @@
+"""Recovery decisions, driven the way the leader drives them: `decide` proposes entries,
+they are applied to the state with increasing indices, a fake executor commits results
+for the pending intents, and time moves on. No trio, no network: the decision core alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+
+from meshha.config.model import Policy, Recovery
+from meshha.lab.sim.world import SimSpec, build_segment
+from meshha.raft import entries as E
+from meshha.raft.entries import Entry
+from meshha.raft.state import MAX_FINISHED_INTENTS, Intent, SegmentState
+from meshha.recovery.decide import decide, pending_intents
+from meshha.recovery.verdicts import last_heard
+
+T0 = 1000.0
+DT = 0.1
+
+# What the fake executor answers for an intent: (outcome, result kwargs), or None to leave
+# it pending (a BMC that does not answer, a slow Nova).
+Answer = tuple[str, dict[str, Any]] | None
+
+
+def server(
+    vm: str, priority: str = "medium", ha: bool = True, size: tuple[int, int, int] = (2, 4096, 40)
+) -> dict[str, Any]:
+    return {
+        "id": vm,
+        "vcpus": size[0],
+        "ram_mb": size[1],
+        "disk_gb": size[2],
+        "priority": priority,
+        "ha": ha,
+    }
+
+
+class Leader:
+    """One leader and its committed state, with a fake executor and a clock."""
+
+    def __init__(
+        self,
+        spec: SimSpec | None = None,
+        *,
+        servers: dict[str, list[dict[str, Any]]] | None = None,
+        free: dict[str, tuple[int, int, int]] | None = None,
+        me: str = "host1",
+    ) -> None:
+        self.seg = build_segment(spec or SimSpec())
+        self.state = SegmentState(self.seg)
+        self.now = T0
+        self.me = me
+        self.log: list[Entry] = []
+        self.proposed: list[tuple[float, Entry]] = []
+        self.servers = servers or {}
+        sizes = free or {}
+        self.facts = [
+            {
+                "host": h.name,
+                "vcpus_free": sizes.get(h.name, (16, 32768, 500))[0],
+                "ram_mb_free": sizes.get(h.name, (16, 32768, 500))[1],
+                "disk_gb_free": sizes.get(h.name, (16, 32768, 500))[2],
+                "running_vms": 0 if h.role == "reserved" else len(self.servers.get(h.name, [])),
+            }
+            for h in self.seg.hosts
+        ]
+        self.answers: dict[str, Callable[[Intent], Answer]] = {}
+
+    # -- the log -----------------------------------------------------------------------
+
+    def commit(self, *entries: Entry) -> None:
+        for e in entries:
+            self.state.apply(e, self.state.index + 1)
+            self.log.append(e)
+
+    def decide(self) -> list[Entry]:
+        return decide(self.seg, self.state, self.now, self.me)
+
+    def step(self) -> list[Entry]:
+        out = self.decide()
+        check_proposal(self.state, out)
+        self.proposed += [(self.now, e) for e in out]
+        self.commit(*out)
+        return out
+
+    # -- the world ---------------------------------------------------------------------
+
+    def observe(
+        self,
+        host: str,
+        nets: tuple[str, ...] | None = None,
+        by: tuple[str, ...] | None = None,
+        reachable: bool = False,
+    ) -> None:
+        nets = nets or self.seg.network_names
+        by = by or tuple(v for v in self.seg.voters if v != host)
+        self.commit(
+            *[
+                E.observation(
+                    ts=self.now, by=o, host=host, network=n, reachable=reachable, since=self.now
+                )
+                for o in by
+                for n in nets
+            ]
+        )
+
+    def result(self, iid: str, outcome: str = "ok", **kw: Any) -> None:
+        kw.setdefault("detail", outcome)
+        self.commit(E.result(ts=self.now, by=self.me, intent_id=iid, outcome=outcome, **kw))
+
+    def execute(self) -> None:
+        for i in pending_intents(self.state):
+            answer = self.answers.get(i.action, lambda i: ("ok", {}))(i)
+            if answer is None:
+                continue
+            outcome, kw = answer
+            if i.action == "inventory" and outcome == "ok":
+                kw = {"data": self.inventory(i.host), **kw}
+            self.result(i.id, outcome, **kw)
+
+    def inventory(self, host: str) -> dict[str, Any]:
+        return {"ts": self.now, "servers": self.servers.get(host, []), "facts": self.facts}
+
+    def run(self, seconds: float, dt: float = DT) -> list[Entry]:
+        out: list[Entry] = []
+        end = self.now + seconds
+        while self.now < end - 1e-9:
+            out += self.step()
+            self.execute()
+            self.now = round(self.now + dt, 6)
+        return out
+
+    # -- reading -----------------------------------------------------------------------
+
+    def intents(self, prefix: str = "") -> list[Entry]:
+        return [
+            e for _, e in self.proposed if e["kind"] == "intent" and e["intent"].startswith(prefix)
+        ]
+
+    def first(self, prefix: str) -> float | None:
+        return next(
+            (
+                t
+                for t, e in self.proposed
+                if e["kind"] == "intent" and e["intent"].startswith(prefix)
+            ),
+            None,
+        )
+
+    def entries(self, kind: str) -> list[tuple[float, Entry]]:
+        return [(t, e) for t, e in self.proposed if e["kind"] == kind]
+
+
+def check_proposal(state: SegmentState, out: list[Entry]) -> None:
+    """Safety of one `decide` output against the state it was computed from."""
+    ids = [e["intent"] for e in out if e["kind"] == "intent"]
+    assert len(ids) == len(set(ids)), f"duplicate intents in one proposal: {ids}"
+    for e in out:
+        if e["kind"] != "intent":
+            continue
+        assert e["intent"] not in state.intents, f"re-proposed {e['intent']}"
+        if e["host"]:
+            assert not state.in_maintenance(e["host"]), e
+        if e["target"]:
+            assert not state.in_maintenance(e["target"]), e
+        if e["action"] == "fence":
+            assert not state.brake["on"], f"fence while the brake holds: {e}"
+        if e["action"] == "evacuate":
+            assert state.is_fenced(e["host"]), f"evacuate from unfenced host: {e}"
+            assert e["target"] != e["host"]
+            assert state.roles[e["target"]] == "reserved", e
+            assert state.verdicts[e["target"]].kind == "healthy", e
+
+
+def alerts(leader: Leader) -> list[Entry]:
+    return [e for e in leader.intents() if e["action"] == "alert"]
+
+
+# -- the host-failure chain --------------------------------------------------------------
+
+
+def test_a_failed_host_is_fenced_disabled_inventoried_and_evacuated_by_priority() -> None:
+    spec = SimSpec(hosts=6, reserved=("host5", "host6"))
+    servers = {
+        "host2": [
+            server("vm-low", "low"),
+            server("vm-high", "high"),
+            server("vm-med", "medium"),
+            server("vm-noha", "high", ha=False),
+        ]
+    }
+    L = Leader(spec, servers=servers)
+    L.commit(E.maintenance(ts=T0, by="host1", host="host6", on=True, reason="disk swap"))
+    L.observe("host2")
+    L.run(5)
+
+    chain = [e["action"] for e in L.intents() if e["host"] == "host2" and e["action"] != "alert"]
+    assert chain[:3] == ["fence", "disable_compute", "inventory"]
+    evac = L.intents("evacuate:")
+    assert [e["vm"] for e in evac] == ["vm-high", "vm-med", "vm-low"]
+    assert [e["order"] for e in evac] == [0, 1, 2]
+    # Reserved capacity only: not host6 (maintenance), not host2, never a compute host.
+    assert {e["target"] for e in evac} == {"host5"}
+    assert all(e["intent"].endswith(":a1") for e in evac)
+    # The fence result came before the first evacuation was proposed.
+    fence_ok = next(
+        k for k, e in enumerate(L.log) if e["kind"] == "result" and e["intent"].startswith("fence:")
+    )
+    first_evac = next(k for k, e in enumerate(L.log) if e in evac)
+    assert fence_ok < first_evac and L.log[fence_ok]["outcome"] == "ok"
+    # The disable really forces the service down (the default), and the end is reported.
+    assert L.state.intents["disable:host2:e1:a1"].status == "ok"
+    done = [e for e in alerts(L) if e["intent"] == "alert:recovered:host2:e1:a1"]
+    assert len(done) == 1 and done[0]["params"]["severity"] == "warning"
+    assert "evacuated 3 VMs" in done[0]["params"]["body"]
+    assert "not HA, left alone: 1" in done[0]["params"]["body"]
+
+
+def test_the_chain_waits_for_each_step() -> None:
+    L = Leader(servers={"host2": [server("vm-a")]})
+    L.answers["fence"] = lambda i: None  # the BMC never answers
+    L.observe("host2")
+    L.run(30)
+    assert [e["action"] for e in L.intents() if e["host"] == "host2"] == ["fence"]
+    assert not L.state.is_fenced("host2")
+    # Only its result lets the chain go on.
+    L.result("fence:host2:e1:a1")
+    L.answers.pop("fence")
+    L.run(2)
+    actions = [e["action"] for e in L.intents() if e["host"] == "host2"]
+    assert actions[:4] == ["fence", "disable_compute", "inventory", "evacuate"]
+
+
+def test_fences_wait_for_the_settle_time_after_the_verdict() -> None:
+    L = Leader()
+    L.observe("host2")
+    L.run(3)
+    ((t_verdict, _),) = [(t, e) for t, e in L.entries("verdict") if e["verdict"] == "failed"]
+    t_fence = L.first("fence:host2")
+    assert t_fence is not None
+    assert t_fence >= t_verdict + L.seg.timings.suspect_after_s
+    assert t_fence < t_verdict + L.seg.timings.suspect_after_s + 2 * DT
+
+
+def test_used_reserve_is_replaced_by_an_empty_compute_host() -> None:
+    servers = {"host1": [server("vm-c")], "host2": [server("vm-a")], "host3": [server("vm-b")]}
+    L = Leader(servers=servers)  # host4 is the compute host that runs nothing
+    L.observe("host2")
+    L.run(5)
+    roles = {e["host"]: e["role"] for _, e in L.entries("reserve")}
+    assert roles == {"host4": "reserved", "host5": "compute"}
+    assert L.state.roles["host4"] == "reserved" and L.state.roles["host5"] == "compute"
+    n = len(L.proposed)
+    L.run(3)
+    assert len(L.proposed) == n  # stable: nothing more to do while host2 stays down
+
+
+def test_unplaced_vms_raise_one_alert_and_the_rest_are_evacuated() -> None:
+    big = (64, 4096, 40)
+    servers = {"host2": [server("vm-a"), server("vm-big1", size=big), server("vm-big2", size=big)]}
+    L = Leader(servers=servers)
+    L.observe("host2")
+    L.run(10)
+    assert [e["vm"] for e in L.intents("evacuate:")] == ["vm-a"]
+    unplaced = [e for e in alerts(L) if e["intent"].startswith("alert:unplaced:")]
+    assert len(unplaced) == 1
+    assert unplaced[0]["params"]["severity"] == "critical"
+    assert "vm-big1" in unplaced[0]["params"]["body"] and "vm-big2" in unplaced[0]["params"]["body"]
+
+
+def test_a_failed_evacuation_is_retried_with_backoff_up_to_the_limit() -> None:
+    L = Leader(servers={"host2": [server("vm-a")]})
+    L.answers["evacuate"] = lambda i: ("failed", {"error_kind": "conflict"})
+    L.observe("host2")
+    L.run(60)
+    attempts = [e["intent"] for e in L.intents("evacuate:")]
+    n = L.seg.recovery.intent_max_attempts
+    assert attempts == [f"evacuate:host2:e1:vm-a:a{k}" for k in range(1, n + 1)]
+    times = [L.first(a) for a in attempts]
+    backoff = L.seg.recovery.intent_retry_backoff_s
+    for k in range(1, n):
+        assert times[k] - times[k - 1] >= backoff * 2 ** (k - 1)  # type: ignore[operator]
+    final = [e for e in alerts(L) if e["intent"].startswith("alert:recovered:")]
+    assert len(final) == 1 and final[0]["params"]["severity"] == "critical"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: _after_evacuations treats a failed evacuation whose retry is merely not due "
+    "yet as final: the one-shot 'recovery incomplete' alert goes out before the retry, "
+    "and is never corrected when the retry succeeds",
+)
+def test_the_final_report_waits_for_evacuation_retries() -> None:
+    L = Leader(servers={"host2": [server("vm-a"), server("vm-b")]})
+    L.answers["evacuate"] = lambda i: (
+        ("failed", {"error_kind": "conflict"}) if i.id.endswith("vm-a:a1") else ("ok", {})
+    )
+    L.observe("host2")
+    L.run(20)
+    assert L.state.intents["evacuate:host2:e1:vm-a:a2"].status == "ok"
+    final = [e for e in alerts(L) if e["intent"].startswith("alert:recovered:")]
+    assert len(final) == 1
+    assert final[0]["params"]["severity"] == "warning", final[0]["params"]["body"]
+    assert L.first("alert:recovered:") > L.first("evacuate:host2:e1:vm-a:a2")  # type: ignore[operator]
+
+
+def test_a_host_back_after_a_fence_gets_its_compute_service_enabled() -> None:
+    L = Leader(servers={"host2": [server("vm-a")]})
+    L.observe("host2")
+    L.run(5)
+    assert L.state.is_fenced("host2")
+    L.observe("host2", reachable=True)  # powered on by someone, agent rejoined
+    L.run(2)
+    assert [e["intent"] for e in L.intents("enable:")] == ["enable:host2:e1:a1"]
+    assert not L.state.is_fenced("host2") and L.state.verdicts["host2"].kind == "healthy"
+    n = len(L.proposed)
+    L.run(2)
+    assert len(L.proposed) == n
+
+
+def test_nothing_is_done_for_a_host_in_maintenance() -> None:
+    L = Leader(servers={"host2": [server("vm-a")]})
+    L.commit(E.maintenance(ts=T0, by="host1", host="host2", on=True, reason="bios"))
+    L.observe("host2")
+    L.commit(E.vm_failure(ts=T0, by="host2", host="host2", vm="vm-a", event="crashed", detail=""))
+    L.run(30)
+    assert L.intents() == []
+    assert L.state.verdicts["host2"].kind == "maintenance"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: once a long-failed host's finished intents are evicted from the bounded "
+    "memory (MAX_FINISHED_INTENTS), decide re-proposes its whole chain with the same ids "
+    "(disable, inventory, evacuate:host2:e1:vm-a:a1, the final alert)",
+)
+def test_finished_intent_eviction_does_not_restart_a_finished_chain() -> None:
+    L = Leader(servers={"host2": [server("vm-a")]})
+    L.observe("host2")
+    L.run(5)
+    done = {e["intent"] for e in L.intents()}
+    assert "evacuate:host2:e1:vm-a:a1" in done
+    for k in range(MAX_FINISHED_INTENTS):  # unrelated work, e.g. months of VM alerts
+        iid = f"alert:other:{k}:a1"
+        L.commit(E.intent(ts=L.now, by="host1", intent_id=iid, action="alert", host="", reason="x"))
+        L.result(iid)
+    again = [e["intent"] for e in L.decide() if e["kind"] == "intent"]
+    assert not set(again) & done, again
+
+
+# -- fencing through the BMC, and the self-fence deadline ----------------------------------
+
+
+def bmc_down(i: Intent) -> Answer:
+    return ("failed", {"error_kind": "unreachable", "detail": "no route to BMC"})
+
+
+def test_bmc_failure_retries_alerts_then_proves_the_self_fence_deadline() -> None:
+    L = Leader(servers={"host2": [server("vm-a")]})
+    L.answers["fence"] = bmc_down
+    L.observe("host2")
+    heard = L.now
+    t = L.seg.timings
+    deadline = heard + t.self_fence_deadline_s + t.max_clock_skew_s
+    L.run(deadline - L.now + 2)
+
+    # Retries with exponential backoff from the last failure, bounded.
+    fences = [e["intent"] for e in L.intents("fence:host2:")]
+    assert fences[0] == "fence:host2:e1:a1" and len(fences) >= 3
+    assert len(fences) <= L.seg.recovery.intent_max_attempts
+    backoff = L.seg.recovery.intent_retry_backoff_s
+    for k in range(1, len(fences)):
+        prev = L.state.intents[fences[k - 1]]
+        assert L.first(fences[k]) >= prev.done_ts + backoff * 2 ** (k - 1)  # type: ignore[operator]
+    # One alert, saying when the deadline passes.
+    wait = [e for e in alerts(L) if e["intent"].startswith("alert:fence-wait:host2")]
+    assert len(wait) == 1 and f"{deadline:.3f}" in wait[0]["params"]["body"]
+    # The proof: only once the deadline has passed, and it lets the chain go on.
+    ((t_fenced, fenced),) = L.entries("fenced")
+    assert fenced["method"] == "self_fence_deadline"
+    assert last_heard(L.state, "host2") == heard
+    assert deadline <= t_fenced < deadline + DT + 1e-6
+    assert fenced["evidence"]["deadline"] == deadline
+    assert L.state.fenced["host2"]["method"] == "self_fence_deadline"
+    (evac,) = L.intents("evacuate:")
+    assert L.first("evacuate:") > t_fenced  # type: ignore[operator]
+    assert "self_fence_deadline" in evac["reason"]
+
+
+def test_no_self_fence_proof_while_a_fence_attempt_is_outstanding() -> None:
+    L = Leader()
+    calls: list[str] = []
+
+    def first_fails_then_hangs(i: Intent) -> Answer:
+        calls.append(i.id)
+        return bmc_down(i) if i.id.endswith(":a1") else None
+
+    L.answers["fence"] = first_fails_then_hangs
+    L.observe("host2")
+    L.run(30)
+    assert L.entries("fenced") == []
+    assert L.state.intents["fence:host2:e1:a2"].status == "pending"
+
+
+def test_no_self_fence_proof_when_the_policy_forbids_it() -> None:
+    L = Leader(SimSpec(recovery=Recovery(allow_self_fence_proof=False)))
+    L.answers["fence"] = bmc_down
+    L.observe("host2")
+    L.run(40)
+    assert L.entries("fenced") == [] and L.intents("evacuate:") == []
+    manual = [e for e in alerts(L) if e["intent"].startswith("alert:fence-failed:host2")]
+    assert len(manual) == 1 and "manual action" in manual[0]["params"]["subject"]
+
+
+def test_no_self_fence_proof_for_a_host_degraded_on_a_fencing_network() -> None:
+    L = Leader(servers={"host2": [server("vm-a")]})
+    L.answers["fence"] = bmc_down
+    L.observe("host2", nets=("storage",))  # still reachable on admin and tenant
+    L.run(60)
+    assert L.state.verdicts["host2"].kind == "degraded"
+    assert L.intents("fence:host2:e1:a1")  # storage loss fences...
+    assert L.entries("fenced") == []  # ...but the deadline proves nothing: it runs its VMs
+    assert L.intents("evacuate:") == []
+    assert any(e["intent"].startswith("alert:fence-failed:host2") for e in alerts(L))
+
+
+def test_no_self_fence_proof_for_a_process_failure() -> None:
+    spec = SimSpec(recovery=Recovery(process_restart_failure="fence_evacuate"))
+    L = Leader(spec, servers={"host3": [server("vm-a")]})
+    L.answers["fence"] = bmc_down
+    L.observe("host3", nets=("admin",), by=("host1", "host2"))  # something to date it by
+    L.commit(
+        E.process_failure(
+            ts=L.now,
+            by="host3",
+            host="host3",
+            process="libvirtd",
+            outcome="restart_failed",
+            detail="x",
+        )
+    )
+    L.run(60)
+    assert L.state.verdicts["host3"].networks == ("process:libvirtd",)
+    assert L.intents("fence:host3:e1:a1")
+    assert L.entries("fenced") == [] and L.intents("evacuate:") == []
+
+
+# -- the mass-failure brake --------------------------------------------------------------
+
+
+def test_the_brake_holds_fences_when_too_many_fail_and_releases_when_they_return() -> None:
+    L = Leader(SimSpec(hosts=7, brake_fraction=0.3))  # limit 2.1 hosts
+    down = ("host2", "host3", "host4")
+    up = tuple(h for h in L.seg.voters if h not in down)
+    for h in down:
+        L.observe(h, by=up)
+    L.run(20)
+    ((_, on),) = L.entries("brake")
+    assert on["on"] and on["hosts"] == list(down)
+    assert L.state.brake_count == 1
+    assert [e["intent"] for e in alerts(L)] == ["alert:brake:1:a1"]
+    assert all(L.state.verdicts[h].kind == "failed" for h in down)
+    assert L.intents("fence:") == []
+    # Two come back: within the limit again, and nothing half-way: the brake lets go and
+    # the one still down is fenced as usual.
+    for h in ("host3", "host4"):
+        L.observe(h, by=up, reachable=True)
+    L.run(3)
+    off = [e for _, e in L.entries("brake") if not e["on"]]
+    assert len(off) == 1 and not L.state.brake["on"]
+    assert [e["intent"] for e in L.intents("fence:")] == ["fence:host2:e1:a1"]
+
+
+def test_the_brake_trips_on_more_than_the_fraction_not_on_it() -> None:
+    at_limit = Leader(SimSpec(hosts=5, brake_fraction=0.4))  # limit 2.0
+    for h in ("host2", "host3"):
+        at_limit.observe(h, by=("host1", "host4", "host5"))
+    at_limit.run(3)
+    assert at_limit.entries("brake") == []
+    assert {e["host"] for e in at_limit.intents("fence:")} == {"host2", "host3"}
+
+    over = Leader(SimSpec(hosts=5, brake_fraction=0.4))
+    for h in ("host2", "host3", "host4"):
+        over.observe(h, by=("host1", "host5"))  # suspects count: too few left for `failed`
+    over.run(3)
+    assert [e["on"] for _, e in over.entries("brake")] == [True]
+    assert over.intents("fence:") == []
+
+
+def test_the_brake_holds_a_fence_for_a_host_it_did_not_count() -> None:
+    L = Leader(SimSpec(hosts=9, voters=9, brake_fraction=0.3))  # limit 2.7
+    up = ("host1", "host6", "host7", "host8", "host9")
+    for h in ("host2", "host3", "host4"):
+        L.observe(h, by=up)
+    L.run(2)
+    assert L.state.brake["on"]
+    L.observe("host5", by=up)
+    L.run(5)
+    assert L.state.verdicts["host5"].kind == "failed"
+    assert L.intents("fence:") == []
+
+
+def test_hosts_failed_before_a_release_do_not_trip_the_brake_again() -> None:
+    L = Leader(SimSpec(hosts=7, brake_fraction=0.3))
+    up = ("host1", "host5", "host6", "host7")
+    for h in ("host2", "host3", "host4"):
+        L.observe(h, by=up)
+    L.run(2)
+    for h in ("host3", "host4"):
+        L.observe(h, by=up, reachable=True)
+    L.run(3)
+    assert not L.state.brake["on"]
+    L.observe("host6", by=("host1", "host5", "host7", "host3"))
+    L.run(3)
+    assert [e["on"] for _, e in L.entries("brake")] == [True, False]
+    assert {e["host"] for e in L.intents("fence:")} == {"host2", "host6"}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: _brake() and _host_recovery() run in the same decide() call, and the fence "
+    "check reads the *committed* brake: when the brake trips in the very call in which a "
+    "settled failed host's fence falls due, the fence is proposed in the same batch as "
+    "brake on (and runs: the brake does not abandon pending fences)",
+)
+def test_no_fence_in_the_batch_that_engages_the_brake() -> None:
+    spec = SimSpec(hosts=7, brake_fraction=0.3)
+    L = Leader(spec)
+    L.observe("host2")
+    # Up to the call in which host2's fence falls due (the verdict has settled).
+    while not any(e["kind"] == "intent" and e["action"] == "fence" for e in L.decide()):
+        L.run(DT)
+    assert L.state.verdicts["host2"].kind == "failed" and not L.state.brake["on"]
+    for h in ("host3", "host4"):  # two more go silent just then
+        L.observe(h, by=("host1", "host5", "host6", "host7"))
+    out = L.decide()
+    assert any(e["kind"] == "brake" and e["on"] for e in out)
+    assert [e["intent"] for e in out if e["kind"] == "intent" and e["action"] == "fence"] == []
+
+
+# -- degraded hosts, per network on_loss ---------------------------------------------------
+
+
+def test_degraded_on_admin_alerts_only() -> None:
+    L = Leader(servers={"host2": [server("vm-a")]})
+    L.observe("host2", nets=("admin",))
+    L.run(10)
+    assert L.state.verdicts["host2"].kind == "degraded"
+    assert [(e["action"], e["intent"]) for e in L.intents()] == [
+        ("alert", "alert:degraded:host2:e1:a1")
+    ]
+    assert L.intents()[0]["params"]["severity"] == "warning"
+
+
+def test_degraded_on_tenant_live_migrates_ha_vms_and_does_not_fence() -> None:
+    servers = {"host2": [server("vm-a"), server("vm-b"), server("vm-noha", ha=False)]}
+    L = Leader(servers=servers)
+    L.observe("host2", nets=("tenant",))
+    L.run(10)
+    actions = [e["action"] for e in L.intents()]
+    assert "fence" not in actions and "evacuate" not in actions
+    assert actions[:2] == ["alert", "inventory"]
+    moves = L.intents("live_migrate:")
+    assert sorted(e["vm"] for e in moves) == ["vm-a", "vm-b"]
+    assert all(e["host"] == "host2" for e in moves)
+    assert L.entries("fenced") == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a host degraded on tenant (inventory taken for live migration) that then "
+    "fails outright stays in the same episode, so the fence chain's inventory step "
+    "('inventory:host2:e1') is already done and the evacuation plan uses the stale, "
+    "pre-fence server list: it evacuates VMs that were live-migrated away and misses "
+    "VMs that are on the host now",
+)
+def test_evacuation_uses_an_inventory_taken_after_the_fence() -> None:
+    L = Leader(servers={"host2": [server("vm-a"), server("vm-b")]})
+    L.observe("host2", nets=("tenant",))
+    L.run(3)
+    assert len(L.intents("live_migrate:")) == 2
+    L.servers["host2"] = [server("vm-c")]  # what Nova lists on host2 from now on
+    # host2 dies; its losses on admin and storage reach the log together, already old
+    # (as after a leader change), so the verdict goes straight from degraded to failed.
+    since = L.now - 1.0
+    L.commit(
+        *[
+            E.observation(ts=L.now, by=o, host="host2", network=n, reachable=False, since=since)
+            for o in ("host1", "host3", "host4", "host5")
+            for n in ("admin", "storage")
+        ]
+    )
+    L.run(5)
+    assert L.state.verdicts["host2"].kind == "failed"
+    assert [e["vm"] for e in L.intents("evacuate:")] == ["vm-c"]
+
+
+def test_degraded_on_storage_fences_and_evacuates() -> None:
+    L = Leader(servers={"host2": [server("vm-a")]})
+    L.observe("host2", nets=("storage",))
+    L.run(10)
+    assert L.state.verdicts["host2"].networks == ("storage",)
+    chain = [e["action"] for e in L.intents() if e["action"] != "alert"]
+    assert chain == ["fence", "disable_compute", "inventory", "evacuate"]
+
+
+def test_degraded_on_an_ignored_network_does_nothing() -> None:
+    L = Leader(SimSpec(networks={"admin": "alert", "backup": "ignore"}))
+    L.observe("host2", nets=("backup",))
+    L.run(5)
+    assert L.state.verdicts["host2"].kind == "degraded"
+    assert L.intents() == []
+
+
+# -- VM failures -------------------------------------------------------------------------
+
+
+def vm_failure(L: Leader, vm: str = "vm-a", host: str = "host3", **extra: Any) -> None:
+    e = E.vm_failure(ts=L.now, by=host, host=host, vm=vm, event="crashed", detail="qemu died")
+    e.update(extra)
+    L.commit(e)
+
+
+def test_a_crashed_vm_is_restarted_then_restarted_elsewhere_past_the_limit() -> None:
+    L = Leader(SimSpec(policy=Policy(vm_restart_limit=3, vm_restart_window_s=600)))
+    for _ in range(2):
+        vm_failure(L)
+        L.run(1)
+    assert [e["action"] for e in L.intents()] == ["restart_vm", "restart_vm"]
+    assert all(e["host"] == "host3" and e["vm"] == "vm-a" for e in L.intents())
+    vm_failure(L)  # the third inside the window
+    L.run(1)
+    assert [e["action"] for e in L.intents()] == ["restart_vm", "restart_vm", "migrate_vm"]
+
+
+def test_failures_outside_the_window_do_not_count() -> None:
+    L = Leader(SimSpec(policy=Policy(vm_restart_limit=2, vm_restart_window_s=60)))
+    vm_failure(L)
+    L.run(1)
+    L.now += 120
+    vm_failure(L)
+    L.run(1)
+    assert [e["action"] for e in L.intents()] == ["restart_vm", "restart_vm"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "actions"),
+    [
+        ({"on_vm_failure": "hard_reboot"}, ["hard_reboot"]),
+        ({"on_vm_failure": "alert"}, ["alert"]),
+        ({"on_vm_failure": "restart_elsewhere"}, ["migrate_vm"]),
+        ({"on_vm_failure": "ignore"}, []),
+        ({"ha": False}, []),
+    ],
+)
+def test_vm_failure_follows_the_vms_policy(extra: dict[str, Any], actions: list[str]) -> None:
+    L = Leader()
+    vm_failure(L, **extra)
+    L.run(2)
+    assert [e["action"] for e in L.intents()] == actions
+
+
+def test_a_failed_restart_moves_the_vm_elsewhere() -> None:
+    L = Leader()
+    L.answers["restart_vm"] = lambda i: ("failed", {"error_kind": "failed"})
+    vm_failure(L)
+    L.run(1)
+    assert [e["action"] for e in L.intents()] == ["restart_vm", "migrate_vm"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: after a failed restart_vm the VM is migrated elsewhere at once, yet "
+    "_vm_recovery keeps proposing restart_vm retries (a2, a3, ...) for the same failure, "
+    "stopping and starting a VM that has already been moved",
+)
+def test_no_restart_after_the_vm_was_moved_elsewhere() -> None:
+    L = Leader()
+    L.answers["restart_vm"] = lambda i: ("failed", {"error_kind": "failed"})
+    vm_failure(L)
+    L.run(30)
+    assert [e["action"] for e in L.intents()] == ["restart_vm", "migrate_vm"]
+
+
+def test_no_vm_recovery_on_a_failed_host() -> None:
+    L = Leader()
+    L.observe("host3")
+    L.run(1)
+    assert L.state.verdicts["host3"].kind == "failed"
+    vm_failure(L)
+    L.run(1)
+    assert [e for e in L.intents() if e["vm"] == "vm-a"] == []
+
+
+# -- process failures --------------------------------------------------------------------
+
+
+def test_a_process_that_cannot_be_restarted_disables_the_service_and_alerts_once() -> None:
+    L = Leader()
+    L.commit(
+        E.process_failure(
+            ts=L.now,
+            by="host3",
+            host="host3",
+            process="nova-compute",
+            outcome="restart_failed",
+            detail="exit 1",
+        )
+    )
+    L.run(5)
+    (disable,) = L.intents("disable:")
+    assert disable["host"] == "host3" and disable["params"] == {"force_down": False}
+    (alert,) = alerts(L)
+    assert alert["params"]["severity"] == "critical" and "exit 1" in alert["params"]["body"]
+    assert L.intents("fence:") == []
+
+
+# -- determinism and idempotence ---------------------------------------------------------
+
+
+def mid_chain_leader() -> Leader:
+    L = Leader(servers={"host2": [server("vm-a"), server("vm-b", "high")]})
+    L.observe("host2")
+    L.run(1.2)
+    return L
+
+
+def test_decide_is_a_function_of_its_inputs() -> None:
+    L = mid_chain_leader()
+    twin = copy.deepcopy(L.state)
+    before = copy.deepcopy(L.state.__dict__)
+    a = decide(L.seg, L.state, L.now, L.me)
+    b = decide(L.seg, twin, L.now, L.me)
+    assert a == b and decide(L.seg, L.state, L.now, L.me) == a
+    assert L.state.__dict__ == before  # it only reads the state
+
+
+def test_decide_again_after_applying_its_output_proposes_nothing_new() -> None:
+    L = Leader(servers={"host2": [server("vm-a")]})
+    L.observe("host2")
+    for _ in range(40):
+        out = L.step()
+        again = L.decide()
+        ids = {e["intent"] for e in out if e["kind"] == "intent"}
+        assert not ids & {e["intent"] for e in again if e["kind"] == "intent"}
+        assert not [e for e in again if e["kind"] in ("verdict", "brake")]
+        L.execute()
+        L.now = round(L.now + DT, 6)
+
+
+def test_a_new_leader_resumes_from_the_state_alone() -> None:
+    L = mid_chain_leader()
+    old = L.state.copy()
+    mine = decide(L.seg, old, L.now, "host1")
+    theirs = decide(L.seg, old, L.now, "host3")
+    strip = lambda es: [{k: v for k, v in e.items() if k != "by"} for e in es]  # noqa: E731
+    assert strip(mine) == strip(theirs)
+
+
+# -- a random segment life: safety at every step -----------------------------------------
+
+PROP_SPEC = SimSpec(hosts=5)
+PROP_SEG = build_segment(PROP_SPEC)
+PROP_SERVERS = {
+    h: [server(f"{h}-vm1", "high"), server(f"{h}-vm2", "low")]
+    for h in PROP_SEG.host_names
+    if PROP_SEG.host(h).role == "compute"
+}
+hosts_s = st.sampled_from(PROP_SEG.host_names)
+nets_s = st.lists(st.sampled_from(PROP_SEG.network_names), min_size=1, max_size=3, unique=True)
+voters_s = st.lists(st.sampled_from(PROP_SEG.voters), min_size=1, max_size=4, unique=True)
+event_s = st.one_of(
+    st.tuples(st.just("crash"), hosts_s),
+    st.tuples(st.just("revive"), hosts_s),
+    st.tuples(st.just("lose"), hosts_s, nets_s, voters_s),
+    st.tuples(st.just("regain"), hosts_s, nets_s, voters_s),
+    st.tuples(st.just("maintenance"), hosts_s, st.booleans()),
+    st.tuples(st.just("vm_failure"), hosts_s),
+    st.tuples(st.just("process_failure"), hosts_s),
+)
+gap_s = st.sampled_from([0.0, 0.4, 1.0, 3.0, 12.0])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.tuples(event_s, gap_s), min_size=1, max_size=8),
+    st.randoms(use_true_random=False),
+)
+def test_random_segment_life_stays_safe_and_idempotent(
+    events: list[tuple[Any, float]], rnd: random.Random
+) -> None:
+    """Faults at random moments, executor answers at random (ok, failed, no answer); every
+    step's proposal is checked by `check_proposal`, and must be deterministic."""
+    L = Leader(PROP_SPEC, servers=PROP_SERVERS)
+
+    def flaky(i: Intent) -> Answer:
+        x = rnd.random()
+        if x < 0.15:
+            return None
+        if x < 0.35:
+            return ("failed", {"error_kind": "unreachable"})
+        return ("ok", {})
+
+    for action in ("fence", "evacuate", "restart_vm", "inventory", "disable_compute"):
+        L.answers[action] = flaky
+    for ev, gap in [*events, (("end",), 15.0)]:
+        kind = ev[0]
+        if kind in ("crash", "revive"):
+            L.observe(ev[1], reachable=kind == "revive")
+        elif kind in ("lose", "regain"):
+            _, host, nets, by = ev
+            by = tuple(o for o in by if o != host)
+            if by:
+                L.observe(host, tuple(nets), by, reachable=kind == "regain")
+        elif kind == "maintenance":
+            L.commit(E.maintenance(ts=L.now, by="host1", host=ev[1], on=ev[2], reason="r"))
+        elif kind == "vm_failure":
+            vm_failure(L, vm=f"{ev[1]}-vm1", host=ev[1])
+        elif kind == "process_failure":
+            L.commit(
+                E.process_failure(
+                    ts=L.now,
+                    by=ev[1],
+                    host=ev[1],
+                    process="libvirtd",
+                    outcome="restart_failed",
+                    detail="",
+                )
+            )
+        twin = L.state.copy()
+        assert decide(L.seg, twin, L.now, L.me) == L.decide()
+        L.run(gap, dt=0.2)  # check_proposal runs on every step
+
+    event(f"evacuations: {len(L.intents('evacuate:')) > 0}")
+    event(f"brake: {L.state.brake_count > 0}")
+    event(f"fenced: {any(L.state.fenced)}")
+    # The log rebuilds the state it made.
+    replayed = SegmentState(L.seg)
+    for k, e in enumerate(L.log):
+        replayed.apply(e, k + 1)
+    assert {k: i.status for k, i in replayed.intents.items()} == {
+        k: i.status for k, i in L.state.intents.items()
+    }
+    assert replayed.verdicts == L.state.verdicts and replayed.fenced == L.state.fenced
+    assert replayed.roles == L.state.roles and replayed.brake == L.state.brake
+
+
+def test_segment_default_recovery_is_what_these_tests_assume() -> None:
+    r = build_segment(SimSpec()).recovery
+    assert r == Recovery()
+    assert r.intent_max_attempts == 5 and r.intent_retry_backoff_s == 2.0
