@@ -208,7 +208,7 @@ class BmcSim:
         return self._process is not None and self._process.poll() is None
 
     async def wait_ready(self, timeout_s: float = 10.0) -> None:
-        """Wait until the BMC answers an RMCP presence ping (raises TimeoutError)."""
+        """Wait until the BMC answers an RMCP presence ping (raises trio.TooSlowError)."""
         with trio.fail_after(timeout_s):
             udp = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
             with udp:

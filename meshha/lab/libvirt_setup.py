@@ -2,7 +2,7 @@
 
 Three ways to get a hypervisor (facts in /work/shared/reference/environment.md):
 
-- `ensure_system_libvirtd()`: the host's own libvirtd (`qemu:///system`). Writes
+- `await ensure_system_libvirtd()`: the host's own libvirtd (`qemu:///system`). Writes
   /etc/libvirt/qemu.conf, starts virtlogd, then libvirtd, unless one already answers.
 - `PrivateLibvirtd(root)`: a system-mode libvirtd of its own, in a private mount
   namespace whose /etc/libvirt, /run/libvirt, /var/lib/libvirt, /var/log/libvirt and
@@ -142,7 +142,7 @@ def libvirt_answers(uri: str) -> bool:
 
 
 async def wait_libvirt(uri: str, timeout_s: float = 60.0) -> None:
-    """Wait until `uri` answers (raises TimeoutError)."""
+    """Wait until `uri` answers (raises trio.TooSlowError)."""
     with trio.fail_after(timeout_s):
         while True:
             if await trio.to_thread.run_sync(libvirt_answers, uri):
@@ -380,17 +380,26 @@ class PrivateLibvirtd:
         self.stop()
 
 
-def ensure_system_libvirtd(timeout_s: float = 90.0) -> str:
+async def ensure_system_libvirtd(timeout_s: float = 90.0) -> str:
     """Make `qemu:///system` answer: prepare and start virtlogd and libvirtd (under the
     reaping supervisor, detached) unless libvirtd already answers. Returns the URI."""
     uri = "qemu:///system"
-    if libvirt_answers(uri):
+    if await trio.to_thread.run_sync(libvirt_answers, uri):
         return uri
+    await trio.to_thread.run_sync(_start_system_libvirtd)
+    await wait_libvirt(uri, timeout_s)
+    return uri
+
+
+def _start_system_libvirtd() -> None:
+    """Blocking preparation: dirs, users, qemu.conf, virtlogd, the detached supervisor."""
     for directory in ("/var/log/libvirt", "/run/libvirt", "/var/lib/libvirt", "/etc/libvirt"):
         Path(directory).mkdir(parents=True, exist_ok=True)
     _ensure_users()
     write_qemu_conf(Path("/etc/libvirt/qemu.conf"))
-    if subprocess.run(["pgrep", "-x", "virtlogd"], capture_output=True).returncode != 0:
+    from meshha.probes.processes import find_pids
+
+    if not find_pids("virtlogd"):
         subprocess.run(["virtlogd", "-d"], check=True)
     root = Path("/run/meshha-lab/system-libvirtd")
     root.mkdir(parents=True, exist_ok=True)
@@ -402,33 +411,25 @@ def ensure_system_libvirtd(timeout_s: float = 90.0) -> str:
             stderr=log,
             start_new_session=True,
         )
-    deadline = time.monotonic() + timeout_s
-    while not libvirt_answers(uri):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"libvirtd did not answer on {uri} in {timeout_s}s")
-        time.sleep(0.1)
-    return uri
 
 
 def _ensure_users() -> None:
     """The QEMU driver fails to initialise without the group kvm and the user (and
     group) libvirt-qemu, even when qemu.conf says root."""
-    if subprocess.run(["getent", "group", "kvm"], capture_output=True).returncode != 0:
-        subprocess.run(["groupadd", "-r", "kvm"], check=True)
-    if subprocess.run(["getent", "passwd", "libvirt-qemu"], capture_output=True).returncode:
+    import grp
+    import pwd
+
+    for group in ("kvm", "libvirt-qemu"):
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            subprocess.run(["groupadd", "-r", group], check=True)
+    try:
+        pwd.getpwnam("libvirt-qemu")
+    except KeyError:
         subprocess.run(
-            [
-                "useradd",
-                "-r",
-                "-U",
-                "-G",
-                "kvm",
-                "-d",
-                "/var/lib/libvirt",
-                "-s",
-                "/usr/sbin/nologin",
-            ]
-            + ["libvirt-qemu"],
+            ["useradd", "-r", "-g", "libvirt-qemu", "-G", "kvm", "-d", "/var/lib/libvirt"]
+            + ["-s", "/usr/sbin/nologin", "libvirt-qemu"],
             check=True,
         )
 
@@ -513,19 +514,18 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--timeout-s", type=float, default=30.0)
     args = parser.parse_args(argv)
     if args.command == "system":
-        print(ensure_system_libvirtd())
+        print(trio.run(ensure_system_libvirtd))
         return 0
     if args.command == "supervise":
         return supervise(args.root, private=args.private, cache_dir=args.cache_dir)
     root = args.root.absolute()
     os.kill(int((root / "supervisor.pid").read_text()), signal.SIGUSR1)
     uri = f"qemu+unix:///system?socket={root / 'run' / 'libvirt-sock'}"
-    deadline = time.monotonic() + args.timeout_s
-    while not libvirt_answers(uri):
-        if time.monotonic() > deadline:
-            print(f"libvirtd under {root} did not answer in {args.timeout_s}s", file=sys.stderr)
-            return 1
-        time.sleep(0.05)
+    try:
+        trio.run(wait_libvirt, uri, args.timeout_s)
+    except trio.TooSlowError:
+        print(f"libvirtd under {root} did not answer in {args.timeout_s}s", file=sys.stderr)
+        return 1
     return 0
 
 
