@@ -87,8 +87,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--eventlet",
         action="store_true",
-        help="run nova under eventlet (deprecated upstream, but faster here) instead of "
-        "native threads",
+        help="run nova under eventlet (deprecated upstream, but about 2x faster here) "
+        "instead of native threads",
     )
     p.add_argument("--real-vms", action="store_true", help="each instance is a QEMU domain")
     p.add_argument("--libvirt-uri", default="qemu:///system")
@@ -210,6 +210,7 @@ class Box:
 
         self.case = NovaInABox("runTest")
         self.case.setUp()
+        route_logs(os.path.join(self.args.tmpdir, "nova.log"))
         # nova's test base makes idle workers spin every 10 ms (50 % CPU idle).
         import futurist._thread
 
@@ -412,6 +413,20 @@ class Box:
         return server.server_address[1]
 
 
+def route_logs(path: str) -> None:
+    """Send nova's logs to a file at INFO. The test fixtures keep them in memory (growing
+    without bound) and format every DEBUG record into a null handler (costly)."""
+    import logging
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(name)s] %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
 def install_driver(fake, default_size, sizes, args) -> None:  # noqa: ANN001
     """Register `nova.virt.fake.MeshhaFakeDriver`: MediumFakeDriver sized per host, and
     with --real-vms one real QEMU domain per instance (through `virsh`: the fixtures
@@ -518,7 +533,7 @@ def reap_domains(uri: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     t0 = time.monotonic()
-    tmpdir = args.tmpdir or tempfile.mkdtemp(prefix="meshha-nova-")
+    tmpdir = args.tmpdir = args.tmpdir or tempfile.mkdtemp(prefix="meshha-nova-")
     prepare_process(tmpdir, args.eventlet)
     if args.real_vms:
         reap_domains(args.libvirt_uri)
