@@ -91,7 +91,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "instead of native threads",
     )
     p.add_argument("--real-vms", action="store_true", help="each instance is a QEMU domain")
-    p.add_argument("--libvirt-uri", default="qemu:///system")
+    p.add_argument(
+        "--libvirt-uri",
+        action="append",
+        default=[],
+        metavar="[HOST=]URI",
+        help="with --real-vms: the libvirt of every host (default qemu:///system), or of one",
+    )
     return p.parse_args(argv)
 
 
@@ -441,14 +447,16 @@ def install_driver(fake, default_size, sizes, args) -> None:  # noqa: ANN001
             super().__init__(virtapi, read_only)
 
     if args.real_vms:
-        MeshhaFakeDriver = real_vm_driver(MeshhaFakeDriver, args.libvirt_uri)  # noqa: N806
+        default_uri, uris = parse_uris(args.libvirt_uri, args.hosts.split(","))
+        MeshhaFakeDriver = real_vm_driver(MeshhaFakeDriver, default_uri, uris)  # noqa: N806
     fake.MeshhaFakeDriver = MeshhaFakeDriver
 
 
-def domain_xml(name: str, uuid: str) -> str:
+def domain_xml(name: str, uuid: str | None) -> str:
     kvm = os.path.exists("/dev/kvm")
+    uuid_element = f"<uuid>{uuid}</uuid>" if uuid else ""
     return f"""<domain type='{"kvm" if kvm else "qemu"}'>
-  <name>{name}</name><uuid>{uuid}</uuid>
+  <name>{name}</name>{uuid_element}
   <memory unit='MiB'>32</memory><vcpu>1</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type></os>
   <on_crash>destroy</on_crash>
@@ -456,78 +464,99 @@ def domain_xml(name: str, uuid: str) -> str:
 </domain>"""
 
 
-def real_vm_driver(base, uri: str):  # noqa: ANN001, ANN201
-    """Each instance becomes a transient diskless QEMU domain named meshha-<uuid>, whose
-    libvirt UUID is the instance uuid, so libvirt events name Nova's instance."""
+def parse_uris(specs: list[str], hosts: list[str]) -> tuple[str, dict[str, str]]:
+    """--libvirt-uri URI (every host) and --libvirt-uri HOST=URI (one host)."""
+    default, per_host = "qemu:///system", {}
+    for spec in specs:
+        host, sep, uri = spec.partition("=")
+        if sep and host in hosts:
+            per_host[host] = uri
+        else:
+            default = spec
+    return default, per_host
 
-    def virsh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            ["virsh", "-q", "-c", uri, *argv],
-            check=check,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
 
-    def create(instance) -> None:  # noqa: ANN001
-        name = DOMAIN_PREFIX + instance.uuid
-        if virsh("domstate", name, check=False).returncode == 0:
-            return
-        path = os.path.join(tempfile.gettempdir(), name + ".xml")
-        with open(path, "w") as f:
-            f.write(domain_xml(name, instance.uuid))
-        virsh("create", path)
+def virsh(uri: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["virsh", "-q", "-c", uri, *argv], check=check, capture_output=True, text=True, timeout=60
+    )
 
-    def destroy(instance) -> None:  # noqa: ANN001
-        virsh("destroy", DOMAIN_PREFIX + instance.uuid, check=False)
+
+def real_vm_driver(base, default_uri: str, uris: dict[str, str]):  # noqa: ANN001, ANN201
+    """Each instance becomes a transient diskless QEMU domain `meshha-<host>-<uuid>`. A host
+    with a libvirtd of its own (HOST=URI) gives the domain the instance uuid as its libvirt
+    UUID, so libvirt events name Nova's instance; hosts sharing one libvirtd cannot."""
+    from oslo_config import cfg
+
+    conf = cfg.CONF
 
     class RealVmDriver(base):
+        def __init__(self, virtapi, read_only=False):  # noqa: ANN001
+            self.meshha_host = conf.host
+            self.meshha_uri = uris.get(conf.host, default_uri)
+            self.meshha_own_uuid = conf.host in uris
+            super().__init__(virtapi, read_only)
+
+        def _name(self, uuid: str) -> str:
+            return f"{DOMAIN_PREFIX}{self.meshha_host}-{uuid}"
+
+        def _create(self, instance) -> None:  # noqa: ANN001
+            name = self._name(instance.uuid)
+            if virsh(self.meshha_uri, "domstate", name, check=False).returncode == 0:
+                return
+            path = os.path.join(tempfile.gettempdir(), name + ".xml")
+            with open(path, "w") as f:
+                f.write(domain_xml(name, instance.uuid if self.meshha_own_uuid else None))
+            virsh(self.meshha_uri, "create", path)
+
+        def _destroy(self, uuid: str) -> None:
+            virsh(self.meshha_uri, "destroy", self._name(uuid), check=False)
+
         def spawn(self, context, instance, *a, **kw):  # noqa: ANN001
             super().spawn(context, instance, *a, **kw)
             if kw.get("power_on", True):
-                create(instance)
+                self._create(instance)
 
         def destroy(self, context, instance, *a, **kw):  # noqa: ANN001
-            destroy(instance)
+            self._destroy(instance.uuid)
             super().destroy(context, instance, *a, **kw)
 
         def power_off(self, instance, *a, **kw):  # noqa: ANN001
             super().power_off(instance, *a, **kw)
-            destroy(instance)
+            self._destroy(instance.uuid)
 
         def power_on(self, context, instance, *a, **kw):  # noqa: ANN001
             super().power_on(context, instance, *a, **kw)
-            create(instance)
+            self._create(instance)
 
         def reboot(self, context, instance, *a, **kw):  # noqa: ANN001
-            destroy(instance)
+            self._destroy(instance.uuid)
             super().reboot(context, instance, *a, **kw)
-            create(instance)
+            self._create(instance)
 
         def post_live_migration_at_destination(self, context, instance, *a, **kw):  # noqa: ANN001
             super().post_live_migration_at_destination(context, instance, *a, **kw)
-            create(instance)
+            self._create(instance)
 
         def post_live_migration(self, context, instance, *a, **kw):  # noqa: ANN001
             super().post_live_migration(context, instance, *a, **kw)
-            destroy(instance)
+            self._destroy(instance.uuid)
 
         def destroy_all_domains(self) -> None:
             """The host crashed: its guests are gone."""
             for uuid in list(self.instances):
-                virsh("destroy", DOMAIN_PREFIX + uuid, check=False)
+                self._destroy(uuid)
 
     return RealVmDriver
 
 
-def reap_domains(uri: str) -> None:
+def reap_domains(uris: set[str]) -> None:
     """Destroy meshha-* domains a previous box left behind."""
-    out = subprocess.run(
-        ["virsh", "-q", "-c", uri, "list", "--name"], capture_output=True, text=True, timeout=60
-    )
-    for name in out.stdout.split():
-        if name.startswith(DOMAIN_PREFIX):
-            subprocess.run(["virsh", "-c", uri, "destroy", name], capture_output=True, timeout=60)
+    for uri in uris:
+        out = virsh(uri, "list", "--name", check=False)
+        for name in out.stdout.split():
+            if name.startswith(DOMAIN_PREFIX):
+                virsh(uri, "destroy", name, check=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -536,7 +565,8 @@ def main(argv: list[str] | None = None) -> int:
     tmpdir = args.tmpdir = args.tmpdir or tempfile.mkdtemp(prefix="meshha-nova-")
     prepare_process(tmpdir, args.eventlet)
     if args.real_vms:
-        reap_domains(args.libvirt_uri)
+        default_uri, uris = parse_uris(args.libvirt_uri, args.hosts.split(","))
+        reap_domains({default_uri, *uris.values()})
     box = Box(args)
     err_fd = os.dup(2)  # the fixtures capture stderr: keep a way to say why we died
     try:
@@ -565,7 +595,8 @@ def main(argv: list[str] | None = None) -> int:
     box.done.wait()
     box.close_api()
     if args.real_vms:
-        reap_domains(args.libvirt_uri)
+        default_uri, uris = parse_uris(args.libvirt_uri, args.hosts.split(","))
+        reap_domains({default_uri, *uris.values()})
     # The fixtures' cleanups would take seconds and the process is about to exit anyway.
     os._exit(0)
 

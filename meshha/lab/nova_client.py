@@ -59,7 +59,9 @@ class NovaBox:
     `host_sizes` maps a host to (vcpus, ram_mb, disk_gb); `size` applies to the others.
     With `cpu_allocation_ratio=1.0` (the default) those sizes are exactly what the
     scheduler can place. `service_down_time_s` is how long a stopped nova-compute still
-    looks up (nova's default 60 s is shortened for tests). `eventlet=False` runs nova in
+    looks up (nova's default 60 s is shortened for tests). `real_vms=True` makes each
+    instance a QEMU domain `meshha-<host>-<uuid>` in `libvirt_uri` (or the host's own
+    libvirtd from `libvirt_uris`, where the domain's UUID is the instance's). `eventlet=False` runs nova in
     native threads, upstream's future mode; here it is about 2x slower, and under load
     an API request sometimes stalls for more than 10 s.
     """
@@ -75,6 +77,8 @@ class NovaBox:
         service_down_time_s: int = 6,
         cpu_allocation_ratio: float = 1.0,
         real_vms: bool = False,
+        libvirt_uri: str | None = None,
+        libvirt_uris: dict[str, str] | None = None,
         eventlet: bool = True,
         log_path: str | Path | None = None,
         ready_timeout_s: float = 90.0,
@@ -88,6 +92,8 @@ class NovaBox:
         self.service_down_time_s = service_down_time_s
         self.cpu_allocation_ratio = cpu_allocation_ratio
         self.real_vms = real_vms
+        self.libvirt_uri = libvirt_uri
+        self.libvirt_uris = dict(libvirt_uris or {})
         self.eventlet = eventlet
         self.log_path = Path(log_path) if log_path else None
         self.ready_timeout_s = ready_timeout_s
@@ -108,6 +114,10 @@ class NovaBox:
         cmd += ["--cpu-allocation-ratio", str(self.cpu_allocation_ratio)]
         if self.real_vms:
             cmd.append("--real-vms")
+            if self.libvirt_uri:
+                cmd += ["--libvirt-uri", self.libvirt_uri]
+            for host, uri in self.libvirt_uris.items():
+                cmd += ["--libvirt-uri", f"{host}={uri}"]
         if self.eventlet:
             cmd.append("--eventlet")
         return cmd
