@@ -346,7 +346,7 @@ class NovaDriver:
 
         def newest() -> Any:
             migs = list(self._compute().migrations(server_id=server_id, migration_type=kind))
-            return max(migs, key=lambda m: m.created_at or "", default=None)
+            return max(migs, key=lambda m: int(m.id), default=None)  # ids only grow
 
         mig = await self._call(f"migrations of {server_id}", newest)
         if mig is not None and mig.status in FAILED_MIGRATION:

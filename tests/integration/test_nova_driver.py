@@ -252,3 +252,30 @@ async def test_a_stuck_operation_times_out(nova_box: NovaBox, nova_conn) -> None
 
     # The restarted compute finds the half-done stop and clears the task state.
     await wait_for("stuck-1 settles", settled, timeout_s=30)
+
+
+async def test_a_failed_evacuation_is_failed_and_can_be_redone(
+    nova_box: NovaBox, nova_conn, driver
+) -> None:
+    """Nova cannot place the server on a disabled target: the migration record says so and
+    the driver raises kind=failed at once (not at its deadline). A new target works."""
+    (server_id,) = await boot(nova_conn, ["fail-1"], "host3")
+    await trio.to_thread.run_sync(nova_box.stop_compute, "host3")
+    await driver.force_down("host3", "meshha: host3 fenced")
+    await driver.disable_service("host4", "meshha: maintenance")
+    try:
+        (facts,) = await driver.host_facts(["host4"])
+        assert not facts.service_enabled and facts.service_up and not facts.forced_down
+        with trio.fail_after(20):
+            with pytest.raises(NovaError) as e:
+                await driver.evacuate(server_id, "host4")
+        assert e.value.kind == "failed"
+    finally:
+        await driver.enable_service("host4")
+    s = await driver.get_server(server_id)
+    assert s.host == "host3" and s.task_state is None
+    s = await driver.evacuate(server_id, "host2")
+    assert (s.host, s.status, s.task_state) == ("host2", "ACTIVE", None)
+    assert action_names(nova_conn, server_id).count("evacuate") == 2
+    await trio.to_thread.run_sync(nova_box.start_compute, "host3")
+    await driver.enable_service("host3")
