@@ -61,6 +61,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -355,13 +356,20 @@ class Lab:
                 run(["ip", "link", "set", p, "nomaster"])
                 run(["ip", "link", "set", p, "promisc", "on"])
             argv += ["--net", ",".join(ports)]
-        self.hub = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        errors = tempfile.TemporaryFile()  # noqa: SIM115 - the hub writes to it
+        self.hub = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors)
         assert self.hub.stdout is not None
         line = self.hub.stdout.readline()  # "ready" once every socket is bound
         if line.strip() != b"ready":
-            err = self.hub.stderr.read().decode(errors="replace") if self.hub.stderr else ""
             self._stop_hub()
+            errors.seek(0)
+            err = errors.read().decode(errors="replace")
             raise LabError(f"impairment hub did not start: {line!r} {err}", kind="command")
+        errors.close()  # the hub keeps its own descriptor
+
+    def hub_running(self) -> bool:
+        """False when the user-space hub is off or has died (then frames no longer flow)."""
+        return self.hub is not None and self.hub.poll() is None
 
     def _stop_hub(self) -> None:
         hub, self.hub = self.hub, None
@@ -496,7 +504,10 @@ async def _hub_main(
         async def forward(socks: Mapping[str, Any], port: str, macs: dict[bytes, str]) -> None:
             s = socks[port]
             while True:
-                frame, addr = await s.recvfrom(65536)
+                try:
+                    frame, addr = await s.recvfrom(65536)
+                except OSError:  # ENETDOWN once when the port is cut: keep listening
+                    continue
                 if addr[2] == _PACKET_OUTGOING or len(frame) < 14:
                     continue  # our own sends show up here too
                 dst, src = frame[:6], frame[6:12]
