@@ -41,6 +41,7 @@ When ready it prints one JSON line to stdout, then sends stdout to stderr:
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import shutil
@@ -590,6 +591,9 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.write(json.dumps(ready) + "\n")
     sys.stdout.flush()
     os.dup2(2, 1)  # nothing more on stdout: the parent may stop reading it
+    # `kill -USR2 PID` writes every thread's stack to TMPDIR/stacks.txt (for a stall).
+    stacks = open(os.path.join(tmpdir, "stacks.txt"), "a")  # noqa: SIM115 - lives until exit
+    faulthandler.register(signal.SIGUSR2, file=stacks, all_threads=True)
     signal.signal(signal.SIGTERM, lambda *_: box.done.set())
     signal.signal(signal.SIGINT, lambda *_: box.done.set())
     box.done.wait()
