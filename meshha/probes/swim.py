@@ -43,6 +43,7 @@ class _Pending:
     indirect_sent: bool = False
     requester: str | None = None  # set when we probe on someone else's behalf
     requester_id: int = 0
+    helpers: tuple[str, ...] = ()  # who we asked to probe for us: only they may relay
 
 
 @dataclass
@@ -51,6 +52,7 @@ class PeerView:
     since: float = 0.0
     misses: int = 0
     first_miss: float = 0.0
+    last_miss: float = 0.0
     last_ack: float | None = None
 
 
@@ -138,7 +140,7 @@ class Prober:
             genuine = (
                 pend is not None
                 and pend.network == network
-                and (sender == pend.target or msg.get("via") == sender)
+                and (sender == pend.target or (msg.get("via") == sender and sender in pend.helpers))
             )
             if pend is not None and genuine:
                 self._acked(pend.target, network, now)
@@ -209,6 +211,7 @@ class Prober:
                 continue
             if not p.indirect_sent and self.t.indirect_probes > 0:
                 helpers = self._helpers(p.network, p.target)
+                p.helpers = tuple(helpers)
                 for h in helpers:
                     out.append(Send(p.network, h, {"t": "req", "id": pid, "target": p.target}))
                 p.indirect_sent = True
@@ -227,7 +230,12 @@ class Prober:
         return (voters + others)[: self.t.indirect_probes]
 
     def _missed(self, target: str, net: str, at: float) -> None:
+        """One miss per peer per period, however many pings failed in it (our own round,
+        and those we sent as a helper for others): the count means periods of silence."""
         pv = self.peer(target, net)
+        if pv.misses and at - pv.last_miss < self.t.probe_interval_s * 0.99:
+            return
+        pv.last_miss = at
         self.stats.misses += 1
         if pv.misses == 0:
             pv.first_miss = at

@@ -181,8 +181,9 @@ def check(entry: Any) -> list[str]:
             problems.append(f"kind: unknown {kind!r}")
         else:
             problems += [f"{f}: missing for {kind}" for f in REQUIRED[kind] if f not in entry]
-    if entry.get("v", SCHEMA_VERSION) > SCHEMA_VERSION:
-        problems.append(f"v: schema {entry.get('v')} is newer than this agent's {SCHEMA_VERSION}")
+    v = entry.get("v")
+    if isinstance(v, int) and not isinstance(v, bool) and v > SCHEMA_VERSION:
+        problems.append(f"v: schema {v} is newer than this agent's {SCHEMA_VERSION}")
     return problems
 
 

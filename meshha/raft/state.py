@@ -228,6 +228,7 @@ class SegmentState:
         elif i.action == "inventory":
             data = dict(e.get("data") or {})
             data["episode"] = i.episode
+            data["purpose"] = i.params.get("purpose", "")
             self.inventory[i.host] = data
         elif i.action == "enable_compute":
             self.fenced.pop(i.host, None)
@@ -263,6 +264,11 @@ class SegmentState:
     def _apply_brake(self, e: Entry) -> None:
         if e["on"] and not self.brake["on"]:
             self.brake_count += 1
+            # A fence proposed just before the brake committed is held too. (One already
+            # running still reports its result, which then counts: what happened happened.)
+            for i in self.intents.values():
+                if not i.done and i.action == "fence":
+                    self._finish(i, "abandoned", "mass-failure brake engaged", e["ts"])
         self.brake = {
             "on": e["on"],
             "hosts": list(e["hosts"]),
@@ -290,10 +296,44 @@ class SegmentState:
         i.data = dict(data or {})
         if not was_done:
             self.finished.append(i.id)
-            while len(self.finished) > MAX_FINISHED_INTENTS:
-                old = self.finished.popleft()
-                if old in self.intents and self.intents[old].done:
-                    del self.intents[old]
+            if len(self.finished) > MAX_FINISHED_INTENTS:
+                self._evict()
+
+    def _evict(self) -> None:
+        """Forget the oldest finished intents that `decide` can no longer reach: those of
+        a host's past failure episodes and of VM failures that are not the VM's latest.
+        An intent it can still reach is kept, or it would be proposed again (its id is
+        the only memory that it was done). The ledger keeps every one regardless."""
+        live_vm_keys = {f"{vm}:{int(t[-1] * 1000)}" for vm, t in self.vm_failures.items() if t}
+
+        def reachable(i: Intent) -> bool:
+            if i.vm is not None and i.action in ("restart_vm", "hard_reboot", "migrate_vm"):
+                return f"{i.vm}:" in i.id and any(
+                    k in i.id for k in live_vm_keys if k.startswith(i.vm)
+                )
+            if i.id.startswith("alert:vm:"):
+                return any(f":{k}:" in i.id for k in live_vm_keys)
+            if i.id.startswith("alert:process:") or (
+                i.action == "disable_compute" and i.params.get("force_down") is False
+            ):
+                return any(
+                    h == i.host and f":{int(rec['ts'] * 1000)}" in i.id
+                    for (h, _), rec in self.process_failures.items()
+                )
+            # Host-failure chains exist from episode 1 on; only the current one is reachable.
+            return i.host in self.episode and i.episode == self.episode[i.host] > 0
+
+        for _ in range(len(self.finished)):
+            if len(self.finished) <= MAX_FINISHED_INTENTS:
+                return
+            old = self.finished.popleft()
+            i = self.intents.get(old)
+            if i is None or not i.done:
+                continue
+            if reachable(i):
+                self.finished.append(old)  # keep it; look at the next oldest
+            else:
+                del self.intents[old]
 
 
 def apply(state: SegmentState, entry: Entry, index: int | None = None) -> SegmentState:

@@ -38,11 +38,20 @@ def decide(segment: Segment, state: SegmentState, now: float, me: str) -> list[E
     for host, v in computed.items():
         if not v.same_as(state.verdicts[host]):
             out.append(_verdict_entry(now, me, host, v))
-    out += _brake(segment, state, computed, now, me)
+    brake = _brake(segment, state, computed, now, me)
+    out += brake
+    engaging = any(e["kind"] == "brake" and e["on"] for e in brake)
     for host in segment.host_names:
         if state.in_maintenance(host):
             continue
-        out += _host_recovery(segment, state, host, now, me)
+        steps = _host_recovery(segment, state, host, now, me)
+        if engaging:  # the brake being proposed holds every fence in the same batch
+            steps = [
+                e
+                for e in steps
+                if not (e["kind"] in ("intent", "fenced") and e.get("action", "fence") == "fence")
+            ]
+        out += steps
     out += _vm_recovery(segment, state, now, me)
     return out
 
@@ -216,18 +225,21 @@ def _fence_chain(
     )
     if out or _latest(state, f"disable:{host}:e{ep}").status != "ok":
         return out
+    # An inventory of its own, taken after the fence: one taken earlier in the episode
+    # (to live-migrate off a degraded host) is stale by now.
     out = _step(
         segment,
         state,
-        f"inventory:{host}:e{ep}",
+        f"inventory:{host}:e{ep}:evacuate",
         now,
         me,
         "inventory",
         host,
         reason=f"list the servers of {host} and the reserved capacity",
+        params={"purpose": "evacuate"},
     )
     inv = state.inventory.get(host)
-    if out or inv is None or inv["episode"] != ep:
+    if out or inv is None or inv["episode"] != ep or inv.get("purpose") != "evacuate":
         return out
     return _evacuations(segment, state, host, ep, inv, now, me)
 
@@ -409,6 +421,11 @@ def _after_evacuations(
     evac = [i for i in state.intents_for(host, ep) if i.action == "evacuate"]
     if any(not i.done for i in evac):
         return []
+    for vm in sorted({i.vm for i in evac if i.vm} - {i.vm for i in evac if i.status == "ok"}):
+        base = f"evacuate:{host}:e{ep}:{vm}"
+        last, n = _latest(state, base), _attempts(state, base)
+        if last is not None and _retry_due(segment, last, n, now) or not _final(segment, last, n):
+            return []  # a retry is still to come: the report waits for it
     ok = sorted({i.vm for i in evac if i.status == "ok"})
     failed = sorted({i.vm for i in evac if i.status != "ok"} - set(ok))
     non_ha = [s["id"] for s in inv.get("servers", []) if not s.get("ha", True)]
@@ -506,18 +523,25 @@ def _degraded(
             v.reason,
         )
     if "live_migrate" in actions:
-        out += _step(
+        listing = _step(
             segment,
             state,
-            f"inventory:{host}:e{ep}",
+            f"inventory:{host}:e{ep}:live_migrate",
             now,
             me,
             "inventory",
             host,
             reason=f"{host} lost {nets}: list its servers to live-migrate them",
+            params={"purpose": "live_migrate"},
         )
+        out += listing
         inv = state.inventory.get(host)
-        if not out and inv is not None and inv["episode"] == ep:
+        if (
+            not listing
+            and inv is not None
+            and inv["episode"] == ep
+            and inv.get("purpose") == "live_migrate"
+        ):
             for s in inv.get("servers", []):
                 if s.get("ha", True):
                     out += _step(
@@ -554,20 +578,21 @@ def _vm_recovery(segment: Segment, state: SegmentState, now: float, me: str) -> 
         if action == "restart" and len(recent) >= pol.vm_restart_limit:
             action = "restart_elsewhere"
         if action == "restart":
-            out += _step(
-                segment,
-                state,
-                f"restart_vm:{key}",
-                now,
-                me,
-                "restart_vm",
-                host,
-                vm=vm,
-                reason=f"{info.get('event')}: restart on {host} ({len(recent)} failures in window)",
-            )
             first = _latest(state, f"restart_vm:{key}")
-            if not out and first is not None and first.status == "failed":
-                action = "restart_elsewhere"
+            if first is not None and first.status == "failed":
+                action = "restart_elsewhere"  # the same host could not: elsewhere, not again here
+            else:
+                out += _step(
+                    segment,
+                    state,
+                    f"restart_vm:{key}",
+                    now,
+                    me,
+                    "restart_vm",
+                    host,
+                    vm=vm,
+                    reason=f"{info.get('event')}: restart on {host} ({len(recent)} failures in window)",
+                )
         if action == "hard_reboot":
             out += _step(
                 segment,
@@ -627,10 +652,25 @@ def _attempts(state: SegmentState, base: str) -> int:
 
 
 def _retry_due(segment: Segment, last: Intent, n: int, now: float) -> bool:
+    """A failed attempt is retried with exponential backoff, up to intent_max_attempts.
+    An abandoned one (the brake, maintenance or a race stopped it) is proposed again as
+    soon as `decide` reaches it again, i.e. once the circumstances allow: bounded too."""
     r = segment.recovery
+    if last.status == "abandoned":
+        return n < 2 * r.intent_max_attempts
     if last.status != "failed" or n >= r.intent_max_attempts:
         return False
     return now >= (last.done_ts or 0.0) + r.intent_retry_backoff_s * 2 ** (n - 1)
+
+
+def _final(segment: Segment, last: Intent | None, n: int) -> bool:
+    """No further attempt will ever be proposed for this step."""
+    if last is None or last.status == "pending":
+        return False
+    if last.status == "ok":
+        return True
+    limit = segment.recovery.intent_max_attempts * (2 if last.status == "abandoned" else 1)
+    return n >= limit
 
 
 def _step(
@@ -652,7 +692,7 @@ def _step(
     last = _latest(state, base)
     n = _attempts(state, base)
     if last is not None and (
-        last.status in ("pending", "ok", "abandoned") or not _retry_due(segment, last, n, now)
+        last.status in ("pending", "ok") or not _retry_due(segment, last, n, now)
     ):
         return []
     return [

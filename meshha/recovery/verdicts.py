@@ -44,7 +44,10 @@ def observers_of(segment: Segment, state: SegmentState, host: str) -> tuple[str,
 def discredited(segment: Segment, state: SegmentState, observer: str, network: str) -> bool:
     """A majority of the other voters have lost `observer` on `network`."""
     others = [v for v in segment.voters if v != observer]
-    return len(state.lost_by(observer, network)) >= majority(len(others)) if others else False
+    if not others:
+        return False
+    accusers = [o for o in state.lost_by(observer, network) if o in others]
+    return len(accusers) >= majority(len(others))
 
 
 def credible_losses(

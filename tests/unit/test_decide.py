@@ -292,12 +292,6 @@ def test_a_failed_evacuation_is_retried_with_backoff_up_to_the_limit() -> None:
     assert len(final) == 1 and final[0]["params"]["severity"] == "critical"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _after_evacuations treats a failed evacuation whose retry is merely not due "
-    "yet as final: the one-shot 'recovery incomplete' alert goes out before the retry, "
-    "and is never corrected when the retry succeeds",
-)
 def test_the_final_report_waits_for_evacuation_retries() -> None:
     L = Leader(servers={"host2": [server("vm-a"), server("vm-b")]})
     L.answers["evacuate"] = lambda i: (
@@ -336,12 +330,6 @@ def test_nothing_is_done_for_a_host_in_maintenance() -> None:
     assert L.state.verdicts["host2"].kind == "maintenance"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: once a long-failed host's finished intents are evicted from the bounded "
-    "memory (MAX_FINISHED_INTENTS), decide re-proposes its whole chain with the same ids "
-    "(disable, inventory, evacuate:host2:e1:vm-a:a1, the final alert)",
-)
 def test_finished_intent_eviction_does_not_restart_a_finished_chain() -> None:
     L = Leader(servers={"host2": [server("vm-a")]})
     L.observe("host2")
@@ -524,13 +512,6 @@ def test_hosts_failed_before_a_release_do_not_trip_the_brake_again() -> None:
     assert {e["host"] for e in L.intents("fence:")} == {"host2", "host6"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _brake() and _host_recovery() run in the same decide() call, and the fence "
-    "check reads the *committed* brake: when the brake trips in the very call in which a "
-    "settled failed host's fence falls due, the fence is proposed in the same batch as "
-    "brake on (and runs: the brake does not abandon pending fences)",
-)
 def test_no_fence_in_the_batch_that_engages_the_brake() -> None:
     spec = SimSpec(hosts=7, brake_fraction=0.3)
     L = Leader(spec)
@@ -574,14 +555,6 @@ def test_degraded_on_tenant_live_migrates_ha_vms_and_does_not_fence() -> None:
     assert L.entries("fenced") == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a host degraded on tenant (inventory taken for live migration) that then "
-    "fails outright stays in the same episode, so the fence chain's inventory step "
-    "('inventory:host2:e1') is already done and the evacuation plan uses the stale, "
-    "pre-fence server list: it evacuates VMs that were live-migrated away and misses "
-    "VMs that are on the host now",
-)
 def test_evacuation_uses_an_inventory_taken_after_the_fence() -> None:
     L = Leader(servers={"host2": [server("vm-a"), server("vm-b")]})
     L.observe("host2", nets=("tenant",))
@@ -676,12 +649,6 @@ def test_a_failed_restart_moves_the_vm_elsewhere() -> None:
     assert [e["action"] for e in L.intents()] == ["restart_vm", "migrate_vm"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: after a failed restart_vm the VM is migrated elsewhere at once, yet "
-    "_vm_recovery keeps proposing restart_vm retries (a2, a3, ...) for the same failure, "
-    "stopping and starting a VM that has already been moved",
-)
 def test_no_restart_after_the_vm_was_moved_elsewhere() -> None:
     L = Leader()
     L.answers["restart_vm"] = lambda i: ("failed", {"error_kind": "failed"})

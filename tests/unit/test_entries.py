@@ -224,21 +224,12 @@ def test_check_accepts_exactly_complete_known_entries(value: dict[str, Any]) -> 
     assert (problems == []) == complete, problems
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: check() compares entry['v'] > SCHEMA_VERSION without its type check, so a "
-    "non-numeric v (str, None, list, map) raises TypeError instead of being reported",
-)
 @pytest.mark.parametrize("v", ["1", None, [1], {"a": 1}, b"1"])
 def test_check_reports_a_non_numeric_schema_version(v: Any) -> None:
     e = dict(BUILT["observation"], v=v)
     assert E.check(e) == ["v: missing or not a int"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: check() raises TypeError when `v` is any non-numeric msgpack value",
-)
 @settings(max_examples=50, deadline=None)
 @given(st.dictionaries(st.just("v"), msgpackable, min_size=1) | entry_like)
 def test_check_never_raises_whatever_v_is(value: dict[str, Any]) -> None:

@@ -202,7 +202,7 @@ def test_inventory_result_is_kept_with_its_episode() -> None:
         intent("inventory:host2:e1:a1", "inventory", "host2"),
         result("inventory:host2:e1:a1", data=data),
     )
-    assert s.inventory["host2"] == {**data, "episode": 1}
+    assert s.inventory["host2"] == {**data, "episode": 1, "purpose": ""}
 
 
 def test_brake_counts_engagements_not_entries() -> None:

@@ -273,12 +273,6 @@ def test_a_duplicated_ack_counts_once() -> None:
     assert p.peer(ping.to, "admin").last_ack == 0.01
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Prober.receive accepts any ack whose `via` equals its sender, without "
-    "checking that a ping-req for that probe was sent to that host: any member (even "
-    "before the direct ping timed out) can keep a dead peer 'reachable' by relaying",
-)
 def test_a_relayed_ack_from_a_host_never_asked_to_help_does_not_count() -> None:
     p = Prober(SEG, "host1")
     ping = first_ping(p)  # direct phase: no ping-req sent to anyone yet
@@ -347,13 +341,6 @@ def test_a_dead_peer_adds_a_bounded_cost() -> None:
     assert small <= bound and large <= bound
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: pings a host sends as a helper (for someone's ping-req) count as misses in "
-    "its own view, closed after probe_timeout_s: with the other members asking it for "
-    "help, an observer declares a dead peer lost after ~1 period instead of "
-    "misses_before_suspect rounds (host1: lost at 0.2 s, since 0.0 s)",
-)
 def test_helping_others_does_not_shorten_the_way_to_lost() -> None:
     mesh = Mesh(SEG)
     mesh.down.add("host2")

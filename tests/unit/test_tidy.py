@@ -41,7 +41,6 @@ FORBIDDEN = frozenset(
 # turns it into an XPASS (strict), which fails until it is taken off this list.
 KNOWN_SLEEPERS = {
     "meshha/lab/chassis.py": "ipmi_sim chassis script simulates a slow BMC with time.sleep",
-    "meshha/lab/libvirt_setup.py": "polls for libvirtd with time.sleep in a deadline loop",
     "meshha/lab/mesh.py": "Mesh.wait_for polls its condition with time.sleep(poll_s)",
 }
 

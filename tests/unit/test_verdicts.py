@@ -242,12 +242,6 @@ def test_isolated_observers_do_not_count() -> None:
     assert kind(s, "host2", T0 + 100) == "failed"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: discredited() counts losses by every observer, non-voters included, against a "
-    "majority of the *voters* (its docstring: 'a majority of the other voters have lost it'); "
-    "two non-voters losing voter host2 on storage silence host2's accusations there",
-)
 def test_only_voters_can_discredit_an_observer() -> None:
     seg = build_segment(SimSpec(hosts=5, voters=3))  # voters host1-3, non-voters host4-5
     s = state_with(
