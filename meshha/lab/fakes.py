@@ -244,9 +244,11 @@ class FakeBmc:
 
 
 class FakeNova:
-    """NovaPort over FakeCloud, with the Nova behaviour meshha depends on: evacuation is
-    refused while the source compute service is up (ComputeServiceInUse); un-forcing is
-    refused until the compute service runs again; an outage makes every call fail."""
+    """NovaPort over FakeCloud, with the Nova behaviour meshha depends on, as the real
+    driver reports it (tests/contract): evacuation is `refused` while the source compute
+    service is up (HTTP 400 ComputeServiceInUse); un-forcing is `refused` until the
+    compute service runs again; start/stop of a server already there is a no-op; an
+    outage makes every call fail `unreachable`."""
 
     def __init__(self, cloud: FakeCloud, actor: str = "") -> None:
         self.cloud, self.actor = cloud, actor
@@ -283,7 +285,7 @@ class FakeNova:
         m = self.cloud.machines[host]
         if not (m.alive and m.processes.get("nova-compute", False)):
             raise NovaError(
-                f"nova-compute on {host} has not restarted", kind="conflict", where="nova-api"
+                f"nova-compute on {host} has not restarted", kind="refused", where="nova-api"
             )
         self.cloud.record(self.actor, "enable", host)
         self.cloud.services[host].update(forced_down=False, disabled=False, reason="")
@@ -304,7 +306,9 @@ class FakeNova:
         await self._call()
         out = []
         for h in hosts:
-            m = self.cloud.machines[h]
+            m = self.cloud.machines.get(h)
+            if m is None:
+                raise NovaError(f"no compute host {h}", kind="not_found", where="nova-api")
             mine = [s for s in self.cloud.servers.values() if s.host == h]
             svc = self.cloud.services[h]
             out.append(
@@ -330,7 +334,7 @@ class FakeNova:
             return s.view()  # already done: idempotent
         if not self._service_down(s.host):
             raise NovaError(
-                f"compute service of {s.host} is still in use", kind="conflict", where="nova-api"
+                f"compute service of {s.host} is still in use", kind="refused", where="nova-api"
             )
         if not self.cloud.machines[target_host].alive:
             raise NovaError(f"target {target_host} is down", kind="failed", where="nova-api")
@@ -344,8 +348,8 @@ class FakeNova:
     async def start(self, server_id: str) -> None:
         await self._call()
         s = self._server(server_id)
-        if s.status == "ACTIVE":
-            raise NovaError(f"{server_id} is already active", kind="conflict", where="nova-api")
+        if s.status == "ACTIVE" and s.host in self.cloud.running.get(server_id, set()):
+            return  # already running: a no-op, as with the real driver
         self.cloud.record(self.actor, "start", s.host, server_id)
         await trio.sleep(self.cloud.nova_delay_s)
         s.status = "ACTIVE"
@@ -355,7 +359,7 @@ class FakeNova:
         await self._call()
         s = self._server(server_id)
         if s.status == "SHUTOFF":
-            raise NovaError(f"{server_id} is already stopped", kind="conflict", where="nova-api")
+            return  # already stopped: a no-op, as with the real driver
         self.cloud.record(self.actor, "stop", s.host, server_id)
         s.status = "SHUTOFF"
         self.cloud._stop(server_id, s.host)
