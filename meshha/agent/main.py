@@ -37,6 +37,7 @@ from meshha.ledger.sink import LedgerSink
 from meshha.ledger.store import Ledger
 from meshha.raft.pysyncobj_log import PysyncobjLog, RaftLogConfig
 from meshha.recovery.executor import Drivers
+from meshha.recovery.ports import VmEvent
 
 log = structlog.get_logger("meshha.agent")
 
@@ -114,11 +115,18 @@ async def run_agent(
     transport = UdpTransport(segment, me, key, now=time.time)
     transport.bind()
     drivers = None if opts.dry_run else real_drivers(segment)
-    hypervisor = vm_events = None
+    hypervisor = monitor = vm_events = vm_send = processes = None
     if opts.libvirt_uri and not opts.dry_run:
-        from meshha.probes.libvirt_events import LibvirtHypervisor
+        from meshha.probes.libvirt_events import LibvirtEventMonitor, LibvirtHypervisor
 
         hypervisor = LibvirtHypervisor(opts.libvirt_uri)
+        monitor = LibvirtEventMonitor(opts.libvirt_uri)
+        vm_send, vm_events = trio.open_memory_channel[VmEvent](256)
+    if segment.processes.names and not opts.dry_run:
+        from meshha.probes.processes import ProcessChecker, libvirt_probe
+
+        health = {"libvirtd": libvirt_probe(opts.libvirt_uri)} if opts.libvirt_uri else {}
+        processes = ProcessChecker(segment.processes, health=health)
     node = Node(
         segment,
         me,
@@ -130,6 +138,7 @@ async def run_agent(
             drivers=drivers,
             hypervisor=hypervisor,
             vm_events=vm_events,
+            processes=processes,
         ),
     )
     restored = node.restore(ledger.entries())
@@ -139,6 +148,8 @@ async def run_agent(
         async with trio.open_nursery() as nursery:
             await nursery.start(raft.run)
             await nursery.start(transport.run)
+            if monitor is not None:
+                await nursery.start(monitor.run, vm_send)
             await nursery.start(node.run)
             await nursery.start(control.serve, opts.control_path, handler)
             log.info(
