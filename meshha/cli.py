@@ -258,17 +258,18 @@ def brake_release(control_path: Path) -> None:
     click.echo(f"brake released: committed at index {r['index']}")
 
 
-def _since(value: str | None) -> float | None:
+def _since(value: str | None) -> dict[str, float]:
+    """--since as the request wants it: an ISO time, or an age the agent resolves with
+    its own clock (meshctl reads no clock)."""
     if value is None:
-        return None
+        return {}
     import datetime as dt
-    import time as _time
 
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     if value[-1:] in units and value[:-1].isdigit():
-        return _time.time() - int(value[:-1]) * units[value[-1]]
+        return {"since_age_s": int(value[:-1]) * units[value[-1]]}
     try:
-        return dt.datetime.fromisoformat(value).timestamp()
+        return {"since": dt.datetime.fromisoformat(value).timestamp()}
     except ValueError:
         raise click.BadParameter(f"{value!r}: use an ISO time or an age like 30m, 2h, 7d") from None
 
@@ -333,7 +334,7 @@ def export(
     """Export the event history as CSV or JSON."""
     r = _call(
         control_path,
-        {"op": "export", "format": fmt, "host": host, "since": _since(since)},
+        {"op": "export", "format": fmt, "host": host, **_since(since)},
         timeout_s=120,
     )
     if out is None:

@@ -136,10 +136,16 @@ class ControlHandler:
         index = await self.log.propose(entry, timeout_s=WRITE_TIMEOUT_S)  # LogError -> error reply
         return {"index": index, **self._view()}
 
+    def _since(self, req: dict[str, Any]) -> float | None:
+        if isinstance(req.get("since_age_s"), int | float):
+            return self.now() - float(req["since_age_s"])
+        since = req.get("since")
+        return float(since) if isinstance(since, int | float) else None
+
     def events(self, req: dict[str, Any]) -> dict[str, Any]:
         rows = self.ledger.query(
             host=req.get("host"),
-            since=req.get("since"),
+            since=self._since(req),
             until=req.get("until"),
             kind=req.get("kind"),
             vm=req.get("vm"),
@@ -154,6 +160,6 @@ class ControlHandler:
             raise ControlError(f"format must be csv or json, not {fmt!r}", kind="bad_request")
         buf = io.StringIO()
         n = self.ledger.export(
-            fmt, buf, host=req.get("host"), since=req.get("since"), kind=req.get("kind")
+            fmt, buf, host=req.get("host"), since=self._since(req), kind=req.get("kind")
         )
         return {"rows": n, "format": fmt, "data": buf.getvalue(), **self._view()}

@@ -577,47 +577,25 @@ def _vm_recovery(segment: Segment, state: SegmentState, now: float, me: str) -> 
         recent = [t for t in times if t > last - pol.vm_restart_window_s]
         if action == "restart" and len(recent) >= pol.vm_restart_limit:
             action = "restart_elsewhere"
-        if action == "restart":
-            first = _latest(state, f"restart_vm:{key}")
-            if first is not None and first.status == "failed":
-                action = "restart_elsewhere"  # the same host could not: elsewhere, not again here
-            else:
-                out += _step(
-                    segment,
-                    state,
-                    f"restart_vm:{key}",
-                    now,
-                    me,
-                    "restart_vm",
-                    host,
-                    vm=vm,
-                    reason=f"{info.get('event')}: restart on {host} ({len(recent)} failures in window)",
-                )
-        if action == "hard_reboot":
-            out += _step(
-                segment,
-                state,
-                f"hard_reboot:{key}",
-                now,
-                me,
-                "hard_reboot",
-                host,
-                vm=vm,
-                reason=f"{info.get('event')}: hard reboot",
-            )
-        if action == "restart_elsewhere":
-            out += _step(
-                segment,
-                state,
-                f"migrate_vm:{key}",
-                now,
-                me,
+        first = _latest(state, f"restart_vm:{key}")
+        if action == "restart" and first is not None and first.status == "failed":
+            action = "restart_elsewhere"  # the same host could not: elsewhere, not again here
+        ev = info.get("event")
+        steps = {
+            "restart": (
+                "restart_vm",
+                f"{ev}: restart on {host} ({len(recent)} failures in window)",
+            ),
+            "hard_reboot": ("hard_reboot", f"{ev}: hard reboot"),
+            "restart_elsewhere": (
                 "migrate_vm",
-                host,
-                vm=vm,
-                reason=f"{info.get('event')}: {len(recent)} failures in {pol.vm_restart_window_s:g}s "
-                f"or restart failed: restart elsewhere",
-            )
+                f"{ev}: {len(recent)} failures in {pol.vm_restart_window_s:g}s "
+                "or restart failed: restart elsewhere",
+            ),
+        }
+        if action in steps:
+            kind, reason = steps[action]
+            out += _step(segment, state, f"{kind}:{key}", now, me, kind, host, vm=vm, reason=reason)
         if action == "alert":
             out += _once(
                 state,
