@@ -231,25 +231,26 @@ def supervise(root: Path, *, private: bool, cache_dir: Path | None = None) -> in
     libvirtd: int | None = _spawn(argv, log_path)
     (root / "supervisor.pid").write_text(f"{os.getpid()}\n")
     (root / "libvirtd.pid").write_text(f"{libvirtd}\n")
+    # A start request that arrives while a killed libvirtd is not reaped yet (it may not
+    # even have exited) is kept for a few seconds and honoured when it has.
+    start_wanted_until = 0.0
     while True:
         info = signal.sigwaitinfo(watched)
-        if info.si_signo == signal.SIGCHLD:
-            if libvirtd is not None and libvirtd in _reap_all():
-                libvirtd = None
-        elif info.si_signo == signal.SIGUSR1:
-            # SIGUSR1 may overtake the SIGCHLD of a libvirtd that just died.
-            if libvirtd is not None and libvirtd in _reap_all():
-                libvirtd = None
-            if libvirtd is None:
-                libvirtd = _spawn(argv, log_path)
-                (root / "libvirtd.pid").write_text(f"{libvirtd}\n")
-        else:
+        if info.si_signo == signal.SIGUSR1:
+            start_wanted_until = time.monotonic() + 5.0
+        elif info.si_signo != signal.SIGCHLD:
             _shutdown(libvirtd, kill_vms=private)
             return 0
+        if libvirtd is not None and libvirtd in _reap_all():
+            libvirtd = None
+        if libvirtd is None and time.monotonic() < start_wanted_until:
+            start_wanted_until = 0.0
+            libvirtd = _spawn(argv, log_path)
+            (root / "libvirtd.pid").write_text(f"{libvirtd}\n")
 
 
 def _reap_all() -> set[int]:
-    reaped = set()
+    reaped: set[int] = set()
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)

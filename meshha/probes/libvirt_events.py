@@ -41,7 +41,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import libvirt
 import structlog
@@ -51,6 +51,8 @@ from meshha.errors import HypervisorError
 from meshha.recovery.ports import VmEvent, VmEventKind
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 _STOPPED_NAMES = {0: "SHUTDOWN", 1: "DESTROYED", 2: "CRASHED", 3: "MIGRATED", 4: "SAVED"}
 _STOPPED_NAMES |= {5: "FAILED", 6: "FROM_SNAPSHOT"}
@@ -423,13 +425,13 @@ class LibvirtHypervisor:
         """Resume a paused VM (after its I/O error was cleared); running already is fine."""
         await self._call(_resume, vm)
 
-    async def _call(self, fn: Callable[..., Any], *args: object) -> Any:
+    async def _call(self, fn: Callable[..., T], *args: object) -> T:
         return await trio.to_thread.run_sync(
             _with_connection, self.uri, fn, *args, limiter=self._limiter
         )
 
 
-def _with_connection(uri: str, fn: Callable[..., Any], *args: object) -> Any:
+def _with_connection(uri: str, fn: Callable[..., T], *args: object) -> T:
     register_event_impl()  # quiet libvirt's stderr; harmless if no loop runs
     try:
         conn = libvirt.open(uri)

@@ -48,6 +48,33 @@ from meshha.recovery.ports import FenceProof, PowerState
 
 log = structlog.get_logger(__name__)
 
+# pyghmi 1.6 loses wake-ups: a caller that sends a request and then registers its wait
+# with pyghmi's IO thread misses a response that arrived in between (the IO thread had
+# already queued it and woken nobody), and sleeps out the full retry timer, 0.5-1 s,
+# before it looks at the response it already has. Measured here: 2-8 % of requests
+# under load, so a third of fences (about ten exchanges each) took an extra second.
+# Every pyghmi caller of `_io_wait` re-checks its queue and waits again when woken
+# early, so capping each wait at 10 ms bounds the lost wake-up to 10 ms without
+# changing behaviour (0 stalls in 280 requests, against 16, same load).
+_IO_WAIT_SLICE_S = 0.01
+
+
+def _bound_pyghmi_waits() -> None:
+    """Cap pyghmi's internal waits (see above); idempotent, and a no-op if a pyghmi
+    version no longer has the function (it then just keeps its stalls)."""
+    from pyghmi.ipmi.private import session as pyghmi_session
+
+    original = getattr(pyghmi_session, "_io_wait", None)
+    if original is None or getattr(original, "_meshha_sliced", False):
+        return
+
+    def sliced(timeout: float, myaddr: object = None, evq: object = None) -> object:
+        return original(min(timeout, _IO_WAIT_SLICE_S), myaddr, evq)
+
+    sliced._meshha_sliced = True  # type: ignore[attr-defined]
+    pyghmi_session._io_wait = sliced
+
+
 T = TypeVar("T")
 
 # pyghmi's messages for a refused login (RAKP2/RAKP4 codes and its own checks).
@@ -127,6 +154,7 @@ class IpmiFencer:
         self._retry_backoff_s = retry_backoff_s
         self._query_timeout_s = query_timeout_s
         self._locks: dict[str, trio.Lock] = {}
+        _bound_pyghmi_waits()
 
     async def power_off(self, host: str) -> FenceProof:
         """Power `host` off; return only once its BMC reports it off."""
