@@ -111,7 +111,7 @@ def prepare_embed_root(root: Path) -> str:
     """Make ROOT/etc/qemu.conf and return `qemu:///embed?root=ROOT`. Without that file
     QEMU gets "KVM Permission denied" and probing takes about 45 s."""
     root = Path(root).absolute()
-    write_qemu_conf(root / "etc" / "qemu.conf")
+    write_qemu_conf(root / "etc" / "qemu.conf", PRIVATE_QEMU_CONF)  # no virtlogd either
     return f"qemu:///embed?root={root}"
 
 
