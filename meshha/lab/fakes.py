@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from meshha.errors import AlertError, FenceError, NovaError, ProcessError
+from meshha.errors import AlertError, FenceError, HypervisorError, NovaError, ProcessError
 from meshha.recovery.ports import (
     Alert,
     FenceProof,
@@ -420,6 +420,9 @@ class FakeHypervisor:
         return vms
 
     async def resume(self, vm: str) -> None:
+        s = self.cloud.servers.get(vm)
+        if s is None or s.host != self.host:
+            raise HypervisorError(f"no domain {vm} on {self.host}", kind="not_found", where=self.host)
         self.cloud._start(vm, self.host)
 
 

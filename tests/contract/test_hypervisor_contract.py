@@ -158,9 +158,6 @@ async def test_destroy_all_leaves_nothing_running(backend: Any, clock: MockClock
 async def test_resume_of_an_unknown_vm_is_not_found(
     backend: Any, clock: MockClock | None, kind: str, request: pytest.FixtureRequest
 ) -> None:
-    if kind == "fake":
-        reason = "known drift: FakeHypervisor.resume accepts any uuid and starts it"
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
     with pytest.raises(HypervisorError) as caught:
         await backend.port.resume("00000000-0000-4000-8000-999999999999")
     assert caught.value.kind == "not_found"
