@@ -55,7 +55,7 @@ class AlertError(MeshhaError):
 
 
 class LogError(MeshhaError):
-    """kind: not_leader | no_quorum | timeout"""
+    """kind: not_leader | no_quorum | timeout (outcome unknown) | too_large | truncated | bind"""
 
     kind = "log"
 
