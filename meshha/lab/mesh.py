@@ -28,7 +28,6 @@ fixed sleep.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import signal
 import socket
@@ -63,6 +62,7 @@ class Mesh:
         lab: Lab | None = None,
         networks: Sequence[str] = NETWORKS,
         reserved: Sequence[str] = (),
+        voters: Sequence[str] | None = None,
         profile: str = "lan-fast",
         extra_toml: str = "",
         log_level: str = "info",
@@ -93,6 +93,7 @@ class Mesh:
             [(h, self.addrs[h]) for h in self.hosts],
             networks={n: ON_LOSS.get(n, "alert") for n in self.networks},
             reserved=reserved,
+            voters=voters,
             profile=profile,
             raft_port=raft_port,
             probe_port0=probe_port0,
@@ -389,11 +390,3 @@ def conflicts(
                 if books[a][idx] != books[b][idx]:
                     out.append((idx, a, b))
     return out
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
