@@ -67,6 +67,7 @@ def healthy(mesh: Mesh, lab: netns.Lab) -> Iterator[Mesh]:
     try:
         yield mesh
     finally:
+        lab.clear_impairment()
         lab.heal()
         for h in HOSTS:
             lab.restore_host(h)
@@ -203,6 +204,29 @@ def test_leader_killed_new_leader_and_nothing_lost(healthy: Mesh) -> None:
     for h, book in after.items():
         missing = {i for i in committed if book.get(i) != committed[i]}
         assert not missing, f"{h} lost or changed committed entries {sorted(missing)[:5]}"
+
+
+def test_lossy_jittery_network_no_false_verdict_and_still_detects(
+    healthy: Mesh, lab: netns.Lab
+) -> None:
+    """5 % loss and 0-20 ms of jitter on every link (netem, or the lab's user-space hub):
+    no verdict moves while nothing is wrong, and a dead host is still found."""
+    mesh = healthy
+    how = lab.impair(loss_pct=5, jitter_ms=20, seed=3)
+    assert how in ("netem", "hub")
+    leader = mesh.wait_leader(HEAL_S)
+    mark = max(i for i, _ in mesh.ledger(leader))
+    victim = follower(mesh)
+    others = [h for h in HOSTS if h != victim]
+    mesh.kill(victim)
+    wait_verdict(mesh, others, victim, ("failed", NETWORKS))
+    wrong = [
+        e
+        for i, e in mesh.ledger(mesh.wait_leader(HEAL_S, among=others))
+        if i > mark and e["kind"] == "verdict" and e["host"] != victim
+    ]
+    assert not wrong, f"verdicts on hosts nobody touched: {wrong}"
+    assert lab.hub is None or lab.hub_running()
 
 
 def test_kill_all_and_restart_same_ledger_and_state(healthy: Mesh) -> None:
