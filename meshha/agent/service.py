@@ -134,23 +134,24 @@ class ControlHandler:
 
     async def _write(self, entry: dict[str, Any]) -> dict[str, Any]:
         index = await self.log.propose(entry, timeout_s=WRITE_TIMEOUT_S)  # LogError -> error reply
-        return {"index": index, **self._view()}
+        return {**self._view(), "index": index}  # the committed index, not the replica's
 
     def _since(self, req: dict[str, Any]) -> float | None:
-        if isinstance(req.get("since_age_s"), int | float):
-            return self.now() - float(req["since_age_s"])
+        age = req.get("since_age_s")
+        if age is not None:
+            return self.now() - _number(age, "since_age_s")
         since = req.get("since")
-        return float(since) if isinstance(since, int | float) else None
+        return None if since is None else _number(since, "since")
 
     def events(self, req: dict[str, Any]) -> dict[str, Any]:
         rows = self.ledger.query(
-            host=req.get("host"),
+            host=_text(req, "host"),
             since=self._since(req),
             until=req.get("until"),
-            kind=req.get("kind"),
-            vm=req.get("vm"),
-            limit=int(req.get("limit", 200)),
-            newest_first=bool(req.get("newest_first", True)),
+            kind=_text(req, "kind"),
+            vm=_text(req, "vm"),
+            limit=int(_number(req.get("limit", 200), "limit")),
+            newest_first=_flag(req.get("newest_first", True), "newest_first"),
         )
         return {"events": rows, **self._view()}
 
@@ -160,6 +161,25 @@ class ControlHandler:
             raise ControlError(f"format must be csv or json, not {fmt!r}", kind="bad_request")
         buf = io.StringIO()
         n = self.ledger.export(
-            fmt, buf, host=req.get("host"), since=self._since(req), kind=req.get("kind")
+            fmt, buf, host=_text(req, "host"), since=self._since(req), kind=_text(req, "kind")
         )
         return {"rows": n, "format": fmt, "data": buf.getvalue(), **self._view()}
+
+
+def _number(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ControlError(f"{key} must be a number, not {value!r}"[:200], kind="bad_request")
+    return float(value)
+
+
+def _flag(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ControlError(f"{key} must be true or false, not {value!r}"[:200], kind="bad_request")
+    return value
+
+
+def _text(req: dict[str, Any], key: str) -> str | None:
+    value = req.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ControlError(f"{key} must be a string, not {value!r}"[:200], kind="bad_request")
+    return value

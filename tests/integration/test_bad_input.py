@@ -240,13 +240,6 @@ WRONG_TYPES = [
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: ControlHandler.events/export pass request fields to int()/float() "
-    "unchecked (service.py: int(req.get('limit', 200)); Ledger._rows: float(since)): a "
-    "wrong type raises ValueError/TypeError, answered as kind 'internal' (with a logged "
-    "traceback and the connection closed) instead of 'bad_request'",
-)
 @pytest.mark.parametrize(("why", "request_"), WRONG_TYPES, ids=[c[0] for c in WRONG_TYPES])
 def test_control_wrong_types_are_bad_requests(mesh: Mesh, why: str, request_: Any) -> None:
     reply = raw_call(mesh.control(TARGET), json.dumps(request_).encode() + b"\n")

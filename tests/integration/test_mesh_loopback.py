@@ -104,15 +104,9 @@ class _Log:
         return 42  # the Raft index the entry committed at
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: ControlHandler._write returns {'index': index, **self._view()}: _view's "
-    "'index' (the replica's applied state index) overwrites the index the entry committed "
-    "at, so `maintenance`/`brake_release` replies name the wrong index (0 on a follower "
-    "that has not applied it yet)",
-)
 async def test_maintenance_reply_names_the_committed_index(tmp_path: Path) -> None:
-    cfg = write_segment(tmp_path, [(h, {"admin": f"127.0.9.{i}"}) for i, h in enumerate(HOSTS, 1)])
+    hosts = [(h, {"admin": f"127.0.9.{i}"}) for i, h in enumerate(HOSTS, 1)]
+    cfg = write_segment(tmp_path, hosts, networks={"admin": "alert"})
     segment = load_segment(cfg)
     node = SimpleNamespace(me="host2", state=SimpleNamespace(index=7))
     handler = ControlHandler(segment, node, _Log(), ledger=None, now=lambda: 1.0)  # type: ignore[arg-type]
