@@ -422,7 +422,9 @@ class FakeHypervisor:
     async def resume(self, vm: str) -> None:
         s = self.cloud.servers.get(vm)
         if s is None or s.host != self.host:
-            raise HypervisorError(f"no domain {vm} on {self.host}", kind="not_found", where=self.host)
+            raise HypervisorError(
+                f"no domain {vm} on {self.host}", kind="not_found", where=self.host
+            )
         self.cloud._start(vm, self.host)
 
 
