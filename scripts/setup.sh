@@ -15,6 +15,10 @@ echo "== system packages: ${apt_packages[*]}"
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
 
+if [ "$MODE" = test ]; then
+    # systemd-analyze verifies the unit file (config/meshha-agent.service); PID 1 is untouched.
+    apt-get install -y -qq --no-install-recommends systemd >/dev/null
+fi
 if [ "$MODE" = test ] && [ -f scripts/install-lab-system.sh ]; then
     echo "== lab components (libvirtd, QEMU, OpenIPMI, iproute2, nftables)"
     bash scripts/install-lab-system.sh
