@@ -170,6 +170,22 @@ def _host_recovery(
     pf = _process_failed(state, host)
     if pf is not None and segment.recovery.process_restart_failure == "disable":
         proc, ts = pf
+        failing = sorted(h for h in segment.host_names if _process_failed(state, h) is not None)
+        limit = segment.brake.max_failed_fraction * len(segment.hosts)
+        if len(failing) > limit:
+            # The same process failing on most hosts at once is a common cause (a bad
+            # package, a dead message bus), not a host problem: disabling them all would
+            # leave nowhere to evacuate to. The brake's rule, applied to processes.
+            return _once(
+                state,
+                f"alert:process-brake:{len(failing)}:{int(ts * 1000)}",
+                now,
+                me,
+                None,
+                "critical",
+                f"processes failing on {len(failing)} of {len(segment.hosts)} hosts at once: nothing disabled",
+                f"{', '.join(failing)}; limit {segment.brake.max_failed_fraction:.0%} (brake)",
+            )
         out += _step(
             segment,
             state,
@@ -379,6 +395,7 @@ def _free_targets(
             or state.in_maintenance(name)
             or state.verdicts[name].kind != "healthy"
             or state.is_fenced(name)
+            or _process_failed(state, name) is not None  # its nova-compute is not running
         ):
             continue
         used_v = used_r = used_d = 0
