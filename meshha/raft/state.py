@@ -21,22 +21,11 @@ from typing import Any
 
 from meshha.config.model import Segment
 from meshha.errors import InvariantViolation
-from meshha.raft.entries import Entry
+from meshha.raft.entries import ACTIONS, Entry
 
-# Actions that touch a host (or its VMs) and so are refused while it is in maintenance.
-HOST_ACTIONS = frozenset(
-    {
-        "fence",
-        "disable_compute",
-        "inventory",
-        "evacuate",
-        "live_migrate",
-        "restart_vm",
-        "hard_reboot",
-        "migrate_vm",
-        "alert",
-    }
-)
+# Actions that touch a host (or its VMs) and so are refused while it is in maintenance:
+# all but re-enabling its compute service once it is back.
+HOST_ACTIONS = frozenset(ACTIONS) - {"enable_compute"}
 # Bounds: finished intents kept in memory (the ledger keeps all), VM failure times per VM.
 MAX_FINISHED_INTENTS = 5000
 MAX_VM_FAILURES = 20
