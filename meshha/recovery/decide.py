@@ -173,12 +173,15 @@ def _host_recovery(
         failing = sorted(h for h in segment.host_names if _process_failed(state, h) is not None)
         limit = segment.brake.max_failed_fraction * len(segment.hosts)
         if len(failing) > limit:
+            if host != failing[0]:
+                return []  # one alert for them all, raised on behalf of the first
             # The same process failing on most hosts at once is a common cause (a bad
             # package, a dead message bus), not a host problem: disabling them all would
             # leave nowhere to evacuate to. The brake's rule, applied to processes.
             return _once(
                 state,
-                f"alert:process-brake:{len(failing)}:{int(ts * 1000)}",
+                f"alert:process-brake:{len(failing)}:"
+                f"{max(int(state.process_failures[(h, p)]['ts'] * 1000) for (h, p) in state.process_failures if h in failing)}",
                 now,
                 me,
                 None,
