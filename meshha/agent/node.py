@@ -29,6 +29,7 @@ from meshha.errors import MeshhaError
 from meshha.probes.swim import Prober
 from meshha.raft import entries as E
 from meshha.raft.entries import Entry
+from meshha.raft.log import LogPort
 from meshha.raft.state import Intent, SegmentState
 from meshha.recovery.decide import decide, pending_intents
 from meshha.recovery.executor import Drivers, Executor, Guard
@@ -48,24 +49,9 @@ class LedgerSink(Protocol):
     def append(self, index: int, entry: Entry) -> None: ...
 
 
-class Log(Protocol):
-    async def propose(self, entry: Entry, *, timeout_s: float) -> int: ...
-
-    def committed_from(self, index: int) -> Any: ...
-
-    @property
-    def is_leader(self) -> bool: ...
-
-    @property
-    def has_quorum(self) -> bool: ...
-
-    @property
-    def commit_index(self) -> int: ...
-
-
 @dataclass
 class NodePorts:
-    log: Log
+    log: LogPort
     transport: Transport
     ledger: LedgerSink
     now: Callable[[], float]  # wall-clock seconds for entry timestamps
