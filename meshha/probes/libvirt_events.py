@@ -121,6 +121,10 @@ def register_event_impl() -> None:
             _registered = True
 
 
+# After a (re)connect, look at the domains believed running again after these waits.
+SETTLE_CHECKS_S = (0.5, 1.0, 2.0, 4.0)
+
+
 class LibvirtEventMonitor:
     """Classified VM failure events from the hypervisor at `uri` (see the module doc).
 
@@ -218,7 +222,10 @@ class LibvirtEventMonitor:
                 if not started:
                     task_status.started()
                     started = True
-                await self._closed.wait()
+                async with trio.open_nursery() as settling:
+                    settling.start_soon(self._settle, conn)
+                    await self._closed.wait()
+                    settling.cancel_scope.cancel()
                 self._emit(VmEvent("hypervisor_down", None, self._close_reason))
                 down_reported = True
             finally:
@@ -344,6 +351,25 @@ class LibvirtEventMonitor:
         for key in [k for k in self._recent if k[0] == uuid]:
             del self._recent[key]
 
+    async def _settle(self, conn: Any) -> None:
+        """A restarted libvirtd reconnects to its qemus in the background: one that died
+        during the outage can still look running in the first snapshot, and libvirtd then
+        marks it off without a lifecycle event (seen under load in CI). So look again a few
+        times after each connect, for the domains still believed active."""
+        for wait_s in SETTLE_CHECKS_S:
+            await trio.sleep(wait_s)
+            try:
+                states = await trio.to_thread.run_sync(_states, conn, limiter=self._limiter)
+            except libvirt.libvirtError:
+                return
+            for uuid, (state, reason) in sorted(states.items()):
+                if uuid not in self._active or _is_active(state):
+                    continue
+                self._active.discard(uuid)
+                classified = classify_state(state, reason)
+                if classified is not None and classified[0] == "crashed":
+                    self._failure(uuid, "crashed", f"{classified[1]} (while disconnected)")
+
     def _reconcile(self, snapshot: dict[str, tuple[int, int]]) -> None:
         """Send what the events of an outage (or of before we started) would have said."""
         was_active = self._active
@@ -377,6 +403,10 @@ class LibvirtEventMonitor:
         async with pending:
             async for event in pending:
                 await send.send(event)
+
+
+def _states(conn: Any) -> dict[str, tuple[int, int]]:
+    return {dom.UUIDString(): tuple(dom.state()) for dom in conn.listAllDomains(0)}
 
 
 def _close_quietly(conn: Any, callback_ids: list[int]) -> None:

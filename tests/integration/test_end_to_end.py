@@ -237,7 +237,19 @@ def assert_evacuated_once(lab: Lab, ha: list[str], non_ha: str) -> None:
 
 def assert_ledgers_agree(lab: Lab, ha: list[str]) -> list[dict[str, Any]]:
     """The live ledgers are identical and hold every step with its ok result."""
-    book = lab.mesh.wait_ledgers_equal(LIVE, timeout_s=15)
+
+    def complete() -> dict[int, dict[str, Any]] | None:
+        # Nova shows a server ACTIVE on the target a poll interval before the executor
+        # commits the evacuation's result: wait for the results, not for Nova.
+        book = lab.mesh.wait_ledgers_equal(LIVE, timeout_s=15)
+        rows = [book[i] for i in sorted(book)]
+        done = results(rows)
+        evac = [e for e in intents(rows, "evacuate") if e["host"] == VICTIM]
+        return book if len(evac) >= len(ha) and all(e["intent"] in done for e in evac) else None
+
+    book = lab.mesh.wait_until(
+        complete, 30, "every evacuation's result committed on the live hosts"
+    )
     rows = [book[i] for i in sorted(book)]
     done = results(rows)
     for action in ("disable_compute", "inventory"):
