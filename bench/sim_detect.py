@@ -27,8 +27,8 @@ import structlog
 import trio
 import trio.testing
 
-from meshha.lab.sim.world import Sim, SimSpec
 from meshha.probes import wire
+from meshha.sim.world import Sim, SimSpec
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # peers.md: when each peer declares a host failed (seconds).

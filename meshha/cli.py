@@ -30,7 +30,7 @@ def config() -> None:
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 def config_check(file: Path) -> None:
     """Validate FILE; print every problem (file: key.path: what) and exit 1 if any."""
-    from meshha.config import check_file
+    from meshha.config.load import check_file
 
     problems = check_file(file)
     for p in problems:
@@ -79,8 +79,8 @@ def sim(
     import trio
     import trio.testing
 
-    from meshha.lab.sim import report
-    from meshha.lab.sim.scenario import ScenarioError, load, run_scenario, scenario_files
+    from meshha.sim import report
+    from meshha.sim.scenario import ScenarioError, load, run_scenario, scenario_files
 
     logs.configure(json=True, level=logging.ERROR, stream=sys.stderr)
     if list_:
@@ -120,7 +120,7 @@ def _swarm(n: int, seed: int, as_json: bool) -> None:
     import trio
     import trio.testing
 
-    from meshha.lab.sim.swarm import swarm_run
+    from meshha.sim.swarm import swarm_run
 
     violated = stuck = 0
     for s in range(seed, seed + n):

@@ -30,7 +30,7 @@ from meshha.agent import control
 from meshha.agent.node import Node, NodePorts
 from meshha.agent.service import ControlHandler
 from meshha.agent.udp import UdpTransport
-from meshha.config import load_segment
+from meshha.config.load import load_segment
 from meshha.config.model import Segment
 from meshha.errors import ConfigError, MeshhaError
 from meshha.ledger.sink import LedgerSink

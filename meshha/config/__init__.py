@@ -1,69 +1,8 @@
-"""The segment configuration: the frozen model and the checked TOML loader.
+"""The segment configuration.
 
-`load_segment(path)` gives a `Segment` or a `ConfigError` listing every problem;
-`check_file(path)` gives those problems as a list (empty: the file is good).
+Pure:    `model` (the frozen values every other package receives explicitly).
+Adapter: `load` (reads the TOML file and the secret files, checks the values against
+         themselves, and reports every problem as `FILE: key.path: what`).
+
+This package re-exports nothing, so importing the pure model never loads the loader.
 """
-
-from meshha.config.load import HOST_POLICY_REFUSED, check_file, load_segment
-from meshha.config.model import (
-    ON_LOSS_VALUES,
-    POLICY_LEVELS,
-    PRIORITIES,
-    ROLES,
-    TIMING_PROFILES,
-    VM_FAILURE_ACTIONS,
-    Alerts,
-    Bmc,
-    Brake,
-    Capacity,
-    Host,
-    Network,
-    Nova,
-    OnLoss,
-    Policy,
-    PolicyLevel,
-    PolicyRule,
-    Priority,
-    Processes,
-    Raft,
-    Recovery,
-    Role,
-    Segment,
-    Smtp,
-    Timings,
-    VmFailureAction,
-    majority,
-)
-
-__all__ = [
-    "HOST_POLICY_REFUSED",
-    "ON_LOSS_VALUES",
-    "POLICY_LEVELS",
-    "PRIORITIES",
-    "ROLES",
-    "TIMING_PROFILES",
-    "VM_FAILURE_ACTIONS",
-    "Alerts",
-    "Bmc",
-    "Brake",
-    "Capacity",
-    "Host",
-    "Network",
-    "Nova",
-    "OnLoss",
-    "Policy",
-    "PolicyLevel",
-    "PolicyRule",
-    "Priority",
-    "Processes",
-    "Raft",
-    "Recovery",
-    "Role",
-    "Segment",
-    "Smtp",
-    "Timings",
-    "VmFailureAction",
-    "check_file",
-    "load_segment",
-    "majority",
-]

@@ -35,6 +35,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from meshha.config.model import (
+    MIN_KEY_B,
     ON_LOSS_VALUES,
     POLICY_LEVELS,
     PRIORITIES,
@@ -58,7 +59,6 @@ from meshha.config.model import (
     Timings,
 )
 from meshha.errors import ConfigError
-from meshha.probes.wire import MIN_KEY_B
 
 __all__ = ["check_file", "load_segment"]
 

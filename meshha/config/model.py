@@ -16,6 +16,9 @@ OnLoss = Literal["fence_evacuate", "live_migrate", "alert", "ignore"]
 Role = Literal["compute", "reserved"]
 Priority = Literal["high", "medium", "low"]
 VmFailureAction = Literal["restart", "hard_reboot", "restart_elsewhere", "alert", "ignore"]
+# The shortest probe key (HMAC-SHA256) a segment may use; the wire format refuses shorter.
+MIN_KEY_B = 16
+
 PolicyLevel = Literal["region", "cell", "availability_zone", "aggregate", "project", "flavor", "vm"]
 
 ON_LOSS_VALUES: tuple[str, ...] = ("fence_evacuate", "live_migrate", "alert", "ignore")

@@ -50,6 +50,8 @@ from xml.sax.saxutils import escape, quoteattr
 
 import trio
 
+from meshha.probes.libvirt_events import libvirt_answers
+
 QEMU_CONF = """\
 # Written by meshha.lab.libvirt_setup: QEMU runs as root without confinement, the way
 # this lab machine (no systemd, no cgroups, no device namespaces) can run it.
@@ -113,32 +115,6 @@ def prepare_embed_root(root: Path) -> str:
     root = Path(root).absolute()
     write_qemu_conf(root / "etc" / "qemu.conf", PRIVATE_QEMU_CONF)  # no virtlogd either
     return f"qemu:///embed?root={root}"
-
-
-def quiet_libvirt() -> None:
-    """Stop libvirt printing every error to stderr: callers get them as exceptions."""
-    import libvirt
-
-    libvirt.registerErrorHandler(lambda _ctx, _error: None, None)
-
-
-def libvirt_answers(uri: str) -> bool:
-    """True when a connection to `uri` opens and answers getLibVersion."""
-    import libvirt
-
-    quiet_libvirt()
-    try:
-        conn = libvirt.open(uri)
-    except libvirt.libvirtError:
-        return False
-    try:
-        conn.getLibVersion()
-        return True
-    except libvirt.libvirtError:
-        return False
-    finally:
-        with contextlib.suppress(libvirt.libvirtError):
-            conn.close()
 
 
 async def wait_libvirt(uri: str, timeout_s: float = 60.0) -> None:

@@ -461,6 +461,32 @@ class LibvirtHypervisor:
         )
 
 
+def quiet_libvirt() -> None:
+    """Stop libvirt printing every error to stderr: callers get them as exceptions."""
+    import libvirt
+
+    libvirt.registerErrorHandler(lambda _ctx, _error: None, None)
+
+
+def libvirt_answers(uri: str) -> bool:
+    """True when a connection to `uri` opens and answers getLibVersion."""
+    import libvirt
+
+    quiet_libvirt()
+    try:
+        conn = libvirt.open(uri)
+    except libvirt.libvirtError:
+        return False
+    try:
+        conn.getLibVersion()
+        return True
+    except libvirt.libvirtError:
+        return False
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.close()
+
+
 def _with_connection(uri: str, fn: Callable[..., T], *args: object) -> T:
     register_event_impl()  # quiet libvirt's stderr; harmless if no loop runs
     try:

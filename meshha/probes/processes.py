@@ -35,6 +35,7 @@ import trio
 
 from meshha.config.model import Processes
 from meshha.errors import ProcessError
+from meshha.probes.libvirt_events import libvirt_answers
 
 log = structlog.get_logger(__name__)
 
@@ -83,7 +84,6 @@ def host_runs_systemd() -> bool:
 
 def libvirt_probe(uri: str, limiter: trio.CapacityLimiter | None = None) -> HealthProbe:
     """A health probe for libvirtd: a connection to `uri` answers getLibVersion."""
-    from meshha.lab.libvirt_setup import libvirt_answers
 
     async def probe() -> bool:
         return bool(await trio.to_thread.run_sync(libvirt_answers, uri, limiter=limiter))

@@ -44,6 +44,7 @@ from typing import Any
 
 import msgpack
 
+from meshha.config.model import MIN_KEY_B
 from meshha.errors import MeshhaError
 
 VERSION = 1
@@ -56,7 +57,6 @@ MAX_SENDER_LEN = 253  # a DNS name
 SEQ_LIMIT = 2**64
 DEFAULT_WINDOW = 256
 DEFAULT_MAX_AGE_S = 10.0
-MIN_KEY_B = 16
 
 DROP_REASONS = (
     "too_short",

@@ -1,0 +1,6 @@
+"""The replicated segment state.
+
+Pure:    `entries` (the log entries and their msgpack schema), `state` (the state machine
+         every replica applies in log order), `log` (the log port, a Protocol).
+Adapter: `pysyncobj_log` (pysyncobj over TCP, ticked from one owned thread).
+"""

@@ -1,7 +1,7 @@
 """The small interfaces between meshha's core and the world.
 
 Each port has a real adapter (pyghmi, openstacksdk, libvirt, systemd, HTTP/SMTP) and an
-in-memory fake (meshha.lab.fakes) that the simulator drives; one contract test suite runs
+in-memory fake (meshha.sim.fakes) that the simulator drives; one contract test suite runs
 against both. Every method is async: real adapters run their blocking library in a thread
 owned by the agent (trio.to_thread with the adapter's own CapacityLimiter); fakes run
 inline, so they work under trio's autojump clock.

@@ -78,7 +78,7 @@ class FakeBackend:
     name = "fake"
 
     def __init__(self) -> None:
-        from meshha.lab.fakes import FakeBmc, FakeCloud
+        from meshha.sim.fakes import FakeBmc, FakeCloud
 
         self.cloud = FakeCloud()
         self.machine = self.cloud.add_host(HOST)

@@ -73,7 +73,7 @@ class FakeBackend:
     name = "fake"
 
     def __init__(self) -> None:
-        from meshha.lab.fakes import FakeCloud, FakeHypervisor
+        from meshha.sim.fakes import FakeCloud, FakeHypervisor
 
         self.cloud = FakeCloud()
         self.cloud.add_host(HOST)

@@ -66,7 +66,7 @@ class FakeBackend:
     name = "fake"
 
     def __init__(self) -> None:
-        from meshha.lab.fakes import FakeCloud, FakeNova
+        from meshha.sim.fakes import FakeCloud, FakeNova
 
         self.cloud = FakeCloud()
         for host in HOSTS:
@@ -95,9 +95,9 @@ class FakeBackend:
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     if request.param == "fake":
         try:
-            import meshha.lab.fakes  # noqa: F401
+            import meshha.sim.fakes  # noqa: F401
         except ImportError as e:  # pragma: no cover - only while fakes.py is being written
-            pytest.skip(f"meshha.lab.fakes.FakeNova is not available yet: {e}")
+            pytest.skip(f"meshha.sim.fakes.FakeNova is not available yet: {e}")
         yield FakeBackend()
     else:
         yield RealNova(request.getfixturevalue("nova_box"))

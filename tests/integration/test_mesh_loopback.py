@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from meshha.agent.service import ControlHandler
-from meshha.config import load_segment
+from meshha.config.load import load_segment
 from meshha.lab.mesh import Mesh, conflicts
 from meshha.lab.segment_files import write_segment
 

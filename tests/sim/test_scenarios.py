@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from meshha.lab.sim.scenario import load, run_scenario, scenario_files
+from meshha.sim.scenario import load, run_scenario, scenario_files
 
 SLOW = {"lossy-network-hour"}
 NAMES = sorted(scenario_files())
@@ -49,7 +49,7 @@ async def test_detection_figure_is_seconds_not_minutes(autojump_clock) -> None: 
 
 
 async def test_a_broken_expectation_fails_and_names_the_seed(autojump_clock) -> None:  # type: ignore[no-untyped-def]
-    from meshha.lab.sim.scenario import parse
+    from meshha.sim.scenario import parse
 
     sc = parse(
         "# Proves: the runner catches an unmet expectation.\n"

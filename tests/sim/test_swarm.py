@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from meshha.lab.sim.swarm import swarm_run
+from meshha.sim.swarm import swarm_run
 
 CHUNK = 20
 RUNS = 200

@@ -14,13 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from meshha.config import (
-    HOST_POLICY_REFUSED,
-    TIMING_PROFILES,
-    Segment,
-    check_file,
-    load_segment,
-)
+from meshha.config.load import HOST_POLICY_REFUSED, check_file, load_segment
+from meshha.config.model import TIMING_PROFILES, Segment
 from meshha.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "segment.example.toml"

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from meshha.config.model import Policy, Recovery
-from meshha.lab.sim.world import SimSpec, build_segment
+from meshha.config.model import Policy, Recovery, Segment
+from meshha.config.synthetic import synthetic_segment
 from meshha.raft import entries as E
 from meshha.raft.entries import Entry
 from meshha.raft.state import MAX_FINISHED_INTENTS, Intent, SegmentState
@@ -48,13 +48,13 @@ class Leader:
 
     def __init__(
         self,
-        spec: SimSpec | None = None,
+        seg: Segment | None = None,
         *,
         servers: dict[str, list[dict[str, Any]]] | None = None,
         free: dict[str, tuple[int, int, int]] | None = None,
         me: str = "host1",
     ) -> None:
-        self.seg = build_segment(spec or SimSpec())
+        self.seg = seg or synthetic_segment()
         self.state = SegmentState(self.seg)
         self.now = T0
         self.me = me
@@ -188,7 +188,7 @@ def alerts(leader: Leader) -> list[Entry]:
 
 
 def test_a_failed_host_is_fenced_disabled_inventoried_and_evacuated_by_priority() -> None:
-    spec = SimSpec(hosts=6, reserved=("host5", "host6"))
+    spec = synthetic_segment(hosts=6, reserved=("host5", "host6"))
     servers = {
         "host2": [
             server("vm-low", "low"),
@@ -399,7 +399,7 @@ def test_no_self_fence_proof_while_a_fence_attempt_is_outstanding() -> None:
 
 
 def test_no_self_fence_proof_when_the_policy_forbids_it() -> None:
-    L = Leader(SimSpec(recovery=Recovery(allow_self_fence_proof=False)))
+    L = Leader(synthetic_segment(recovery=Recovery(allow_self_fence_proof=False)))
     L.answers["fence"] = bmc_down
     L.observe("host2")
     L.run(40)
@@ -421,7 +421,7 @@ def test_no_self_fence_proof_for_a_host_degraded_on_a_fencing_network() -> None:
 
 
 def test_no_self_fence_proof_for_a_process_failure() -> None:
-    spec = SimSpec(recovery=Recovery(process_restart_failure="fence_evacuate"))
+    spec = synthetic_segment(recovery=Recovery(process_restart_failure="fence_evacuate"))
     L = Leader(spec, servers={"host3": [server("vm-a")]})
     L.answers["fence"] = bmc_down
     L.observe("host3", nets=("admin",), by=("host1", "host2"))  # something to date it by
@@ -445,7 +445,7 @@ def test_no_self_fence_proof_for_a_process_failure() -> None:
 
 
 def test_the_brake_holds_fences_when_too_many_fail_and_releases_when_they_return() -> None:
-    L = Leader(SimSpec(hosts=7, brake_fraction=0.3))  # limit 2.1 hosts
+    L = Leader(synthetic_segment(hosts=7, brake_fraction=0.3))  # limit 2.1 hosts
     down = ("host2", "host3", "host4")
     up = tuple(h for h in L.seg.voters if h not in down)
     for h in down:
@@ -468,14 +468,14 @@ def test_the_brake_holds_fences_when_too_many_fail_and_releases_when_they_return
 
 
 def test_the_brake_trips_on_more_than_the_fraction_not_on_it() -> None:
-    at_limit = Leader(SimSpec(hosts=5, brake_fraction=0.4))  # limit 2.0
+    at_limit = Leader(synthetic_segment(hosts=5, brake_fraction=0.4))  # limit 2.0
     for h in ("host2", "host3"):
         at_limit.observe(h, by=("host1", "host4", "host5"))
     at_limit.run(3)
     assert at_limit.entries("brake") == []
     assert {e["host"] for e in at_limit.intents("fence:")} == {"host2", "host3"}
 
-    over = Leader(SimSpec(hosts=5, brake_fraction=0.4))
+    over = Leader(synthetic_segment(hosts=5, brake_fraction=0.4))
     for h in ("host2", "host3", "host4"):
         over.observe(h, by=("host1", "host5"))  # suspects count: too few left for `failed`
     over.run(3)
@@ -484,7 +484,7 @@ def test_the_brake_trips_on_more_than_the_fraction_not_on_it() -> None:
 
 
 def test_the_brake_holds_a_fence_for_a_host_it_did_not_count() -> None:
-    L = Leader(SimSpec(hosts=9, voters=9, brake_fraction=0.3))  # limit 2.7
+    L = Leader(synthetic_segment(hosts=9, voters=9, brake_fraction=0.3))  # limit 2.7
     up = ("host1", "host6", "host7", "host8", "host9")
     for h in ("host2", "host3", "host4"):
         L.observe(h, by=up)
@@ -497,7 +497,7 @@ def test_the_brake_holds_a_fence_for_a_host_it_did_not_count() -> None:
 
 
 def test_hosts_failed_before_a_release_do_not_trip_the_brake_again() -> None:
-    L = Leader(SimSpec(hosts=7, brake_fraction=0.3))
+    L = Leader(synthetic_segment(hosts=7, brake_fraction=0.3))
     up = ("host1", "host5", "host6", "host7")
     for h in ("host2", "host3", "host4"):
         L.observe(h, by=up)
@@ -513,7 +513,7 @@ def test_hosts_failed_before_a_release_do_not_trip_the_brake_again() -> None:
 
 
 def test_no_fence_in_the_batch_that_engages_the_brake() -> None:
-    spec = SimSpec(hosts=7, brake_fraction=0.3)
+    spec = synthetic_segment(hosts=7, brake_fraction=0.3)
     L = Leader(spec)
     L.observe("host2")
     # Up to the call in which host2's fence falls due (the verdict has settled).
@@ -586,7 +586,7 @@ def test_degraded_on_storage_fences_and_evacuates() -> None:
 
 
 def test_degraded_on_an_ignored_network_does_nothing() -> None:
-    L = Leader(SimSpec(networks={"admin": "alert", "backup": "ignore"}))
+    L = Leader(synthetic_segment(networks={"admin": "alert", "backup": "ignore"}))
     L.observe("host2", nets=("backup",))
     L.run(5)
     assert L.state.verdicts["host2"].kind == "degraded"
@@ -603,7 +603,7 @@ def vm_failure(L: Leader, vm: str = "vm-a", host: str = "host3", **extra: Any) -
 
 
 def test_a_crashed_vm_is_restarted_then_restarted_elsewhere_past_the_limit() -> None:
-    L = Leader(SimSpec(policy=Policy(vm_restart_limit=3, vm_restart_window_s=600)))
+    L = Leader(synthetic_segment(policy=Policy(vm_restart_limit=3, vm_restart_window_s=600)))
     for _ in range(2):
         vm_failure(L)
         L.run(1)
@@ -615,7 +615,7 @@ def test_a_crashed_vm_is_restarted_then_restarted_elsewhere_past_the_limit() -> 
 
 
 def test_failures_outside_the_window_do_not_count() -> None:
-    L = Leader(SimSpec(policy=Policy(vm_restart_limit=2, vm_restart_window_s=60)))
+    L = Leader(synthetic_segment(policy=Policy(vm_restart_limit=2, vm_restart_window_s=60)))
     vm_failure(L)
     L.run(1)
     L.now += 120
@@ -734,8 +734,8 @@ def test_a_new_leader_resumes_from_the_state_alone() -> None:
 
 # -- a random segment life: safety at every step -----------------------------------------
 
-PROP_SPEC = SimSpec(hosts=5)
-PROP_SEG = build_segment(PROP_SPEC)
+PROP_SPEC = synthetic_segment(hosts=5)
+PROP_SEG = PROP_SPEC
 PROP_SERVERS = {
     h: [server(f"{h}-vm1", "high"), server(f"{h}-vm2", "low")]
     for h in PROP_SEG.host_names
@@ -821,6 +821,6 @@ def test_random_segment_life_stays_safe_and_idempotent(
 
 
 def test_segment_default_recovery_is_what_these_tests_assume() -> None:
-    r = build_segment(SimSpec()).recovery
+    r = synthetic_segment().recovery
     assert r == Recovery()
     assert r.intent_max_attempts == 5 and r.intent_retry_backoff_s == 2.0

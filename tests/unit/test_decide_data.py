@@ -1,6 +1,6 @@
 """Data-driven `decide` scenarios (tests/unit/scenarios/*.txt): small text files of steps
 run against the pure decision core with the fake executor of test_decide.py. Unlike the
-simulator's scenarios (meshha/lab/scenarios) there is no network, no Raft and no agent:
+simulator's scenarios (meshha/sim/scenarios) there is no network, no Raft and no agent:
 each step is a committed fact, and `run` is the leader calling `decide` every 0.1 s.
 
 The language, one step per line (`#` starts a comment; the first says what it proves):
@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 
 from meshha.config.model import Recovery
-from meshha.lab.sim.world import DEFAULT_NETWORKS, SimSpec
+from meshha.config.synthetic import DEFAULT_NETWORKS, synthetic_segment
 from meshha.raft import entries as E
 from meshha.raft.state import Intent
 from tests.unit.test_decide import Answer, Leader, server
@@ -77,7 +77,7 @@ def build(step: Step) -> Leader:
     nets = dict(DEFAULT_NETWORKS)
     if "nets" in o:
         nets = dict(x.split(":") for x in o["nets"].split(","))
-    spec = SimSpec(
+    spec = synthetic_segment(
         hosts=int(o.get("hosts", 5)),
         voters=int(o["voters"]) if "voters" in o else None,
         reserved=tuple(o["reserved"].split(",")) if "reserved" in o else None,

@@ -10,13 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from meshha.config.synthetic import synthetic_segment
 from meshha.errors import InvariantViolation
-from meshha.lab.sim.world import SimSpec, build_segment
 from meshha.raft import entries as E
 from meshha.raft import state as S
 from meshha.raft.state import MAX_FINISHED_INTENTS, MAX_VM_FAILURES, SegmentState, apply
 
-SEG = build_segment(SimSpec(hosts=5))
+SEG = synthetic_segment(hosts=5)
 HOSTS = SEG.host_names
 NETS = SEG.network_names
 T0 = 1000.0

@@ -11,11 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshha.config.model import Segment
-from meshha.lab.sim.world import SimSpec, build_segment
+from meshha.config.synthetic import synthetic_segment
 from meshha.probes.swim import Prober, Send
 
 ONE_NET = {"admin": "alert"}
-SEG = build_segment(SimSpec(hosts=5, networks=ONE_NET))  # five voters, lan-fast
+SEG = synthetic_segment(hosts=5, networks=ONE_NET)  # five voters, lan-fast
 T = SEG.timings  # interval 0.2 s, timeout 0.1 s, 3 misses, 3 indirect probes
 
 
@@ -144,7 +144,7 @@ def test_one_ack_makes_a_lost_peer_reachable_again() -> None:
 
 
 def test_every_peer_is_probed_round_robin_and_the_voters_in_turn() -> None:
-    seg = build_segment(SimSpec(hosts=12, voters=5, networks=ONE_NET))
+    seg = synthetic_segment(hosts=12, voters=5, networks=ONE_NET)
     w = Peers(seg)
     w.run(11 * T.probe_interval_s)
     probed = {s.to for _, s in w.sent if s.msg["t"] == "ping"}
@@ -162,7 +162,7 @@ def test_voters_reached() -> None:
 
 
 def test_committed_suspects_are_watched_every_period() -> None:
-    seg = build_segment(SimSpec(hosts=40, networks=ONE_NET))
+    seg = synthetic_segment(hosts=40, networks=ONE_NET)
     w = Peers(seg)
     w.p.watch_extra = {"host30"}
     w.run(10 * T.probe_interval_s)
@@ -173,7 +173,7 @@ def test_committed_suspects_are_watched_every_period() -> None:
 
 
 def test_indirect_probes_go_through_voters_first() -> None:
-    seg = build_segment(SimSpec(hosts=8, voters=3, networks=ONE_NET))
+    seg = synthetic_segment(hosts=8, voters=3, networks=ONE_NET)
     w = Peers(seg, me="host1")
     w.cut.add("host6")  # host1 cannot reach host6 directly; everyone else can
     w.p.watch_extra = {"host6"}
@@ -190,7 +190,7 @@ def test_indirect_probes_go_through_voters_first() -> None:
 
 
 def test_without_helpers_a_timeout_is_a_miss_at_once() -> None:
-    seg = build_segment(SimSpec(hosts=2, networks=ONE_NET))
+    seg = synthetic_segment(hosts=2, networks=ONE_NET)
     w = Peers(seg)
     w.down.add("host2")
     w.run(T.probe_timeout_s + w.p.poll_interval_s)
@@ -251,7 +251,7 @@ def first_ping(p: Prober) -> Send:
     ],
 )
 def test_a_forged_ack_does_not_count(sender: str, network: str, msg: dict[str, Any]) -> None:
-    seg = build_segment(SimSpec(hosts=5))  # admin, storage, tenant
+    seg = synthetic_segment(hosts=5)  # admin, storage, tenant
     p = Prober(seg, "host1")
     ping = first_ping(p)
     target = ping.to
@@ -319,7 +319,7 @@ def test_any_authenticated_but_malformed_message_is_harmless(
 
 
 def max_sends_per_tick(n_hosts: int, dead: int = 0, nets: dict[str, str] | None = None) -> int:
-    seg = build_segment(SimSpec(hosts=n_hosts, networks=nets or ONE_NET))
+    seg = synthetic_segment(hosts=n_hosts, networks=nets or ONE_NET)
     w = Peers(seg)
     w.down |= {f"host{k}" for k in range(2, 2 + dead)}
     w.run(40 * T.probe_interval_s)

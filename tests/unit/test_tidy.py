@@ -1,6 +1,8 @@
 """Let machines hold the line (STYLE.md): the pure decision core imports no IO, no clock,
-no threads, and nothing under meshha/ calls `time.sleep`. Checked on the syntax tree, so
-comments and strings do not count and aliases (`import time as t`) do."""
+no threads; what ships to a compute host never imports the simulator or the lab; nothing
+under meshha/ calls `time.sleep`. Checked on the syntax tree, so comments and strings do
+not count and aliases (`import time as t`) do. Importing a module runs its parent
+packages' `__init__.py` first, so the walks below follow those too."""
 
 from __future__ import annotations
 
@@ -23,7 +25,14 @@ PURE = (
     "meshha/recovery/placement.py",
     "meshha/probes/swim.py",
     "meshha/config/model.py",
+    "meshha/config/synthetic.py",
 )
+# What runs on a compute host: never the simulator or the real-component lab.
+PRODUCTION = ("agent", "config", "ledger", "probes", "raft", "recovery")
+HARNESS = ("meshha.sim", "meshha.lab")
+# The one shipped door into the simulator: `meshctl sim` imports it lazily, inside the
+# command, so no other meshctl command (and no agent) loads it.
+SIM_DOOR = {"meshha/cli.py": "meshha.sim"}
 FORBIDDEN = frozenset(
     {
         "trio",
@@ -78,6 +87,35 @@ def module_path(name: str) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def loaded_by_import(name: str) -> list[Path]:
+    """The files that `import name` runs: every parent package's `__init__.py`, then the
+    module itself (for `from pkg import x`, x may be a module or a name in pkg)."""
+    parts = name.split(".")
+    files = []
+    for i in range(1, len(parts) + 1):
+        path = module_path(".".join(parts[:i]))
+        if path is not None:
+            files.append(path)
+    return files
+
+
+def reachable(start: Path) -> dict[str, str]:
+    """Every meshha file that importing `start` can run, with the chain that reaches it."""
+    seen: dict[str, str] = {}
+    todo = [(start, rel(start))]
+    for parent in loaded_by_import(rel(start).removesuffix(".py").replace("/", ".")):
+        todo.append((parent, f"parent package {rel(parent)}"))
+    while todo:
+        path, via = todo.pop()
+        if rel(path) in seen:
+            continue
+        seen[rel(path)] = via
+        for m in imported_modules(parse(path)):
+            for dep in loaded_by_import(m):
+                todo.append((dep, f"{via} -> {rel(dep)}"))
+    return seen
 
 
 def time_sleep_calls(tree: ast.Module) -> list[int]:
@@ -142,22 +180,52 @@ def test_a_pure_module_imports_no_io_clock_or_threads(name: str) -> None:
 
 @pytest.mark.parametrize("name", PURE)
 def test_a_pure_module_reaches_no_io_through_meshha(name: str) -> None:
-    """What a pure module imports from meshha is pure too, all the way down."""
-    seen: dict[str, str] = {}  # file -> how it was reached
-    todo = [(ROOT / name, name)]
-    while todo:
-        path, via = todo.pop()
-        if rel(path) in seen:
-            continue
-        seen[rel(path)] = via
-        mods = imported_modules(parse(path))
+    """What a pure module imports from meshha is pure too, all the way down, including
+    the `__init__.py` of every package on the way."""
+    for path, via in reachable(ROOT / name).items():
+        mods = imported_modules(parse(ROOT / path))
         bad = {m.split(".")[0] for m in mods} & FORBIDDEN
-        assert not bad, f"{name} reaches {sorted(bad)} through {via} -> {rel(path)}"
-        for m in mods:
-            dep = module_path(m)
-            if dep is not None:
-                todo.append((dep, f"{via} -> {rel(dep)}"))
-    assert not any(p.startswith("meshha/lab/") for p in seen), seen
+        assert not bad, f"{name} reaches {sorted(bad)} through {via}"
+        assert not path.startswith(("meshha/lab/", "meshha/sim/")), via
+
+
+def production_modules() -> list[Path]:
+    return [p for p in all_modules() if rel(p).split("/")[1] in PRODUCTION]
+
+
+@pytest.mark.parametrize("path", production_modules(), ids=rel)
+def test_production_never_imports_the_simulator_or_the_lab(path: Path) -> None:
+    for reached, via in reachable(path).items():
+        assert not reached.startswith(("meshha/lab/", "meshha/sim/")), via
+
+
+def test_meshctl_loads_the_simulator_only_for_meshctl_sim() -> None:
+    """cli.py imports meshha.sim only inside functions (the `sim` command), never at
+    module level, and never the lab."""
+    tree = parse(ROOT / "meshha/cli.py")
+    top_level = imported_modules(ast.Module(body=tree.body, type_ignores=[]))
+    top_level_imports = {
+        m
+        for node in tree.body
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for m in imported_modules(ast.Module(body=[node], type_ignores=[]))
+    }
+    assert not any(m.startswith(HARNESS) for m in top_level_imports), top_level
+    every = imported_modules(tree)
+    assert not any(m.startswith("meshha.lab") for m in every)
+    assert any(m.startswith(SIM_DOOR["meshha/cli.py"]) for m in every)
+
+
+def test_the_tidy_walk_follows_parent_packages(tmp_path: Path) -> None:
+    """A module reached as `meshha.config.model` also runs meshha/config/__init__.py."""
+    files = [rel(p) for p in loaded_by_import("meshha.config.model")]
+    assert files == ["meshha/__init__.py", "meshha/config/__init__.py", "meshha/config/model.py"]
+
+
+def test_every_package_says_what_is_pure_and_what_is_an_adapter() -> None:
+    for pkg in (*PRODUCTION, "sim", "lab"):
+        doc = ast.get_docstring(parse(PACKAGE / pkg / "__init__.py"))
+        assert doc, f"meshha/{pkg}/__init__.py has no docstring"
 
 
 # -- no time.sleep anywhere --------------------------------------------------------------

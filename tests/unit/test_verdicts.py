@@ -13,7 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshha.config.model import Recovery, Segment, majority
-from meshha.lab.sim.world import SimSpec, build_segment
 from meshha.raft import entries as E
 from meshha.raft.state import SegmentState
 from meshha.recovery.verdicts import (
@@ -24,6 +23,7 @@ from meshha.recovery.verdicts import (
     last_heard,
     observers_of,
 )
+from meshha.sim.world import SimSpec, build_segment
 
 SEG = build_segment(SimSpec(hosts=5))  # five voters; admin, storage, tenant
 NETS = SEG.network_names

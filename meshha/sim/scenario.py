@@ -25,7 +25,7 @@ from typing import Any
 import trio
 
 from meshha.config.model import Policy, Recovery
-from meshha.lab.sim.world import EPOCH, Sim, SimSpec, SimTimeout
+from meshha.sim.world import EPOCH, Sim, SimSpec, SimTimeout
 
 SCENARIO_DIR = "scenarios"
 
@@ -456,7 +456,7 @@ STEPS: dict[str, Callable[[Runner, list[str]], Any]] = {
 
 
 def scenario_files() -> dict[str, Path]:
-    root = resources.files("meshha.lab") / SCENARIO_DIR
+    root = resources.files("meshha.sim") / SCENARIO_DIR
     return {Path(str(p)).stem: Path(str(p)) for p in root.iterdir() if str(p).endswith(".txt")}
 
 

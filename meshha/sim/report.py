@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from meshha.lab.sim.world import EPOCH
+from meshha.sim.world import EPOCH
 
 
 def describe(row: dict[str, Any]) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-from meshha.lab.fakes import FakeCloud
+from meshha.sim.fakes import FakeCloud
 
 Deliver = Callable[[str, str, dict[str, Any]], None]  # (network, sender, msg)
 

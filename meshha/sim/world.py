@@ -16,35 +16,23 @@ from __future__ import annotations
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import trio
 
 from meshha.agent.node import Node, NodePorts
-from meshha.config.model import (
-    TIMING_PROFILES,
-    Brake,
-    Capacity,
-    Host,
-    Network,
-    Policy,
-    Raft,
-    Recovery,
-    Segment,
-    Timings,
-)
-from meshha.lab.fakes import FakeAlerts, FakeBmc, FakeCloud, FakeHypervisor, FakeNova, FakeProcesses
-from meshha.lab.sim.network import SimNetwork, SimTransport
-from meshha.lab.sim.raft_standin import SimLog, SimRaft
+from meshha.config.model import Policy, Recovery, Segment
+from meshha.config.synthetic import DEFAULT_NETWORKS, synthetic_segment
 from meshha.raft import entries as E
 from meshha.raft.entries import Entry
 from meshha.raft.state import Intent
 from meshha.recovery.executor import Drivers
 from meshha.recovery.ports import Flavor
+from meshha.sim.fakes import FakeAlerts, FakeBmc, FakeCloud, FakeHypervisor, FakeNova, FakeProcesses
+from meshha.sim.network import SimNetwork, SimTransport
+from meshha.sim.raft_standin import SimLog, SimRaft
 
 EPOCH = 1_800_000_000.0  # simulated wall clock = EPOCH + trio time
-DEFAULT_NETWORKS = {"admin": "alert", "storage": "fence_evacuate", "tenant": "live_migrate"}
 FLAVORS = {
     "m1.small": Flavor("m1.small", 1, 2048, 20),
     "m1.medium": Flavor("m1.medium", 2, 4096, 40),
@@ -78,36 +66,16 @@ class SimSpec:
 
 
 def build_segment(spec: SimSpec) -> Segment:
-    names = [f"host{i}" for i in range(1, spec.hosts + 1)]
-    n_voters = spec.voters or (spec.hosts if spec.hosts <= 7 else 5)
-    reserved = spec.reserved if spec.reserved is not None else (names[-1],)
-    nets = tuple(
-        Network(n, on_loss, 7946 + i) for i, (n, on_loss) in enumerate(spec.networks.items())
-    )  # type: ignore[arg-type]
-    hosts = tuple(
-        Host(
-            name=h,
-            addresses=tuple(
-                (n.name, f"10.{i}.{k // 250}.{k % 250 + 1}") for i, n in enumerate(nets)
-            ),
-            bmc=None,
-            role="reserved" if h in reserved else "compute",
-            voter=k < n_voters,
-            capacity=Capacity(*spec.host_size),
-        )
-        for k, h in enumerate(names)
-    )
-    t = dict(TIMING_PROFILES[spec.profile])
-    t.update(spec.timings)
-    timings = Timings(profile=spec.profile, **t)  # type: ignore[arg-type]
-    return Segment(
-        name="sim",
-        networks=nets,
-        hosts=hosts,
-        timings=timings,
-        brake=Brake(spec.brake_fraction, spec.brake_window_s),
-        raft=Raft(4321, Path("/nonexistent"), Path("/nonexistent")),
-        probe_key_file=Path("/nonexistent"),
+    return synthetic_segment(
+        spec.hosts,
+        voters=spec.voters,
+        reserved=spec.reserved,
+        networks=spec.networks,
+        profile=spec.profile,
+        timings=spec.timings,
+        host_size=spec.host_size,
+        brake_fraction=spec.brake_fraction,
+        brake_window_s=spec.brake_window_s,
         policy=spec.policy,
         recovery=spec.recovery,
     )

@@ -18,8 +18,8 @@ import trio
 
 from meshha.config.model import Segment, majority
 from meshha.errors import LogError
-from meshha.lab.sim.network import SimNetwork
 from meshha.raft.entries import Entry
+from meshha.sim.network import SimNetwork
 
 TICK_S = 0.05
 

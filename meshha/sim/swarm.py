@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import trio
 
-from meshha.lab.sim.scenario import timeline
-from meshha.lab.sim.world import Sim, SimSpec, SimTimeout
+from meshha.sim.scenario import timeline
+from meshha.sim.world import Sim, SimSpec, SimTimeout
 
 FAULT_KINDS = (
     "power-off",

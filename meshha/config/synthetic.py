@@ -1,0 +1,78 @@
+"""Synthetic segments: N generic hosts named host1..hostN with made-up addresses, for the
+simulator and the pure-core tests. Pure; never used by the agent (which loads a file).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from meshha.config.model import (
+    TIMING_PROFILES,
+    Brake,
+    Capacity,
+    Host,
+    Network,
+    Policy,
+    Raft,
+    Recovery,
+    Segment,
+    Timings,
+)
+
+DEFAULT_NETWORKS: Mapping[str, str] = {
+    "admin": "alert",
+    "storage": "fence_evacuate",
+    "tenant": "live_migrate",
+}
+
+
+def synthetic_segment(
+    hosts: int = 5,
+    *,
+    voters: int | None = None,
+    reserved: tuple[str, ...] | None = None,
+    networks: Mapping[str, str] = DEFAULT_NETWORKS,
+    profile: str = "lan-fast",
+    timings: Mapping[str, float] | None = None,
+    host_size: tuple[int, int, int] = (16, 32768, 500),
+    brake_fraction: float = 0.5,
+    brake_window_s: float = 30.0,
+    policy: Policy | None = None,
+    recovery: Recovery | None = None,
+) -> Segment:
+    """A segment of `hosts` hosts; `voters` defaults to every host up to 7, else 5, and
+    `reserved` to the last host. Networks map a name to its on_loss, in probe-port order."""
+    names = [f"host{i}" for i in range(1, hosts + 1)]
+    n_voters = voters or (hosts if hosts <= 7 else 5)
+    reserved_names = reserved if reserved is not None else (names[-1],)
+    nets = tuple(
+        Network(n, on_loss, 7946 + i)  # type: ignore[arg-type]
+        for i, (n, on_loss) in enumerate(networks.items())
+    )
+    host_values = tuple(
+        Host(
+            name=h,
+            addresses=tuple(
+                (n.name, f"10.{i}.{k // 250}.{k % 250 + 1}") for i, n in enumerate(nets)
+            ),
+            bmc=None,
+            role="reserved" if h in reserved_names else "compute",
+            voter=k < n_voters,
+            capacity=Capacity(*host_size),
+        )
+        for k, h in enumerate(names)
+    )
+    t = dict(TIMING_PROFILES[profile])
+    t.update(timings or {})
+    return Segment(
+        name="sim",
+        networks=nets,
+        hosts=host_values,
+        timings=Timings(profile=profile, **t),  # type: ignore[arg-type]
+        brake=Brake(brake_fraction, brake_window_s),
+        raft=Raft(4321, Path("/nonexistent"), Path("/nonexistent")),
+        probe_key_file=Path("/nonexistent"),
+        policy=policy or Policy(),
+        recovery=recovery or Recovery(),
+    )
