@@ -111,7 +111,7 @@ def one_kill(mesh: Mesh, victim: str) -> dict[str, Any]:
         if mesh.verdict(leader, victim) == "failed":
             seen = time.time()
             break
-        time.sleep(POLL_S)
+        time.sleep(POLL_S)  # noqa: TID251  poll period of a synchronous bench loop with a deadline
     book = mesh.ledger(leader)
     decided = next(
         (
@@ -165,7 +165,7 @@ def soak(mesh: Mesh, seconds: float) -> dict[str, Any]:
     end = t0 + seconds
     while time.monotonic() < end:  # idle: only keep an eye on the agents being alive
         assert all(mesh.running(h) for h in HOSTS), "an agent died during the soak"
-        time.sleep(min(1.0, max(end - time.monotonic(), 0)))
+        time.sleep(min(1.0, max(end - time.monotonic(), 0)))  # noqa: TID251  an idle soak: nothing to wait for
     duration = time.monotonic() - t0
     book = mesh.ledger(mesh.wait_leader(HEAL_DEADLINE_S))
     new = [(i, e) for i, e in book if i > mark]

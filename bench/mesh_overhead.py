@@ -129,7 +129,7 @@ def measure(size: int, profile: str, voters: int, window_s: float) -> dict[str, 
         while time.monotonic() - t0 < window_s:
             for h, p in pids.items():
                 rss[h].append(rss_mb(p))
-            time.sleep(1.0)  # the sampling period of an idle measurement
+            time.sleep(1.0)  # noqa: TID251  # the sampling period of an idle measurement
         elapsed = time.monotonic() - t0
         ticks = {h: cpu_ticks(p) - ticks0[h] for h, p in pids.items()}
         counters = read_counters()

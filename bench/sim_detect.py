@@ -77,7 +77,7 @@ async def trial(hosts: int, seed: int) -> dict[str, float]:
 
         await sim.wait_for(failed, 30, f"{victim} failed")
         out["detect_s"] = trio.current_time() - off
-        st = lambda: sim.live_state()  # noqa: E731
+        st = lambda: sim.live_state()
         await sim.wait_for(lambda: st() is not None and st().is_fenced(victim), 30, "fenced")
         out["fence_s"] = trio.current_time() - off
         vms = [s for s in sim.cloud.servers.values() if s.id.startswith(f"{victim}-")]

@@ -405,8 +405,19 @@ def _ensure_users() -> None:
         pwd.getpwnam("libvirt-qemu")
     except KeyError:
         subprocess.run(
-            ["useradd", "-r", "-g", "libvirt-qemu", "-G", "kvm", "-d", "/var/lib/libvirt"]
-            + ["-s", "/usr/sbin/nologin", "libvirt-qemu"],
+            [
+                "useradd",
+                "-r",
+                "-g",
+                "libvirt-qemu",
+                "-G",
+                "kvm",
+                "-d",
+                "/var/lib/libvirt",
+                "-s",
+                "/usr/sbin/nologin",
+                "libvirt-qemu",
+            ],
             check=True,
         )
 

@@ -57,7 +57,7 @@ class Mesh:
     def __init__(
         self,
         workdir: Path,
-        hosts: Sequence[str] = tuple(f"host{i}" for i in range(1, 6)),
+        hosts: Sequence[str] = ("host1", "host2", "host3", "host4", "host5"),
         *,
         lab: Lab | None = None,
         networks: Sequence[str] = NETWORKS,
@@ -324,7 +324,7 @@ class Mesh:
                 return got
             if time.monotonic() >= deadline:
                 raise MeshTimeout(f"not within {timeout_s:g}s: {what}\n{self.describe()}")
-            time.sleep(poll_s)  # a poll interval, not a wait for the event itself
+            time.sleep(poll_s)  # noqa: TID251  # a poll interval, not a wait for the event itself
 
     def describe(self) -> str:
         """One line per host: running?, leader, verdicts; for failure messages."""

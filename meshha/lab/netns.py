@@ -435,7 +435,7 @@ def _in_netns(ns: str, fn: Any) -> Any:
             finally:
                 os.close(fd)
             result.append(fn())
-        except BaseException as e:  # handed to the caller below
+        except BaseException as e:  # noqa: BLE001  # handed to the caller below
             error.append(e)
 
     t = threading.Thread(target=body, name=f"netns-{ns}")

@@ -141,7 +141,7 @@ class ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
 
 
 class QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
@@ -170,6 +170,7 @@ class Box:
         self.api_thread: threading.Thread | None = None
         self.stopped_hosts: set[str] = set()
         self.done = threading.Event()
+        self.port = 0  # the API port, once listening
 
     # ---- starting nova ----------------------------------------------------------------
 
@@ -190,7 +191,7 @@ class Box:
         # The placement fixture only installs a wsgi-intercept; keep the app it loads.
         real_loadapp = deploy.loadapp
 
-        def loadapp(conf):  # noqa: ANN001, ANN202
+        def loadapp(conf):
             self.placement_app = real_loadapp(conf)
             return self.placement_app
 
@@ -230,7 +231,7 @@ class Box:
 
     # ---- the HTTP front door ----------------------------------------------------------
 
-    def wsgi(self, environ: dict, start_response):  # noqa: ANN201
+    def wsgi(self, environ: dict, start_response):
         with self.outage.lock:
             mode = self.outage.mode
         if mode is not None:
@@ -340,7 +341,7 @@ class Box:
         old = self.case.computes[host]
         if keep_vms:
             # A nova-compute restart on a host that kept running: the same hypervisor.
-            from unittest import mock
+            from unittest import mock  # noqa: TID251  Nova internals, inside the Nova venv
 
             with mock.patch("nova.virt.driver.load_compute_driver") as load:
                 load.return_value = old.manager.driver
@@ -399,7 +400,7 @@ class Box:
     def serve_control(self, port: int) -> int:
         box = self
 
-        def app(environ: dict, start_response):  # noqa: ANN202
+        def app(environ: dict, start_response):
             if environ["REQUEST_METHOD"] != "POST" or environ["PATH_INFO"] != "/control":
                 start_response("404 Not Found", [("Content-Type", "application/json")])
                 return [b'{"ok": false, "error": "POST /control"}']
@@ -434,7 +435,7 @@ def route_logs(path: str) -> None:
     root.setLevel(logging.INFO)
 
 
-def install_driver(fake, default_size, sizes, args) -> None:  # noqa: ANN001
+def install_driver(fake, default_size, sizes, args) -> None:
     """Register `nova.virt.fake.MeshhaFakeDriver`: MediumFakeDriver sized per host, and
     with --real-vms one real QEMU domain per instance (through `virsh`: the fixtures
     forbid `import libvirt` inside nova)."""
@@ -443,14 +444,14 @@ def install_driver(fake, default_size, sizes, args) -> None:  # noqa: ANN001
     conf = cfg.CONF
 
     class MeshhaFakeDriver(fake.MediumFakeDriver):
-        def __init__(self, virtapi, read_only=False):  # noqa: ANN001
+        def __init__(self, virtapi, read_only=False):
             self.vcpus, self.memory_mb, self.local_gb = sizes.get(conf.host, default_size)
             super().__init__(virtapi, read_only)
 
     if args.real_vms:
         default_uri, uris = parse_uris(args.libvirt_uri, args.hosts.split(","))
-        MeshhaFakeDriver = real_vm_driver(MeshhaFakeDriver, default_uri, uris)  # noqa: N806
-    fake.MeshhaFakeDriver = MeshhaFakeDriver
+        MeshhaFakeDriver = real_vm_driver(MeshhaFakeDriver, default_uri, uris)  # type: ignore[misc]
+    fake.MeshhaFakeDriver = MeshhaFakeDriver  # type: ignore[misc]
 
 
 def domain_xml(name: str, uuid: str | None) -> str:
@@ -483,7 +484,7 @@ def virsh(uri: str, *argv: str, check: bool = True) -> subprocess.CompletedProce
     )
 
 
-def real_vm_driver(base, default_uri: str, uris: dict[str, str]):  # noqa: ANN001, ANN201
+def real_vm_driver(base, default_uri: str, uris: dict[str, str]):
     """Each instance becomes a transient diskless QEMU domain `meshha-<host>-<uuid>`. A host
     with a libvirtd of its own (HOST=URI) gives the domain the instance uuid as its libvirt
     UUID, so libvirt events name Nova's instance; hosts sharing one libvirtd cannot."""
@@ -492,7 +493,7 @@ def real_vm_driver(base, default_uri: str, uris: dict[str, str]):  # noqa: ANN00
     conf = cfg.CONF
 
     class RealVmDriver(base):
-        def __init__(self, virtapi, read_only=False):  # noqa: ANN001
+        def __init__(self, virtapi, read_only=False):
             self.meshha_host = conf.host
             self.meshha_uri = uris.get(conf.host, default_uri)
             self.meshha_own_uuid = conf.host in uris
@@ -501,7 +502,7 @@ def real_vm_driver(base, default_uri: str, uris: dict[str, str]):  # noqa: ANN00
         def _name(self, uuid: str) -> str:
             return f"{DOMAIN_PREFIX}{self.meshha_host}-{uuid}"
 
-        def _create(self, instance) -> None:  # noqa: ANN001
+        def _create(self, instance) -> None:
             name = self._name(instance.uuid)
             if virsh(self.meshha_uri, "domstate", name, check=False).returncode == 0:
                 return
@@ -513,33 +514,33 @@ def real_vm_driver(base, default_uri: str, uris: dict[str, str]):  # noqa: ANN00
         def _destroy(self, uuid: str) -> None:
             virsh(self.meshha_uri, "destroy", self._name(uuid), check=False)
 
-        def spawn(self, context, instance, *a, **kw):  # noqa: ANN001
+        def spawn(self, context, instance, *a, **kw):
             super().spawn(context, instance, *a, **kw)
             if kw.get("power_on", True):
                 self._create(instance)
 
-        def destroy(self, context, instance, *a, **kw):  # noqa: ANN001
+        def destroy(self, context, instance, *a, **kw):
             self._destroy(instance.uuid)
             super().destroy(context, instance, *a, **kw)
 
-        def power_off(self, instance, *a, **kw):  # noqa: ANN001
+        def power_off(self, instance, *a, **kw):
             super().power_off(instance, *a, **kw)
             self._destroy(instance.uuid)
 
-        def power_on(self, context, instance, *a, **kw):  # noqa: ANN001
+        def power_on(self, context, instance, *a, **kw):
             super().power_on(context, instance, *a, **kw)
             self._create(instance)
 
-        def reboot(self, context, instance, *a, **kw):  # noqa: ANN001
+        def reboot(self, context, instance, *a, **kw):
             self._destroy(instance.uuid)
             super().reboot(context, instance, *a, **kw)
             self._create(instance)
 
-        def post_live_migration_at_destination(self, context, instance, *a, **kw):  # noqa: ANN001
+        def post_live_migration_at_destination(self, context, instance, *a, **kw):
             super().post_live_migration_at_destination(context, instance, *a, **kw)
             self._create(instance)
 
-        def post_live_migration(self, context, instance, *a, **kw):  # noqa: ANN001
+        def post_live_migration(self, context, instance, *a, **kw):
             super().post_live_migration(context, instance, *a, **kw)
             self._destroy(instance.uuid)
 
@@ -572,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
     err_fd = os.dup(2)  # the fixtures capture stderr: keep a way to say why we died
     try:
         box.start_nova()
-    except BaseException:
+    except BaseException:  # noqa: BLE001  reported, then re-raised
         import traceback
 
         os.write(err_fd, ("nova_box: startup failed\n" + traceback.format_exc()).encode())

@@ -126,9 +126,9 @@ class Prober:
             target = msg.get("target")
             if isinstance(target, str) and target in self.peers.get(network, ()):
                 send = self._ping(network, target, now)
-                pend = self._pending[send.msg["id"]]
-                pend.requester, pend.requester_id = sender, int(msg.get("id", 0))
-                pend.indirect_sent = True  # a helper does not recurse
+                helping = self._pending[send.msg["id"]]
+                helping.requester, helping.requester_id = sender, int(msg.get("id", 0))
+                helping.indirect_sent = True  # a helper does not recurse
                 # A helper keeps watching the suspect for a few periods.
                 self._asked[(target, network)] = now + self.t.probe_interval_s * (
                     self.t.misses_before_suspect + 1

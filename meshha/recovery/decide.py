@@ -444,7 +444,7 @@ def _after_evacuations(
     for vm in sorted({i.vm for i in evac if i.vm} - {i.vm for i in evac if i.status == "ok"}):
         base = f"evacuate:{host}:e{ep}:{vm}"
         last, n = _latest(state, base), _attempts(state, base)
-        if last is not None and _retry_due(segment, last, n, now) or not _final(segment, last, n):
+        if (last is not None and _retry_due(segment, last, n, now)) or not _final(segment, last, n):
             return []  # a retry is still to come: the report waits for it
     ok = sorted({i.vm for i in evac if i.status == "ok"})
     failed = sorted({i.vm for i in evac if i.status != "ok"} - set(ok))

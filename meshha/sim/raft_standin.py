@@ -53,7 +53,7 @@ class SimRaft:
     # -- connectivity ------------------------------------------------------------------
 
     def reach(self, a: str, b: str) -> bool:
-        return a == b and self.net.cloud.machines[a].alive or self.net.link_up(self.network, a, b)
+        return (a == b and self.net.cloud.machines[a].alive) or self.net.link_up(self.network, a, b)
 
     def holds_majority(self, host: str) -> bool:
         return sum(1 for v in self.voters if self.reach(host, v)) >= self.need

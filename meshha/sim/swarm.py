@@ -96,7 +96,7 @@ async def _faulty_phase(sim: Sim, rng: random.Random, duration_s: float, run: Sw
                 await sim.maintenance(h, rng.random() < 0.6)
             except SimTimeout:
                 pass  # no quorum to take the command: an operator would retry
-            except Exception as err:  # noqa: BLE001 - LogError: same as above
+            except Exception as err:
                 if "quorum" not in str(err):
                     raise
         elif kind == "nova-down":

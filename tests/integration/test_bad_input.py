@@ -347,8 +347,19 @@ def test_broken_config_exits_2_naming_file_and_key(
         p.read_bytes().strip() for p in (cfg.parent / "secrets").iterdir() if p.stat().st_size
     ]
     p = subprocess.run(
-        [sys.executable, "-m", "meshha.agent.main", "--config", str(cfg), "--host", host]
-        + ["--control", str(tmp_path / "c.sock"), "--data-dir", str(tmp_path / "data")],
+        [
+            sys.executable,
+            "-m",
+            "meshha.agent.main",
+            "--config",
+            str(cfg),
+            "--host",
+            host,
+            "--control",
+            str(tmp_path / "c.sock"),
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
         capture_output=True,
         timeout=60,
     )
@@ -372,8 +383,19 @@ def test_probe_port_in_use_exits_2(tmp_path: Path) -> None:
         _edit("probe_port = 2", f"probe_port = {port}")(cfg)
         _edit("port = 1\n", f"port = {_free_tcp()}\n")(cfg)
         p = subprocess.run(
-            [sys.executable, "-m", "meshha.agent.main", "--config", str(cfg), "--host", "host1"]
-            + ["--control", str(tmp_path / "c.sock"), "--data-dir", str(tmp_path / "data")],
+            [
+                sys.executable,
+                "-m",
+                "meshha.agent.main",
+                "--config",
+                str(cfg),
+                "--host",
+                "host1",
+                "--control",
+                str(tmp_path / "c.sock"),
+                "--data-dir",
+                str(tmp_path / "data"),
+            ],
             capture_output=True,
             timeout=60,
         )

@@ -63,7 +63,7 @@ def test_maintenance_round_trip_seen_from_every_host(mesh: Mesh) -> None:
             10,
             f"{h} sees host3 in maintenance",
         )
-        verdict, info = maintenance_of(mesh, h, "host3")
+        _verdict, info = maintenance_of(mesh, h, "host3")
         assert info["reason"] == "bios"
     mesh.call("host4", {"op": "maintenance", "host": "host3", "on": False})
     for h in HOSTS:

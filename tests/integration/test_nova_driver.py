@@ -33,7 +33,7 @@ def driver(nova_box: NovaBox) -> NovaDriver:
     return NovaDriver(nova_box.connect, timeout_s=60.0, poll_interval_s=0.1)
 
 
-def _facts_by_host(facts):  # noqa: ANN001, ANN202
+def _facts_by_host(facts):
     return {f.host: f for f in facts}
 
 
@@ -105,7 +105,7 @@ async def test_policy_inputs_metadata_flavor_extra_specs_aggregates_and_az(
 ) -> None:
     flavor_name = f"ha-gold-{uuid.uuid4().hex[:6]}"
 
-    def setup():  # noqa: ANN202
+    def setup():
         flavor = nova_conn.compute.create_flavor(name=flavor_name, ram=256, vcpus=1, disk=1)
         nova_conn.compute.create_flavor_extra_specs(
             flavor, {"meshha:ha": "true", "meshha:priority": "high"}

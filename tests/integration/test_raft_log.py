@@ -239,7 +239,7 @@ def test_minority_of_five_cannot_commit(cluster_of):
     for n in minority:  # nothing new was committed or delivered
         assert [x["i"] for _, x in c.call(n, "entries")["entries"]] == [0]
     c.start(followers[0])  # a majority again: commits resume, the refused entry stays out
-    new = c.leader(minority + [followers[0]])
+    new = c.leader([*minority, followers[0]])
     c.propose(new, _entry(new, 2))
     assert [x["i"] for _, x in c.entries(followers[0], 2)] == [0, 2]
 

@@ -728,7 +728,7 @@ def test_a_new_leader_resumes_from_the_state_alone() -> None:
     old = L.state.copy()
     mine = decide(L.seg, old, L.now, "host1")
     theirs = decide(L.seg, old, L.now, "host3")
-    strip = lambda es: [{k: v for k, v in e.items() if k != "by"} for e in es]  # noqa: E731
+    strip = lambda es: [{k: v for k, v in e.items() if k != "by"} for e in es]
     assert strip(mine) == strip(theirs)
 
 

@@ -201,7 +201,7 @@ def test_a_host_with_a_broken_nic_does_not_make_everyone_suspect() -> None:
 
 def test_discredit_is_per_network() -> None:
     s = state_with(
-        broken_storage_nic("host3") + [("host3", "host2", "admin"), ("host4", "host2", "admin")]
+        [*broken_storage_nic("host3"), ("host3", "host2", "admin"), ("host4", "host2", "admin")]
     )
     assert discredited(SEG, s, "host3", "storage")
     assert not discredited(SEG, s, "host3", "admin")
@@ -245,8 +245,12 @@ def test_isolated_observers_do_not_count() -> None:
 def test_only_voters_can_discredit_an_observer() -> None:
     seg = build_segment(SimSpec(hosts=5, voters=3))  # voters host1-3, non-voters host4-5
     s = state_with(
-        [("host4", "host2", "storage"), ("host5", "host2", "storage")]
-        + [("host1", "host3", "storage"), ("host2", "host3", "storage")],
+        [
+            ("host4", "host2", "storage"),
+            ("host5", "host2", "storage"),
+            ("host1", "host3", "storage"),
+            ("host2", "host3", "storage"),
+        ],
         seg,
     )
     assert not discredited(seg, s, "host2", "storage")
