@@ -40,6 +40,87 @@ def config_check(file: Path) -> None:
     click.echo(f"{file}: OK")
 
 
+@config.command("init")
+@click.option("--cloud", required=True, help="The clouds.yaml cloud to read Nova from.")
+@click.option("--name", "segment_name", required=True, help="The segment's name.")
+@click.option("--aggregate", default=None, help="Take the hosts of this host aggregate.")
+@click.option("--az", "availability_zone", default=None, help="Take the hosts of this AZ.")
+@click.option(
+    "--reserved",
+    default="1",
+    show_default=True,
+    help="How many hosts to keep as reserved (the last by name), or their names, comma-separated.",
+)
+@click.option(
+    "--inventory",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A TOML file with each host's addresses and BMC (see meshha.config.bootstrap).",
+)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def config_init(
+    cloud: str,
+    segment_name: str,
+    aggregate: str | None,
+    availability_zone: str | None,
+    reserved: str,
+    inventory: Path | None,
+    out: Path,
+) -> None:
+    """Write a segment file from Nova: the hosts of an aggregate or AZ, with their size."""
+    import openstack
+    import openstack.exceptions
+
+    from meshha.config import bootstrap
+    from meshha.errors import ConfigError
+
+    if out.exists():
+        raise click.ClickException(f"{out} exists: not overwritten")
+    try:
+        conn = openstack.connect(cloud=cloud)
+        hosts = bootstrap.discover_hosts(
+            conn, aggregate=aggregate, availability_zone=availability_zone
+        )
+        inv = bootstrap.read_inventory(inventory) if inventory else None
+        res: int | list[str] = int(reserved) if reserved.isdigit() else reserved.split(",")
+        where = f" from aggregate {aggregate}" if aggregate else ""
+        where += f" from AZ {availability_zone}" if availability_zone else ""
+        text = bootstrap.render_segment(
+            segment_name,
+            hosts,
+            cloud=cloud,
+            reserved=res,
+            inventory=inv,
+            source=f" from cloud {cloud!r}{where}",
+        )
+    except (ConfigError, openstack.exceptions.SDKException) as e:
+        raise click.ClickException(str(e)) from None
+    out.write_text(text, encoding="utf-8")
+    fill = text.count(f'"{bootstrap.FILL_IN}"')
+    click.echo(
+        f"{out}: {len(hosts)} hosts"
+        + (f", {fill} values marked FILL-IN to complete" if fill else "")
+    )
+
+
+@config.command("secrets")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def config_secrets(file: Path) -> None:
+    """Create the secret files FILE names that do not exist yet (0600): the probe key and
+    Raft password are generated; BMC and SMTP passwords are asked for (hidden input, or
+    one per line on standard input). Run once, then copy the secrets to every host."""
+    from meshha.config import bootstrap
+    from meshha.errors import ConfigError
+
+    def ask(what: str) -> str:
+        return str(click.prompt(what, hide_input=True, err=True))
+
+    try:
+        bootstrap.create_secrets(file, ask, say=click.echo)
+    except (ConfigError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+
+
 # -- simulation ------------------------------------------------------------------------
 
 
