@@ -17,6 +17,7 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ import trio
 from meshha import logs
 from meshha.agent import control
 from meshha.agent.node import Node, NodePorts
+from meshha.agent.preflight import check_nova
 from meshha.agent.service import ControlHandler
 from meshha.agent.udp import UdpTransport
 from meshha.config.load import load_segment
@@ -103,6 +105,18 @@ def real_drivers(segment: Segment) -> Drivers | None:
     )
 
 
+def nova_connector(segment: Segment) -> Callable[[], Any]:
+    """An openstacksdk connection to the segment's cloud (made in a worker thread)."""
+    cloud = segment.nova.cloud
+
+    def connect() -> Any:
+        import openstack
+
+        return openstack.connect(cloud=cloud, api_timeout=segment.nova.timeout_s)
+
+    return connect
+
+
 async def run_agent(
     segment: Segment,
     me: str,
@@ -164,6 +178,8 @@ async def run_agent(
                 control=str(opts.control_path),
                 dry_run=drivers is None,
             )
+            if drivers is not None and segment.nova.cloud is not None:
+                nursery.start_soon(check_nova, nova_connector(segment), me)
             task_status.started({"node": node, "raft": raft, "ledger": ledger})
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for sig in signals:
