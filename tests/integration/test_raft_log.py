@@ -9,144 +9,29 @@ Each member is tests/integration/raft_harness.py, driven through its control soc
 
 from __future__ import annotations
 
-import json
 import os
-import select
 import signal
 import socket
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
+from raft_harness import Cluster
 
-from meshha.agent.control import ControlError, call
-
-HARNESS = Path(__file__).with_name("raft_harness.py")
-REPO = Path(__file__).resolve().parents[2]
-PASSWORD = "segment-secret"
-START_S = 20.0  # process start: imports, PBKDF2 of the password, bind
-WAIT_S = 15.0  # any awaited condition
-TIMINGS = {
-    "election_timeout_min_s": 0.4,
-    "election_timeout_max_s": 0.8,
-    "heartbeat_interval_s": 0.1,
-    "leader_fallback_timeout_s": 1.5,
-    "connection_timeout_s": 1.0,
-    "reconnect_interval_s": 0.3,
-}
+from meshha.agent.control import ControlError
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _entry(by: str, i: int) -> dict:
     return {"v": 1, "kind": "observation", "ts": time.time(), "by": by, "host": "h9", "i": i}
 
 
-class Cluster:
-    """Separate member processes; voters h1..hN on 127.0.0.(10+i), one shared port."""
-
-    def __init__(self, n: int, readonly: tuple[str, ...] = ()) -> None:
-        port = _free_port()
-        self.voters = {f"h{i}": f"127.0.0.{10 + i}:{port}" for i in range(1, n + 1)}
-        self.names = list(self.voters) + list(readonly)
-        self.dir = Path(tempfile.mkdtemp(prefix="mhraft-", dir="/tmp"))  # short socket paths
-        self.procs: dict[str, subprocess.Popen] = {}
-
-    def sock(self, name: str) -> Path:
-        return self.dir / f"{name}.sock"
-
-    def start(self, name: str, *, password: str = PASSWORD, voters: dict | None = None) -> None:
-        cfg = {
-            "me": name,
-            "voters": voters or self.voters,
-            "password": password,
-            "data_dir": str(self.dir / name),
-            "control": str(self.sock(name)),
-            "timings": TIMINGS,
-        }
-        cfg_path = self.dir / f"{name}.json"
-        cfg_path.write_text(json.dumps(cfg))
-        err = open(self.dir / f"{name}.err", "ab")  # noqa: SIM115 - handed to the child
-        proc = subprocess.Popen(
-            [sys.executable, str(HARNESS), str(cfg_path)],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
-        err.close()
-        self.procs[name] = proc
-        deadline = time.monotonic() + START_S
-        line = b""
-        while not line.endswith(b"\n"):
-            left = deadline - time.monotonic()
-            ready, _, _ = select.select([proc.stdout], [], [], max(left, 0))
-            if not ready:
-                pytest.fail(f"{name} not ready in {START_S}s: {self.stderr(name)}")
-            chunk = os.read(proc.stdout.fileno(), 64)
-            if not chunk:
-                pytest.fail(f"{name} exited: {self.stderr(name)}")
-            line += chunk
-        assert line.strip() == b"ready", line
-
-    def start_all(self) -> None:
-        for name in self.names:
-            self.start(name)
-
-    def stderr(self, name: str) -> str:
-        return (self.dir / f"{name}.err").read_text()[-3000:]
-
-    def call(self, name: str, op: str, timeout_s: float = WAIT_S + 5, **kw) -> dict:
-        return call(self.sock(name), {"op": op, **kw}, timeout_s)
-
-    def wait(self, name: str, until: str, **kw) -> dict:
-        return self.call(name, "wait", until=until, timeout_s=WAIT_S, **kw)
-
-    def leader(self, among: list[str] | None = None, not_leader: str | None = None) -> str:
-        """Wait until every member in `among` sees one leader with a quorum; return it."""
-        among = among or list(self.procs)
-        seen = {n: self.wait(n, "quorum", not_leader=not_leader) for n in among}
-        leader = seen[among[0]]["leader"]
-        assert seen[leader]["is_leader"] if leader in seen else True
-        for name in among:  # every member settles on the same one
-            if seen[name]["leader"] != leader:
-                seen[name] = self.wait(name, "quorum", not_leader=seen[name]["leader"])
-            assert seen[name]["leader"] == leader, seen
-        return leader
-
-    def propose(self, name: str, entry: dict, timeout_s: float = 5.0) -> int:
-        return self.call(name, "propose", entry=entry, timeout_s=timeout_s)["idx"]
-
-    def entries(self, name: str, n: int) -> list:
-        self.wait(name, "entries", n=n)
-        return self.call(name, "entries")["entries"]
-
-    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        proc = self.procs.pop(name)
-        proc.send_signal(sig)
-        proc.wait(timeout=WAIT_S)
-        proc.stdout.close()
-
-    def stop(self) -> None:
-        for name in list(self.procs):
-            self.kill(name)
-        subprocess.run(["rm", "-rf", str(self.dir)], check=True)
-
-
 @pytest.fixture
 def cluster_of():
     made: list[Cluster] = []
 
-    def make(n: int, readonly: tuple[str, ...] = ()) -> Cluster:
-        c = Cluster(n, readonly)
+    def make(n: int, readonly: tuple[str, ...] = (), **kw) -> Cluster:
+        c = Cluster(n, readonly, **kw)
         made.append(c)
         return c
 
