@@ -58,28 +58,33 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
+import pysyncobj.serializer
 import structlog
 import trio
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
-from pysyncobj.syncobj import SyncObjException
-from pysyncobj.transport import TCPTransport
+from pysyncobj.journal import FileJournal
+from pysyncobj.syncobj import _COMMAND_TYPE, SyncObjException
 
 from meshha.errors import ConfigError, LogError
 from meshha.raft.entries import pack, unpack
+from meshha.raft.journal import DurableJournal, JournalError
 from meshha.raft.log import Entry
+from meshha.raft.transport import KEEPALIVE_TYPE, MeshhaTransport, PortLimits
 
 log = structlog.get_logger("meshha.raft")
 
 MAX_ENTRY_B = 64 * 1024
 READ_BATCH = 256
-_KEEPALIVE = {"type": "meshha_keepalive"}
-JOURNAL_FILE = "raft.journal"
+_KEEPALIVE = {"type": KEEPALIVE_TYPE}
+JOURNAL_FILE = "raft.wal"  # meshha.raft.journal
+OLD_JOURNAL_FILE = "raft.journal"  # pysyncobj's own, imported once on upgrade
 DUMP_FILE = "raft.dump"
+_NO_OP = bytes([_COMMAND_TYPE.NO_OP])
 
 # pysyncobj's failure reasons -> LogError kinds (see meshha.raft.log for what each means).
 _FAIL_KINDS = {
@@ -115,6 +120,9 @@ class RaftLogConfig:
     compaction_min_entries: int = 5000
     compaction_min_time_s: float = 300.0
     max_entry_b: int = MAX_ENTRY_B
+    persist_retry_s: float = 1.0
+    port_limits: PortLimits = field(default_factory=PortLimits)
+    trusted_ips: frozenset[str] = frozenset()  # non-voting members' addresses
 
     @property
     def voter(self) -> bool:
@@ -152,6 +160,10 @@ class RaftLogConfig:
             problems.append("keepalive_interval_s must be below connection_timeout_s")
         if not (self.tick_s > 0 and self.retain_entries >= 1 and self.max_entry_b > 0):
             problems.append("tick_s, retain_entries and max_entry_b must be positive")
+        if not self.persist_retry_s > 0:
+            problems.append("persist_retry_s must be positive")
+        if not 4 * self.max_entry_b <= self.port_limits.max_frame_b:
+            problems.append("port_limits.max_frame_b must hold a batch: >= 4 x max_entry_b")
         if problems:
             raise ConfigError("; ".join(problems), where=f"raft ({self.me})")
 
@@ -169,6 +181,7 @@ class LogStatus:
     voter: bool = True
     heard: tuple[str, ...] = ()  # voters heard from within the quorum window
     running: bool = False
+    persist_error: str | None = None  # the journal cannot persist: not voting, not acking
 
 
 class _EntryLog(SyncObjConsumer):
@@ -214,33 +227,27 @@ class _EntryLog(SyncObjConsumer):
             return self.entries[-1][0] if self.entries else self.dropped_through
 
 
-class _HeardTransport(TCPTransport):
-    """pysyncobj's TCP transport, noting when each node last sent Raft traffic (for
-    `has_quorum`: pysyncobj's own `hasQuorum` only counts open connections). Our
-    keepalives do not count: they prove a connection, not a leader or a follower."""
-
-    def __init__(self, syncObj: SyncObj, selfNode: Any, otherNodes: Any) -> None:
-        self.heard: dict[str, float] = {}
-        super().__init__(syncObj, selfNode, otherNodes)
-
-    def _onMessageReceived(self, node: Any, message: Any) -> None:
-        if message != _KEEPALIVE:
-            self.heard[node.id] = time.monotonic()
-        super()._onMessageReceived(node, message)
-
-
 class PysyncobjLog:
     """A `LogPort` backed by pysyncobj. Start `run` in a nursery, then use the port."""
 
-    def __init__(self, config: RaftLogConfig) -> None:
+    def __init__(
+        self,
+        config: RaftLogConfig,
+        *,
+        on_journal_synced: Callable[[Path, int], None] | None = None,
+    ) -> None:
+        """`on_journal_synced(path, size)`: after each journal sync, the size now on
+        stable storage (the power-cut test records it; leave None otherwise)."""
         config.check()
         self.config = config
+        self._on_journal_synced = on_journal_synced
+        self._journal: DurableJournal | None = None
         self._names = {addr: name for name, addr in config.voters.items()}
         self._other_voters = {a for n, a in config.voters.items() if n != config.me}
         self._consumer = _EntryLog(config.retain_entries, self._on_apply)
         self._status = LogStatus(voter=config.voter)
         self._syncobj: SyncObj | None = None
-        self._transport: _HeardTransport | None = None
+        self._transport: MeshhaTransport | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._changed = trio.Event()
         self._applied = False  # set in the tick thread, cleared after publishing
@@ -272,6 +279,24 @@ class PysyncobjLog:
     def commit_index(self) -> int:
         return self._consumer.last_index()  # live: never behind what readers were handed
 
+    @property
+    def persist_error(self) -> JournalError | None:
+        """Why the journal cannot reach stable storage right now, or None.
+
+        While set, this member takes no part in Raft (it neither votes nor acknowledges
+        entries, and reports `has_quorum` False and `is_leader` False); it retries every
+        `persist_retry_s` and resumes by itself once a write and fsync succeed, with
+        nothing lost: the records wait in memory. `wait_change()` returns when it is set
+        and when it clears. The error carries `kind` (disk_full, read_only, io), `path`
+        and `errno`.
+        """
+        return self._journal.persist_error if self._journal is not None else None
+
+    @property
+    def port_counters(self) -> dict[str, float]:
+        """What the Raft port refused since start (meshha.raft.transport.PortCounters)."""
+        return self._transport.counters.snapshot() if self._transport is not None else {}
+
     async def propose(self, entry: Entry, *, timeout_s: float) -> int:
         assert isinstance(entry, dict) and isinstance(entry.get("kind"), str), entry
         where = self.config.me
@@ -284,8 +309,9 @@ class PysyncobjLog:
             )
         status = self._status
         if self._syncobj is None or not status.has_quorum:
+            why = f"; journal: {status.persist_error}" if status.persist_error else ""
             raise LogError(
-                f"no leader with a quorum (leader: {status.leader}, term {status.term})",
+                f"no leader with a quorum (leader: {status.leader}, term {status.term}){why}",
                 kind="no_quorum",
                 where=where,
             )
@@ -369,19 +395,59 @@ class PysyncobjLog:
             if not ticked.is_set():  # cancelled before the thread started: close it here
                 syncobj.destroy()
 
-    def _make_transport(self, syncobj: SyncObj, self_node: Any, others: Any) -> _HeardTransport:
-        self._transport = _HeardTransport(syncobj, self_node, others)
+    def _make_transport(self, syncobj: SyncObj, self_node: Any, others: Any) -> MeshhaTransport:
+        c = self.config
+        bind = c.bind_address or c.voters.get(c.me)
+        voter_ips = {addr.rpartition(":")[0] for addr in c.voters.values()}
+        journal = self._journal
+        assert journal is not None
+        self._transport = MeshhaTransport(
+            syncobj,
+            self_node,
+            others,
+            limits=c.port_limits,
+            trusted_ips=frozenset(voter_ips | set(c.trusted_ips)),
+            source_ip=bind.rpartition(":")[0] if bind else None,
+            is_durable=lambda: not journal.dirty,
+        )
         return self._transport
+
+    def _open_journal(self) -> DurableJournal:
+        """Load the journal (raising JournalError if it cannot be read), importing
+        pysyncobj's own journal once if this data dir has only that."""
+        c = self.config
+        path = c.data_dir / JOURNAL_FILE
+        old = c.data_dir / OLD_JOURNAL_FILE
+        journal = DurableJournal(path, on_synced=self._on_journal_synced)
+        if old.exists() and not path.exists():
+            imported = FileJournal(os.fspath(old))
+            for i in range(len(imported)):
+                journal.add(*imported[i])
+            journal.setCurrentTerm(imported.getCurrentTerm(), imported.getVotedForNodeId())
+            journal.setRaftCommitIndex(imported.getRaftCommitIndex())
+            imported._destroy()
+            if not journal.sync():
+                assert journal.persist_error is not None
+                raise journal.persist_error
+            old.rename(old.with_name(OLD_JOURNAL_FILE + ".imported"))
+            log.info("raft journal imported from pysyncobj's", entries=len(journal), path=str(path))
+        if len(journal) == 0:
+            journal.add(_NO_OP, 1, 0)  # what pysyncobj starts an empty journal with
+        return journal
 
     def _create(self) -> SyncObj:
         c = self.config
-        c.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            c.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as e:
+            raise JournalError.from_os(e, c.data_dir, "create the directory of") from e
+        self._journal = journal = self._open_journal()
         self_addr = c.voters.get(c.me)  # None: a read-only (non-voting) member
         conf = SyncObjConf(
             password=c.password,
             autoTick=False,
             bindAddress=c.bind_address or self_addr,
-            journalFile=os.fspath(c.data_dir / JOURNAL_FILE),
+            journalFile=None,  # an in-memory one, replaced by ours below
             fullDumpFile=os.fspath(c.data_dir / DUMP_FILE),
             useFork=False,
             raftMinTimeout=c.election_timeout_min_s,
@@ -410,6 +476,8 @@ class PysyncobjLog:
             raise LogError(
                 f"cannot listen on {conf.bindAddress}: {e}", kind="bind", where=c.me
             ) from e
+        _install_journal(syncobj, journal)
+        syncobj.addOnTickCallback(self._durable)
         # Read in _leader_caught_up; fail here, loudly, if a pysyncobj upgrade renames it.
         assert hasattr(syncobj, "_SyncObj__noopIDx"), "pysyncobj internals changed"
         log.info("raft member started", me=c.me, voter=c.voter, addr=self_addr, peers=others)
@@ -422,6 +490,12 @@ class PysyncobjLog:
         next_keepalive = 0.0
         try:
             while not self._stop.is_set():
+                # Durable before every tick: the leader counts itself toward commits at the
+                # start of doTick, and entries are applied (handed to readers) there too.
+                if not self._durable():
+                    self._publish(self._compute_status(syncobj))
+                    self._stop.wait(self.config.persist_retry_s)  # frozen: not voting
+                    continue
                 syncobj.doTick(self.config.tick_s)
                 if time.monotonic() >= next_keepalive:
                     self._send_keepalives(syncobj)
@@ -435,6 +509,16 @@ class PysyncobjLog:
 
     def _on_apply(self) -> None:
         self._applied = True
+
+    def _durable(self) -> bool:
+        """Sync the journal (one write, one fdatasync for everything since the last
+        call: group commit), then send the acknowledgements and votes that waited for
+        it. Runs before each tick and again just before pysyncobj polls its sockets."""
+        assert self._journal is not None and self._transport is not None
+        if not self._journal.sync():
+            return False
+        self._transport.release_held()
+        return True
 
     def _send_keepalives(self, syncobj: SyncObj) -> None:
         """Keep every connection busy, including follower-to-follower ones.
@@ -453,7 +537,16 @@ class PysyncobjLog:
                 self._transport.send(node, _KEEPALIVE)
 
     def _compute_status(self, syncobj: SyncObj) -> LogStatus:
-        assert self._transport is not None
+        assert self._transport is not None and self._journal is not None
+        if self._journal.persist_error is not None:  # frozen: no leader, no vote, no quorum
+            return LogStatus(
+                term=syncobj.raftCurrentTerm,
+                commit_index=self._consumer.last_index(),
+                raft_commit_index=syncobj.raftCommitIndex,
+                voter=self.config.voter,
+                running=True,
+                persist_error=str(self._journal.persist_error),
+            )
         now = time.monotonic()
         window = self.config.window_s
         fresh = {a for a, t in list(self._transport.heard.items()) if now - t <= window}
@@ -491,6 +584,42 @@ class PysyncobjLog:
     def _wake(self) -> None:  # in trio
         self._changed.set()
         self._changed = trio.Event()
+
+
+def _install_journal(syncobj: SyncObj, journal: DurableJournal) -> None:
+    """Put our journal where pysyncobj keeps its own, and restore what its constructor
+    restores from one (term, vote, commit index). pysyncobj creates its journal inside
+    `SyncObj.__init__` from `journalFile` alone, with no hook; this runs before the first
+    tick, when nothing but that restore has read the in-memory one it made."""
+    for name in ("__raftLog", "__raftCurrentTerm", "__votedForNodeId", "__raftCommitIndex"):
+        assert hasattr(syncobj, "_SyncObj" + name), "pysyncobj internals changed"
+    syncobj._SyncObj__raftLog = journal  # type: ignore[attr-defined]
+    syncobj._SyncObj__raftCurrentTerm = max(journal.getCurrentTerm(), journal[-1][2])  # type: ignore[attr-defined]
+    syncobj._SyncObj__votedForNodeId = journal.getVotedForNodeId()  # type: ignore[attr-defined]
+    syncobj._SyncObj__raftCommitIndex = journal.getRaftCommitIndex()  # type: ignore[attr-defined]
+
+
+def _durable_replace(src: str, dst: str) -> bool:
+    """pysyncobj's `atomicReplace` for its dump (a compaction's, or a snapshot received
+    from the leader), made durable: fsync the file, rename, fsync the directory. The
+    journal drops the entries a dump covers only after this returned."""
+    fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(src, dst)
+    dir_fd = os.open(os.path.dirname(os.path.abspath(dst)), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return True
+
+
+# The one process-wide change to pysyncobj: its serializer imports `atomicReplace` by name
+# and calls it for every dump it writes. Ours does the same rename, durably.
+pysyncobj.serializer.atomicReplace = _durable_replace  # type: ignore[attr-defined]
 
 
 def _leader_caught_up(syncobj: SyncObj) -> bool:
