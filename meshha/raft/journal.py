@@ -135,9 +135,16 @@ class DurableJournal(Journal):
     that is now on stable storage (the power-cut test records it; None in production).
     """
 
-    def __init__(self, path: Path, *, on_synced: Callable[[Path, int], None] | None = None):
+    def __init__(
+        self,
+        path: Path,
+        *,
+        on_synced: Callable[[Path, int], None] | None = None,
+        max_superseded: int = 1000,
+    ) -> None:
         self.path = path
         self._on_synced = on_synced
+        self._max_superseded = max_superseded  # records beyond 2 x entries: rewrite
         self._entries: list[RaftEntry] = []
         self._term = 0
         self._voted: str | None = None
@@ -257,7 +264,8 @@ class DurableJournal(Journal):
         return len(self._entries)
 
     def setRaftCommitIndex(self, raftCommitIndex: int) -> None:
-        # Volatile in Raft: stored with the next record batch, or once a second.
+        # Volatile in Raft: stored at most once a second (onOneSecondTimer), never alone
+        # the reason for an acknowledgement to wait.
         if raftCommitIndex != self._commit:
             self._commit = raftCommitIndex
             self._commit_dirty = True
@@ -295,21 +303,17 @@ class DurableJournal(Journal):
     @property
     def dirty(self) -> bool:
         """Records wait for a sync: acknowledgements and votes must wait too."""
-        return bool(self._pending) or self._rewrite or self._cut_tail
+        return self._unsynced()
 
-    @property
-    def entries_written(self) -> int:
-        return len(self._entries)
+    def _unsynced(self) -> bool:
+        return bool(self._pending) or self._rewrite or self._cut_tail
 
     def sync(self) -> bool:
         """Put every record on stable storage (one write, one fdatasync). False, with
         `persist_error` set, if it could not; call again to retry. Never raises OSError."""
-        if not self.dirty:
+        if not self._unsynced():
             return True
-        if self._commit_dirty and not self._rewrite:
-            self._queue(_meta_record(self._term, self._commit, self._voted))
-            self._commit_dirty = False
-        if not self._rewrite and self._records > 2 * len(self._entries) + 1000:
+        if not self._rewrite and self._records > 2 * len(self._entries) + self._max_superseded:
             self._rewrite = True  # mostly superseded records: start a fresh file
         try:
             if self._rewrite:

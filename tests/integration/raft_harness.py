@@ -13,6 +13,19 @@ control socket (meshha.agent.control) at `config["control"]`. Ops:
     until="no_quorum": has_quorum is false
     until="entries" n=N: N entries were read
 - bench {n, concurrency}          -> latency figures of n proposals
+- load {concurrency}              -> starts proposing without end (until killed); every
+    proposal that returned an index is appended to <data_dir>/acked as "idx i" lines
+    (one write each, so a kill -9 keeps every line written)
+- ledger                          -> {"entries": the ledger's rows} (with "ledger": true)
+- port                            -> the Raft port's refusal counters
+
+Config beyond the log's: "ledger": true feeds every committed entry into a real SQLite
+ledger (meshha.ledger) at <data_dir>/ledger.sqlite, as the agent does; "power_cut": true
+records, after every journal sync, the journal's inode and the size now on stable
+storage in <journal>.synced (what tests/integration/test_raft_powercut.py cuts back to);
+"unsafe_sync": true replaces the durable journal's sync with pysyncobj's old behaviour
+(no acknowledgement waits, an fsync only once a second): only to show that the
+power-cut checker catches a journal that acknowledges what is not on disk.
 
 It prints "ready" on stdout once the control socket answers.
 """
@@ -38,28 +51,91 @@ import trio
 
 from meshha.agent.control import call, serve
 from meshha.errors import MeshhaError
+from meshha.ledger.store import Ledger
+from meshha.raft.journal import DurableJournal
 from meshha.raft.pysyncobj_log import PysyncobjLog, RaftLogConfig
+
+
+def _record_synced(path: Path, size: int) -> None:
+    """After each journal sync: "inode size" in <journal>.synced, one pwrite."""
+    line = f"{os.stat(path).st_ino:020d} {size:020d}\n".encode()
+    fd = os.open(f"{path}.synced", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.pwrite(fd, line, 0)
+    finally:
+        os.close(fd)
+
+
+def _make_sync_unsafe() -> None:
+    """pysyncobj's old behaviour, for the test of the test: nothing ever waits."""
+    real_sync = DurableJournal.sync
+    last = {"at": 0.0}
+
+    def sync(self: DurableJournal) -> bool:
+        if time.monotonic() - last["at"] >= 1.0:
+            last["at"] = time.monotonic()
+            return real_sync(self)
+        return True
+
+    DurableJournal.sync = sync  # type: ignore[method-assign]
+    DurableJournal.dirty = property(lambda self: False)  # type: ignore[method-assign,assignment]
 
 
 class Member:
     def __init__(self, cfg: dict) -> None:
+        data_dir = Path(cfg["data_dir"])
+        if cfg.get("unsafe_sync"):
+            _make_sync_unsafe()
         self.log = PysyncobjLog(
             RaftLogConfig(
                 me=cfg["me"],
                 voters=cfg["voters"],
                 password=cfg["password"],
-                data_dir=Path(cfg["data_dir"]),
+                data_dir=data_dir,
                 **cfg.get("timings", {}),
-            )
+            ),
+            on_journal_synced=_record_synced if cfg.get("power_cut") else None,
+        )
+        self.data_dir = data_dir
+        self.ledger = (
+            Ledger(data_dir.parent / f"{data_dir.name}.ledger.sqlite")
+            if cfg.get("ledger")
+            else None
         )
         self.entries: list[tuple[int, dict]] = []
         self.read = trio.Event()
+        self.nursery: trio.Nursery | None = None
 
     async def reader(self) -> None:
         async for idx, entry in self.log.committed_from(0):
+            if self.ledger is not None:  # as the agent's sink: idempotent on the index
+                self.ledger.append(idx, entry)
             self.entries.append((idx, entry))
             self.read.set()
             self.read = trio.Event()
+
+    async def load(self, concurrency: int) -> None:
+        fd = os.open(
+            self.data_dir.parent / f"{self.data_dir.name}.acked",
+            os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+            0o600,
+        )
+        counter = iter(range(10**9))
+
+        async def worker() -> None:
+            while True:
+                i = next(counter)
+                e = {"v": 1, "kind": "load", "ts": time.time(), "by": self.log.config.me, "i": i}
+                try:
+                    idx = await self.log.propose(e, timeout_s=5.0)
+                except MeshhaError:
+                    await trio.sleep(0.05)
+                    continue
+                os.write(fd, f"{idx} {i}\n".encode())
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(concurrency):
+                nursery.start_soon(worker)
 
     async def wait(self, req: dict) -> dict:
         until = req["until"]
@@ -90,7 +166,8 @@ class Member:
         return self.status()
 
     def status(self) -> dict:
-        return {**asdict(self.log.status), "n_read": len(self.entries), "pid": os.getpid()}
+        s = self.log.status
+        return {**asdict(s), "n_read": len(self.entries), "pid": os.getpid()}
 
     async def bench(self, req: dict) -> dict:
         n, conc = req["n"], req.get("concurrency", 1)
@@ -130,12 +207,22 @@ class Member:
             return await self.wait(req)
         if op == "bench":
             return await self.bench(req)
+        if op == "load":
+            assert self.nursery is not None
+            self.nursery.start_soon(self.load, req.get("concurrency", 4))
+            return {}
+        if op == "ledger":
+            assert self.ledger is not None
+            return {"entries": [[i, e] for i, e in self.ledger.entries()]}
+        if op == "port":
+            return self.log.port_counters
         raise MeshhaError(f"unknown op {op!r}", kind="bad_request")
 
 
 async def main(cfg: dict) -> None:
     member = Member(cfg)
     async with trio.open_nursery() as nursery:
+        member.nursery = nursery
         await nursery.start(member.log.run)
         nursery.start_soon(member.reader)
         await nursery.start(serve, cfg["control"], member.handle)
