@@ -9,17 +9,22 @@ quorum:
   commit (propose -> committed and applied on the leader), p50/p99, and commits/s;
 - `follower c=1`: the same proposed on a follower (forwarded to the leader);
 - `leader c=16`: 2000 proposals with 16 in flight: throughput, and what group commit
-  (one fsync for every entry written in a tick) does to latency under load.
+  (one fsync for every entry written in a tick) does to latency under load;
+  `fsyncs/commit` is the journal syncs of the proposing member per commit (below 1:
+  entries share an fsync; nan or 0 for the build without a durable journal).
 
 Also measured once: the fdatasync latency of the disk under the data dirs (200 x 100 B
 appends), the floor any durable commit pays at least once (leader and follower fsync in
 parallel, then one round trip).
 
-Writes bench/results/raft_commit.json, keyed by `--label` (default "after"; the "before"
-figures were taken with the same script against the journal pysyncobj ships, which never
-fsyncs), and prints a table of every label in the file.
+Writes bench/results/raft_commit.json: a list of rounds per `--label` (default
+"after"; the "before" rounds were taken with this same script run against the previous
+build, pysyncobj's journal that never fsyncs: `--repo` points the members at another
+checkout), each round appended, and prints the median over the rounds of every label.
+This machine is shared (load average 4-8 on 2 cores while these ran): run the labels
+alternately, round by round, so that both see the same load.
 
-    python bench/raft_commit.py [--label after] [--sizes 3,5] [--quick]
+    python bench/raft_commit.py [--label after] [--sizes 3,5] [--quick] [--repo DIR]
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,7 +45,8 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "raft_commit.json"
 sys.path.insert(0, str(HERE.parent / "tests" / "integration"))
 
-from raft_harness import Cluster  # noqa: E402 - after the path insert
+import raft_harness  # noqa: E402 - after the path insert
+from raft_harness import Cluster  # noqa: E402
 
 RUNS = (  # (name, where, n, concurrency)
     ("leader c=1", "leader", 300, 1),
@@ -87,18 +94,38 @@ def run_size(size: int, base_dir: str, quick: bool) -> dict[str, Any]:
         c.stop()
 
 
-def table(results: dict[str, Any]) -> str:
-    rows = [f"{'label':8} {'voters':>6} {'run':13} {'commits/s':>10} {'p50 ms':>8} {'p99 ms':>8}"]
-    for label, res in results.items():
-        for size, runs in res["sizes"].items():
-            for name, r in runs.items():
-                rows.append(
-                    f"{label:8} {size:>6} {name:13} {r['per_s']:10.0f}"
-                    f" {r['p50_ms']:8.2f} {r['p99_ms']:8.2f}"
+def _median(rounds: list[dict[str, Any]], *path: str) -> float:
+    values = []
+    for r in rounds:
+        for key in path:
+            r = r.get(key, {}) if isinstance(r, dict) else {}
+        if isinstance(r, (int, float)):
+            values.append(float(r))
+    return statistics.median(values) if values else float("nan")
+
+
+def table(results: dict[str, list[dict[str, Any]]]) -> str:
+    """Medians over the rounds of each label."""
+    head = (
+        f"{'label':8} {'voters':>6} {'run':13} {'commits/s':>10} {'p50 ms':>8} {'p99 ms':>8}"
+        f" {'fsyncs/commit':>13}"
+    )
+    rows = [head]
+    for label, rounds in results.items():
+        for size in rounds[0]["sizes"]:
+            for name, _, _, _ in RUNS:
+                per_s, p50, p99, syncs = (
+                    _median(rounds, "sizes", size, name, k)
+                    for k in ("per_s", "p50_ms", "p99_ms", "syncs_per_commit")
                 )
-        f = res["fdatasync"]
+                rows.append(
+                    f"{label:8} {size:>6} {name:13} {per_s:10.0f} {p50:8.2f} {p99:8.2f}"
+                    f" {syncs:13.2f}"
+                )
+        p50, p99 = (_median(rounds, "fdatasync", k) for k in ("p50_ms", "p99_ms"))
         rows.append(
-            f"{label:8} fdatasync of the disk: p50 {f['p50_ms']:.2f} ms, p99 {f['p99_ms']:.2f} ms"
+            f"{label:8} fdatasync of the disk: p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+            f" ({len(rounds)} rounds)"
         )
     return "\n".join(rows)
 
@@ -109,14 +136,24 @@ def main() -> None:
     ap.add_argument("--sizes", default="3,5")
     ap.add_argument("--quick", action="store_true", help="a quarter of the proposals")
     ap.add_argument("--base-dir", default="/tmp", help="where the data dirs go (on disk)")
+    ap.add_argument("--repo", default=None, help="run the members from this checkout")
+    ap.add_argument("--table", action="store_true", help="only print the table")
     args = ap.parse_args()
-    git = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        cwd=HERE,
-        check=False,
-    ).stdout.strip()
+    if args.table:
+        print(table(json.loads(RESULTS.read_text())))
+        return
+    if args.repo:
+        raft_harness.REPO = Path(args.repo).resolve()
+    git = (
+        args.repo
+        or subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=HERE,
+            check=False,
+        ).stdout.strip()
+    )
     res: dict[str, Any] = {
         "commit": git,
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -127,7 +164,9 @@ def main() -> None:
     for size in map(int, args.sizes.split(",")):
         res["sizes"][str(size)] = run_size(size, args.base_dir, args.quick)
     all_results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    all_results[args.label] = res
+    if not isinstance(all_results.get(args.label), list):
+        all_results[args.label] = []
+    all_results[args.label].append(res)
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(all_results, indent=2) + "\n")
     print(table(all_results))

@@ -2,5 +2,6 @@
 
 Pure:    `entries` (the log entries and their msgpack schema), `state` (the state machine
          every replica applies in log order), `log` (the log port, a Protocol).
-Adapter: `pysyncobj_log` (pysyncobj over TCP, ticked from one owned thread).
+Adapter: `pysyncobj_log` (pysyncobj over TCP, ticked from one owned thread), `journal`
+         (its durable, fsynced journal), `transport` (its bounded Raft port).
 """

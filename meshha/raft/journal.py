@@ -158,6 +158,7 @@ class DurableJournal(Journal):
         self._cut_tail = False  # a torn tail follows `_size`: cut it before writing
         self._fd: int | None = None
         self.persist_error: JournalError | None = None
+        self.syncs = 0  # successful syncs that wrote something (group commit: <= records)
         self._load()
 
     # ---- loading -----------------------------------------------------------------------
@@ -334,6 +335,7 @@ class DurableJournal(Journal):
                 )
             self.persist_error = err
             return False
+        self.syncs += 1
         if self.persist_error is not None:
             log.warning("raft journal persists again", path=str(self.path))
             self.persist_error = None

@@ -10,6 +10,39 @@ so trio reads it without a lock) and, if anything changed, wakes trio with
 from the agent's nursery; cancelling it stops the thread, which closes the sockets and
 the journal before `run()` returns.
 
+Durability (meshha.raft.journal). pysyncobj's own journal (an mmap never synced, term
+and vote renamed into place without fsync) is replaced by `DurableJournal`, an
+append-only file of CRC'd records written with one `pwrite` + `fdatasync` per sync. The
+tick thread syncs before every `doTick` and again just before pysyncobj polls its
+sockets (`_durable`): group commit, since every record of a tick shares one fsync, and
+never on trio's thread. The transport holds each acknowledgement (`next_node_idx`) and
+each vote or vote request until the sync that covers it returned. So an entry counts as
+appended here, and is acknowledged to the leader, only once it is on stable storage; a
+term or vote is on disk before any message that reflects it; the leader, which counts
+itself toward every commit at the start of `doTick`, only ever counts synced entries;
+and readers (the ledger) only see entries this member has on disk. The leader's own
+fsync runs while its followers receive and fsync the same entries, so a commit costs
+about one fsync plus one round trip (bench/raft_commit.py). pysyncobj's dump
+(compaction, or a snapshot from the leader) is made durable too: its rename is replaced
+by one that fsyncs the file and the directory, before the journal drops what it covers.
+A data dir with only pysyncobj's old `raft.journal` is imported once at start.
+
+When the journal cannot persist (ENOSPC, EDQUOT, EROFS, EIO), nothing raises:
+`persist_error` says why (a `JournalError` with `kind`, `path`, `errno`), the member
+stops ticking - a voter that cannot persist must neither vote nor acknowledge, and to
+its peers it then looks like a stopped member, which Raft is built for - reports no
+leader and no quorum, and retries every `persist_retry_s`; the records wait in memory
+and it resumes by itself when a sync succeeds. The agent watches `persist_error` (or
+`status.persist_error`, woken by `wait_change()`) to alert and to say it stopped voting.
+
+The Raft port (meshha.raft.transport). pysyncobj's `TCPTransport` runs over meshha's
+bounded connection and server classes: an unauthenticated peer can make this member
+buffer at most one 4 KiB frame before it must prove the password, each connection is
+read at most 256 KiB per poll, handshakes time out, and new connections from addresses
+that are not the voters' (or `trusted_ips`) are admitted at a bounded rate and number.
+Outgoing connections leave from this member's own Raft address, which is how peers
+know a voter. `port_counters` counts what was refused. Settings: `port_limits`.
+
 What is replicated. One replicated method appends a packed (msgpack) entry. The entry is
 complete before it is proposed (the proposer computes `ts` and ids), so applying it is
 deterministic. The replicated state lives in a `SyncObjConsumer` (`_EntryLog`) holding
@@ -33,8 +66,12 @@ Settings, and how they combine (pysyncobj names in brackets):
   peer is dropped after this; `reconnect_interval_s` [connectionRetryTime, default 5 s
   in pysyncobj] bounds how soon a restarted peer is reconnected.
 - `compaction_min_entries` / `_time_s`: when pysyncobj snapshots the consumer to
-  `raft.dump` and truncates `raft.journal` (in the tick thread: `useFork=False`, since
+  `raft.dump` and truncates `raft.wal` (in the tick thread: `useFork=False`, since
   forking a multi-threaded process is unsafe).
+- `persist_retry_s`: how often a member whose journal cannot persist tries again. Lower
+  rejoins sooner after space is freed; each try is one write + fsync attempt.
+- `port_limits` (meshha.raft.transport.PortLimits) and `trusted_ips`: the Raft port's
+  bounds; `max_frame_b` must hold a batch of entries (>= 4 x `max_entry_b`).
 
 Also fixed here: `password` always set (pysyncobj then Fernet-encrypts and authenticates
 every message; without it the transport unpickles whatever arrives); the server binds
@@ -368,7 +405,12 @@ class PysyncobjLog:
     # ---- running -----------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Create the member (bind, load the journal), tick it until cancelled, close it."""
+        """Create the member (load the journal, bind), tick it until cancelled, close it.
+
+        Raises before `task_status.started()` only: `LogError(kind="bind")` if the port
+        is taken, `JournalError` (kind corrupt, io, read_only, disk_full) if the journal
+        cannot be read or its directory created. Once started, disk errors never raise:
+        see `persist_error`."""
         assert self._syncobj is None, "run() once per PysyncobjLog"
         self._token = trio.lowlevel.current_trio_token()
         self._syncobj = syncobj = await trio.to_thread.run_sync(self._create)

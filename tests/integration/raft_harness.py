@@ -14,13 +14,13 @@ control socket (meshha.agent.control) at `config["control"]`. Ops:
     until="entries" n=N: N entries were read
 - bench {n, concurrency}          -> latency figures of n proposals
 - load {concurrency}              -> starts proposing without end (until killed); every
-    proposal that returned an index is appended to <data_dir>/acked as "idx i" lines
+    proposal that returned an index is appended to <data_dir>.acked as "idx i" lines
     (one write each, so a kill -9 keeps every line written)
 - ledger                          -> {"entries": the ledger's rows} (with "ledger": true)
 - port                            -> the Raft port's refusal counters
 
 Config beyond the log's: "ledger": true feeds every committed entry into a real SQLite
-ledger (meshha.ledger) at <data_dir>/ledger.sqlite, as the agent does; "power_cut": true
+ledger (meshha.ledger) at <data_dir>.ledger.sqlite, as the agent does; "power_cut": true
 records, after every journal sync, the journal's inode and the size now on stable
 storage in <journal>.synced (what tests/integration/test_raft_powercut.py cuts back to);
 "unsafe_sync": true replaces the durable journal's sync with pysyncobj's old behaviour
@@ -182,17 +182,21 @@ class Member:
                 await self.log.propose(e, timeout_s=10.0)
                 lat.append(time.perf_counter() - t)
 
+        journal = getattr(self.log, "_journal", None)  # None on builds before it existed
+        syncs0 = journal.syncs if journal is not None else 0
         t0 = time.perf_counter()
         async with trio.open_nursery() as nursery:
             for k in range(conc):
                 nursery.start_soon(worker, k)
         wall = time.perf_counter() - t0
+        syncs = (journal.syncs - syncs0) if journal is not None else 0
         lat.sort()
         return {
             "n": n,
             "p50_ms": statistics.median(lat) * 1000,
             "p99_ms": lat[int(len(lat) * 0.99) - 1] * 1000,
             "per_s": n / wall,
+            "syncs_per_commit": syncs / n,  # journal syncs of this member per commit
         }
 
     async def handle(self, req: dict) -> dict:
