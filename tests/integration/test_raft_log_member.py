@@ -1,9 +1,11 @@
 """One pysyncobj member in this process (real thread, real socket): compaction to a dump
 and replay from it after a restart, bounded retention (a reader that fell behind it gets
-a typed error, not a silent gap), the entry size bound, bind failure and config checks."""
+a typed error, not a silent gap), the entry size bound, bind failure and config checks,
+and the Raft port's bounds on unauthenticated input (meshha.raft.transport)."""
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 
@@ -13,6 +15,7 @@ import trio
 from meshha.errors import ConfigError, LogError
 from meshha.raft.log import LogPort
 from meshha.raft.pysyncobj_log import DUMP_FILE, PysyncobjLog, RaftLogConfig
+from meshha.raft.transport import PortLimits
 
 WAIT_S = 10.0
 
@@ -129,3 +132,72 @@ def test_config_is_checked(tmp_path):
     assert "not ip:port" in msg and "3 x heartbeat" in msg
     with pytest.raises(ConfigError, match="password"):
         RaftLogConfig(me="a", voters={"a": "127.0.0.1:1"}, password="", data_dir=tmp_path).check()
+
+
+def _attacker(source_ip: str, target: str) -> socket.socket:
+    host, port = target.rsplit(":", 1)
+    s = socket.socket()
+    s.bind((source_ip, 0))
+    s.settimeout(WAIT_S)
+    s.connect((host, int(port)))
+    return s
+
+
+def _closed_by_peer(s: socket.socket) -> bool:
+    """Wait (up to the socket's timeout) until the member closes this connection."""
+    try:
+        while s.recv(4096):
+            pass
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    return True
+
+
+async def test_raft_port_bounds_unauthenticated_input(tmp_path):
+    """Directly against one member's port, from an address that is not a voter's: a
+    2 GiB length prefix is refused after its 4 bytes, garbage in a small frame too,
+    silent connections beyond the per-address cap are closed at once and the rest at
+    the handshake timeout, and admissions past the accept rate pause the listener."""
+    limits = PortLimits(
+        handshake_timeout_s=0.5, max_pending_per_ip=4, accept_rate_per_s=5, accept_burst=8
+    )
+    log = PysyncobjLog(_config(tmp_path, port_limits=limits))
+    target = log.config.voters["solo"]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(log.run)
+        await _until_quorum(log)
+
+        def attack() -> dict[str, int]:
+            out = {}
+            with _attacker("127.0.0.2", target) as s:
+                s.sendall(b"\xff\xff\xff\x7f" + b"A" * 1024)
+                out["huge_closed"] = _closed_by_peer(s)
+            with _attacker("127.0.0.2", target) as s:
+                s.sendall(b"\x20\x00\x00\x00" + os.urandom(32))
+                out["garbage_closed"] = _closed_by_peer(s)
+            silent = [_attacker("127.0.0.3", target) for _ in range(7)]
+            t0 = time.monotonic()
+            out["silent_closed"] = sum(_closed_by_peer(s) for s in silent)
+            out["silent_s"] = time.monotonic() - t0
+            for s in silent:
+                s.close()
+            # Many addresses, one silent connection each: only the accept rate holds them.
+            many = [_attacker(f"127.0.1.{i}", target) for i in range(1, 30)]
+            out["many_closed"] = sum(_closed_by_peer(s) for s in many)
+            for s in many:
+                s.close()
+            return out
+
+        out = await trio.to_thread.run_sync(attack)
+        counters = log.port_counters
+        print(f"\nattack: {out}; port: {counters}")
+        assert out["huge_closed"] and out["garbage_closed"]
+        assert counters["oversized_frames"] >= 1 and counters["bad_frames"] >= 1
+        assert out["silent_closed"] == 7 and out["silent_s"] < 5  # 3 at once, 4 at 0.5 s
+        assert counters["handshake_timeouts"] >= 4 and counters["refused_connections"] >= 3
+        assert out["many_closed"] == 29 and counters["paused_s"] > 0
+        assert log.is_leader and log.has_quorum  # and it still commits
+        await log.propose(_entry(1), timeout_s=WAIT_S)
+        nursery.cancel_scope.cancel()
