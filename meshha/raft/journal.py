@@ -41,6 +41,11 @@ while it is true (`meshha.raft.transport`). Hence the promise: an entry counts a
 appended on this member, and is acknowledged to the leader, only once `fdatasync`
 returned for it; a term or vote is on disk before any message that reflects it leaves.
 
+The price of syncing in the tick thread: a slow fsync delays this member's heartbeats
+and elections by as long (etcd does the same; its operators are told to keep WAL
+fdatasync p99 under 10 ms); a disk slower than the election timeout costs a leader its
+leadership, which is the right outcome for a member that cannot persist in time.
+
 Ordering. pysyncobj applies committed entries (hands them to readers, and so to the
 ledger) at the start of a tick, after the sync that precedes `doTick`: a reader never
 sees an entry this member could lose in a power cut.

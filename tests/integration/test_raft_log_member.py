@@ -201,3 +201,26 @@ async def test_raft_port_bounds_unauthenticated_input(tmp_path):
         assert log.is_leader and log.has_quorum  # and it still commits
         await log.propose(_entry(1), timeout_s=WAIT_S)
         nursery.cancel_scope.cancel()
+
+
+def test_pysyncobj_journal_is_imported_once(tmp_path):
+    """A data dir written by the previous build (pysyncobj's own journal) is imported
+    into the durable journal at start, and the old file is set aside."""
+    from pysyncobj.journal import FileJournal
+
+    config = _config(tmp_path)
+    config.data_dir.mkdir(parents=True)
+    old = FileJournal(str(config.data_dir / "raft.journal"))
+    for idx, cmd in enumerate((b"\x00noop", b"\x01a", b"\x01b"), start=1):
+        old.add(cmd, idx, 2)
+    old.setCurrentTerm(3, "127.0.0.12:1")
+    old.setRaftCommitIndex(2)
+    old.onOneSecondTimer()
+    old._destroy()
+    journal = PysyncobjLog(config)._open_journal()
+    assert journal[:] == [(b"\x00noop", 1, 2), (b"\x01a", 2, 2), (b"\x01b", 3, 2)]
+    assert (journal.getCurrentTerm(), journal.getVotedForNodeId()) == (3, "127.0.0.12:1")
+    assert journal.getRaftCommitIndex() == 2 and not journal.dirty
+    assert not (config.data_dir / "raft.journal").exists()
+    assert (config.data_dir / "raft.journal.imported").exists()
+    assert PysyncobjLog(config)._open_journal()[:] == journal[:]  # once: now from raft.wal
