@@ -3,5 +3,6 @@
 Pure:    `entries` (the log entries and their msgpack schema), `state` (the state machine
          every replica applies in log order), `log` (the log port, a Protocol).
 Adapter: `pysyncobj_log` (pysyncobj over TCP, ticked from one owned thread), `journal`
-         (its durable, fsynced journal), `transport` (its bounded Raft port).
+         (its durable, fsynced journal), `transport` and `connections` (its bounded
+         Raft port).
 """

@@ -70,7 +70,8 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from pysyncobj.journal import Journal
+from pysyncobj.journal import FileJournal, Journal
+from pysyncobj.syncobj import _COMMAND_TYPE
 
 from meshha.errors import LogError
 
@@ -88,6 +89,9 @@ _DISK_FULL = {errno_names.ENOSPC, errno_names.EDQUOT}
 _READ_ONLY = {errno_names.EROFS, errno_names.EACCES, errno_names.EPERM}
 
 RaftEntry = tuple[bytes, int, int]  # pysyncobj's (command, index, term)
+JOURNAL_FILE = "raft.wal"
+OLD_JOURNAL_FILE = "raft.journal"  # pysyncobj's own, imported once on upgrade
+_NO_OP = bytes([_COMMAND_TYPE.NO_OP])  # what pysyncobj starts an empty journal with
 
 
 class JournalError(LogError):
@@ -401,3 +405,62 @@ class DurableJournal(Journal):
         self._rewrite = self._cut_tail = self._commit_dirty = False
         self._pending.clear()
         self._pending_records = 0
+
+
+# ---- wiring into pysyncobj -------------------------------------------------------------
+
+
+def open_journal(
+    data_dir: Path, *, on_synced: Callable[[Path, int], None] | None = None
+) -> DurableJournal:
+    """Load the journal (raising JournalError if it cannot be read), importing
+    pysyncobj's own journal once if this data dir has only that."""
+    path = data_dir / JOURNAL_FILE
+    old = data_dir / OLD_JOURNAL_FILE
+    journal = DurableJournal(path, on_synced=on_synced)
+    if old.exists() and not path.exists():
+        imported = FileJournal(os.fspath(old))
+        for i in range(len(imported)):
+            journal.add(*imported[i])
+        journal.setCurrentTerm(imported.getCurrentTerm(), imported.getVotedForNodeId())
+        journal.setRaftCommitIndex(imported.getRaftCommitIndex())
+        imported._destroy()
+        if not journal.sync():
+            assert journal.persist_error is not None
+            raise journal.persist_error
+        old.rename(old.with_name(OLD_JOURNAL_FILE + ".imported"))
+        log.info("raft journal imported from pysyncobj's", entries=len(journal), path=str(path))
+    if len(journal) == 0:
+        journal.add(_NO_OP, 1, 0)  # what pysyncobj starts an empty journal with
+    return journal
+
+
+def install_journal(syncobj: Any, journal: DurableJournal) -> None:
+    """Put our journal where pysyncobj keeps its own, and restore what its constructor
+    restores from one (term, vote, commit index). pysyncobj creates its journal inside
+    `SyncObj.__init__` from `journalFile` alone, with no hook; this runs before the first
+    tick, when nothing but that restore has read the in-memory one it made."""
+    for name in ("__raftLog", "__raftCurrentTerm", "__votedForNodeId", "__raftCommitIndex"):
+        assert hasattr(syncobj, "_SyncObj" + name), "pysyncobj internals changed"
+    syncobj._SyncObj__raftLog = journal
+    syncobj._SyncObj__raftCurrentTerm = max(journal.getCurrentTerm(), journal[-1][2])
+    syncobj._SyncObj__votedForNodeId = journal.getVotedForNodeId()
+    syncobj._SyncObj__raftCommitIndex = journal.getRaftCommitIndex()
+
+
+def durable_replace(src: str, dst: str) -> bool:
+    """pysyncobj's `atomicReplace` for its dump (a compaction's, or a snapshot received
+    from the leader), made durable: fsync the file, rename, fsync the directory. The
+    journal drops the entries a dump covers only after this returned."""
+    fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(src, dst)
+    dir_fd = os.open(os.path.dirname(os.path.abspath(dst)), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return True

@@ -104,12 +104,18 @@ import pysyncobj.serializer
 import structlog
 import trio
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
-from pysyncobj.journal import FileJournal
-from pysyncobj.syncobj import _COMMAND_TYPE, SyncObjException
+from pysyncobj.syncobj import SyncObjException
 
 from meshha.errors import ConfigError, LogError
 from meshha.raft.entries import pack, unpack
-from meshha.raft.journal import DurableJournal, JournalError
+from meshha.raft.journal import (
+    JOURNAL_FILE,
+    DurableJournal,
+    JournalError,
+    durable_replace,
+    install_journal,
+    open_journal,
+)
 from meshha.raft.log import Entry
 from meshha.raft.transport import KEEPALIVE_TYPE, MeshhaTransport, PortLimits
 
@@ -118,10 +124,8 @@ log = structlog.get_logger("meshha.raft")
 MAX_ENTRY_B = 64 * 1024
 READ_BATCH = 256
 _KEEPALIVE = {"type": KEEPALIVE_TYPE}
-JOURNAL_FILE = "raft.wal"  # meshha.raft.journal
-OLD_JOURNAL_FILE = "raft.journal"  # pysyncobj's own, imported once on upgrade
 DUMP_FILE = "raft.dump"
-_NO_OP = bytes([_COMMAND_TYPE.NO_OP])
+__all__ = ["DUMP_FILE", "JOURNAL_FILE", "LogStatus", "PysyncobjLog", "RaftLogConfig"]
 
 # pysyncobj's failure reasons -> LogError kinds (see meshha.raft.log for what each means).
 _FAIL_KINDS = {
@@ -454,36 +458,13 @@ class PysyncobjLog:
         )
         return self._transport
 
-    def _open_journal(self) -> DurableJournal:
-        """Load the journal (raising JournalError if it cannot be read), importing
-        pysyncobj's own journal once if this data dir has only that."""
-        c = self.config
-        path = c.data_dir / JOURNAL_FILE
-        old = c.data_dir / OLD_JOURNAL_FILE
-        journal = DurableJournal(path, on_synced=self._on_journal_synced)
-        if old.exists() and not path.exists():
-            imported = FileJournal(os.fspath(old))
-            for i in range(len(imported)):
-                journal.add(*imported[i])
-            journal.setCurrentTerm(imported.getCurrentTerm(), imported.getVotedForNodeId())
-            journal.setRaftCommitIndex(imported.getRaftCommitIndex())
-            imported._destroy()
-            if not journal.sync():
-                assert journal.persist_error is not None
-                raise journal.persist_error
-            old.rename(old.with_name(OLD_JOURNAL_FILE + ".imported"))
-            log.info("raft journal imported from pysyncobj's", entries=len(journal), path=str(path))
-        if len(journal) == 0:
-            journal.add(_NO_OP, 1, 0)  # what pysyncobj starts an empty journal with
-        return journal
-
     def _create(self) -> SyncObj:
         c = self.config
         try:
             c.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as e:
             raise JournalError.from_os(e, c.data_dir, "create the directory of") from e
-        self._journal = journal = self._open_journal()
+        self._journal = journal = open_journal(c.data_dir, on_synced=self._on_journal_synced)
         self_addr = c.voters.get(c.me)  # None: a read-only (non-voting) member
         conf = SyncObjConf(
             password=c.password,
@@ -518,7 +499,7 @@ class PysyncobjLog:
             raise LogError(
                 f"cannot listen on {conf.bindAddress}: {e}", kind="bind", where=c.me
             ) from e
-        _install_journal(syncobj, journal)
+        install_journal(syncobj, journal)
         syncobj.addOnTickCallback(self._durable)
         # Read in _leader_caught_up; fail here, loudly, if a pysyncobj upgrade renames it.
         assert hasattr(syncobj, "_SyncObj__noopIDx"), "pysyncobj internals changed"
@@ -628,40 +609,10 @@ class PysyncobjLog:
         self._changed = trio.Event()
 
 
-def _install_journal(syncobj: SyncObj, journal: DurableJournal) -> None:
-    """Put our journal where pysyncobj keeps its own, and restore what its constructor
-    restores from one (term, vote, commit index). pysyncobj creates its journal inside
-    `SyncObj.__init__` from `journalFile` alone, with no hook; this runs before the first
-    tick, when nothing but that restore has read the in-memory one it made."""
-    for name in ("__raftLog", "__raftCurrentTerm", "__votedForNodeId", "__raftCommitIndex"):
-        assert hasattr(syncobj, "_SyncObj" + name), "pysyncobj internals changed"
-    syncobj._SyncObj__raftLog = journal  # type: ignore[attr-defined]
-    syncobj._SyncObj__raftCurrentTerm = max(journal.getCurrentTerm(), journal[-1][2])  # type: ignore[attr-defined]
-    syncobj._SyncObj__votedForNodeId = journal.getVotedForNodeId()  # type: ignore[attr-defined]
-    syncobj._SyncObj__raftCommitIndex = journal.getRaftCommitIndex()  # type: ignore[attr-defined]
-
-
-def _durable_replace(src: str, dst: str) -> bool:
-    """pysyncobj's `atomicReplace` for its dump (a compaction's, or a snapshot received
-    from the leader), made durable: fsync the file, rename, fsync the directory. The
-    journal drops the entries a dump covers only after this returned."""
-    fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(src, dst)
-    dir_fd = os.open(os.path.dirname(os.path.abspath(dst)), os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return True
-
-
 # The one process-wide change to pysyncobj: its serializer imports `atomicReplace` by name
-# and calls it for every dump it writes. Ours does the same rename, durably.
-pysyncobj.serializer.atomicReplace = _durable_replace  # type: ignore[attr-defined]
+# and calls it for every dump it writes (a compaction's, or a snapshot received from the
+# leader). Ours does the same rename, durably (meshha.raft.journal.durable_replace).
+pysyncobj.serializer.atomicReplace = durable_replace  # type: ignore[attr-defined]
 
 
 def _leader_caught_up(syncobj: SyncObj) -> bool:

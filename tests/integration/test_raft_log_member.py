@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from meshha.errors import ConfigError, LogError
+from meshha.raft.journal import open_journal
 from meshha.raft.log import LogPort
 from meshha.raft.pysyncobj_log import DUMP_FILE, PysyncobjLog, RaftLogConfig
 from meshha.raft.transport import PortLimits
@@ -217,10 +218,10 @@ def test_pysyncobj_journal_is_imported_once(tmp_path):
     old.setRaftCommitIndex(2)
     old.onOneSecondTimer()
     old._destroy()
-    journal = PysyncobjLog(config)._open_journal()
+    journal = open_journal(config.data_dir)
     assert journal[:] == [(b"\x00noop", 1, 2), (b"\x01a", 2, 2), (b"\x01b", 3, 2)]
     assert (journal.getCurrentTerm(), journal.getVotedForNodeId()) == (3, "127.0.0.12:1")
     assert journal.getRaftCommitIndex() == 2 and not journal.dirty
     assert not (config.data_dir / "raft.journal").exists()
     assert (config.data_dir / "raft.journal.imported").exists()
-    assert PysyncobjLog(config)._open_journal()[:] == journal[:]  # once: now from raft.wal
+    assert open_journal(config.data_dir)[:] == journal[:]  # once: now from raft.wal
