@@ -41,7 +41,7 @@ def duration(s: float | None) -> str:
         return "-"
     if s < 60:
         return f"{s:.1f} s"
-    m, sec = divmod(int(round(s)), 60)
+    m, sec = divmod(round(s), 60)
     if m < 60:
         return f"{m}m {sec:02d}s"
     h, m = divmod(m, 60)
@@ -404,9 +404,7 @@ def _svg(rep: Report) -> str:
     for h in hosts:
         bars = [(i.start, i.end, i.cls, f"{i.cls}: {i.what}") for i in rep.incidents if i.host == h]
         bars += [(w.start, w.end, "maintenance", w.reason) for w in rep.maintenance if w.host == h]
-        bars += [
-            (w.start, w.end, "brake", w.reason) for w in rep.brakes if h in w.host.split(",")
-        ]
+        bars += [(w.start, w.end, "brake", w.reason) for w in rep.brakes if h in w.host.split(",")]
         lanes.append((h, bars))
     for v in rep.vms:
         lanes.append(

@@ -204,18 +204,22 @@ class ReportBuilder:
         before = self.verdict.get(host, "healthy")
         self.verdict[host] = kind
         failing = kind in ("failed", "degraded")
+        inc: Incident | None
         if failing and before not in ("failed", "degraded"):
             nets = ",".join(e.get("networks") or [])
             cls = "host" if kind == "failed" else "network"
             inc = Incident(cls, host, ts, f"{kind}({nets})" if nets else kind)
             self.incidents.append(inc)
             self.open_host[host] = inc
-        elif failing and kind == "failed" and (inc := self.open_host.get(host)) is not None:
-            inc.what += " → failed"  # a degradation that became a host failure
-        elif not failing and (inc := self.open_host.pop(host, None)) is not None:
-            # Healthy (or maintenance) again: what was not being evacuated is over.
-            if inc.end is None and not inc.evacuating:
-                inc.end = ts
+        elif kind == "failed" and before == "degraded" and (inc := self.open_host.get(host)):
+            inc.cls, inc.what = "host", inc.what + " → failed"  # the degradation became a failure
+        elif (
+            not failing
+            and (inc := self.open_host.pop(host, None)) is not None
+            and inc.end is None
+            and not inc.evacuating
+        ):
+            inc.end = ts  # healthy (or maintenance) again: what was not evacuating is over
 
     def _on_process_failure(self, e: Mapping[str, Any]) -> None:
         key = (str(e["host"]), str(e["process"]))
@@ -271,9 +275,7 @@ class ReportBuilder:
         action, host, vm = str(i["action"]), str(i["host"]), i.get("vm")
         if outcome != "ok":
             self.failed.append(
-                Attempt(
-                    ts, iid, action, host, vm, outcome, str(e["detail"]), e.get("error_kind")
-                )
+                Attempt(ts, iid, action, host, vm, outcome, str(e["detail"]), e.get("error_kind"))
             )
             return
         if not first:
@@ -327,9 +329,8 @@ class ReportBuilder:
             return
         o.end, o.repaired_by = ts, by
         for inc in self.incidents:
-            if inc.end is None and vm in inc.vms and inc.cls in CLASSES:
-                if all(x not in self.open_vm for x in inc.vms):
-                    inc.end = ts
+            if inc.end is None and vm in inc.vms and all(x not in self.open_vm for x in inc.vms):
+                inc.end = ts
 
     def _since_detect(self, host: str, ts: float) -> float | None:
         inc = self.open_host.get(host)
