@@ -27,7 +27,7 @@ import structlog
 import trio
 
 from meshha import logs
-from meshha.agent import control
+from meshha.agent import control, metrics
 from meshha.agent.node import Node, NodePorts
 from meshha.agent.preflight import check_nova
 from meshha.agent.service import ControlHandler
@@ -35,7 +35,8 @@ from meshha.agent.udp import UdpTransport
 from meshha.config.load import load_segment
 from meshha.config.model import Segment
 from meshha.errors import ConfigError, MeshhaError
-from meshha.ledger.sink import LedgerSink
+from meshha.ledger.sink import LedgerReader, LedgerSink
+from meshha.ledger.sink import limiter as ledger_limiter
 from meshha.ledger.store import Ledger
 from meshha.raft.pysyncobj_log import PysyncobjLog, RaftLogConfig
 from meshha.recovery.executor import Drivers
@@ -131,6 +132,12 @@ async def run_agent(
     ledger = Ledger(data_dir / "ledger.sqlite")
     transport = UdpTransport(segment, me, key, now=time.time)
     transport.bind()
+    meters = metrics.Metrics()
+    metrics_addr = metrics.listen_address(segment, me)
+    limiter = ledger_limiter()  # every SQLite call runs in a thread under this one
+    sink = LedgerSink(ledger, limiter, on_entry=meters.on_entry)
+    log_port = metrics.MeteredLog(raft, meters)
+    probe_port = metrics.MeteredTransport(transport, meters)
     drivers = None if opts.dry_run else real_drivers(segment)
     hypervisor = monitor = vm_events = vm_send = processes = None
     if opts.libvirt_uri and not opts.dry_run:
@@ -148,9 +155,9 @@ async def run_agent(
         segment,
         me,
         NodePorts(
-            log=raft,
-            transport=transport,
-            ledger=LedgerSink(ledger),
+            log=log_port,
+            transport=probe_port,
+            ledger=sink,
             now=time.time,
             drivers=drivers,
             hypervisor=hypervisor,
@@ -158,17 +165,35 @@ async def run_agent(
             processes=processes,
         ),
     )
-    restored = node.restore(ledger.entries())
-    transport.deliver = node.on_datagram
-    handler = ControlHandler(segment, node, raft, ledger, time.time, transport)
+    restored, rows = await trio.to_thread.run_sync(
+        lambda: (node.restore(ledger.entries()), ledger.count()), limiter=limiter
+    )
+    transport.deliver = probe_port.delivering(node.on_datagram)
+    handler = ControlHandler(
+        segment,
+        node,
+        log_port,
+        LedgerReader(ledger, limiter),
+        time.time,
+        transport,
+        sink=sink,
+        nova=drivers.nova if drivers is not None else None,
+        metrics_url=metrics.url(metrics_addr),
+    )
+    meters.registry.register(
+        metrics.StateCollector(node, raft, transport, sink, ledger.path, rows)  # type: ignore[arg-type]
+    )
     try:
         async with trio.open_nursery() as nursery:
+            await nursery.start(sink.run)
             await nursery.start(raft.run)
             await nursery.start(transport.run)
             if monitor is not None:
                 await nursery.start(monitor.run, vm_send)
             await nursery.start(node.run)
             await nursery.start(control.serve, opts.control_path, handler)
+            if metrics_addr is not None:
+                await nursery.start(metrics.serve, metrics_addr, meters.page)
             log.info(
                 "agent_started",
                 host=me,
@@ -177,6 +202,7 @@ async def run_agent(
                 restored_from_ledger=restored,
                 control=str(opts.control_path),
                 dry_run=drivers is None,
+                metrics=metrics.url(metrics_addr),
             )
             if drivers is not None and segment.nova.cloud is not None:
                 nursery.start_soon(check_nova, nova_connector(segment), me)

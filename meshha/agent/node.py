@@ -70,7 +70,18 @@ class NodeStats:
     self_fences: int = 0
     decisions: int = 0
     last_error: str = ""
+    last_error_kind: str = ""  # "<what>/<error kind>", e.g. "propose/no_quorum"
+    last_error_ts: float = 0.0
+    errors: dict[str, int] = field(default_factory=dict)  # by "<what>/<error kind>"
     extra: dict[str, int] = field(default_factory=dict)
+
+    def error(self, what: str, err: MeshhaError, ts: float, **context: Any) -> None:
+        """An operating error the node gets past (the entry or result is retried or
+        re-decided): logged with its kind, counted, kept for `meshctl status`."""
+        key = f"{what}/{err.kind}"
+        self.errors[key] = self.errors.get(key, 0) + 1
+        self.last_error, self.last_error_kind, self.last_error_ts = str(err), key, ts
+        log.warning(f"{what}_failed", kind=err.kind, error=str(err), **context)
 
 
 class Node:
@@ -157,7 +168,7 @@ class Node:
                 self.stats.proposed += 1
             except MeshhaError as err:
                 self.stats.propose_failed += 1
-                self.stats.last_error = str(err)
+                self.stats.error("propose", err, self.p.now(), entry_kind=entry.get("kind"))
             finally:
                 self._in_flight.discard(key)
 
@@ -264,7 +275,7 @@ class Node:
                         result, timeout_s=max(2.0, 2 * self.segment.timings.election_timeout_s)
                     )
         except MeshhaError as err:  # the result could not be committed: the intent stays pending
-            self.stats.last_error = str(err)
+            self.stats.error("result_commit", err, self.p.now(), intent=intent.id)
         finally:
             self._running.pop(intent.id, None)
 

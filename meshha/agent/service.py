@@ -1,23 +1,32 @@
 """The agent's answers to meshctl, over the local control socket.
 
-Reads (status, events, export) answer from this host's replica and say which leader and
-term they reflect, and whether they may be stale (no quorum in sight). Writes
-(maintenance, brake release) go through Raft: they are committed before the reply, or
-refused with the reason (no quorum, not caught up).
+Reads (status, events, export pages, report, capacity) answer from this host's replica
+and say which leader and term they reflect, and whether they may be stale (no quorum in
+sight). Ledger reads run in worker threads (meshha.ledger.sink.LedgerReader), a page at a
+time, never on the trio loop. Writes (maintenance, brake release) go through Raft: they
+are committed before the reply, or refused with the reason (no quorum, not caught up).
+
+Times in requests are epoch seconds (`since`, `until`), or an age the agent resolves with
+its own clock (`since_age_s`): meshctl reads no clock. Replies carry `now` (the agent's
+clock) so meshctl can show ages.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from typing import Any
 
+from meshha.agent.capacity import nk_status
 from meshha.agent.control import ControlError
 from meshha.agent.node import Node
 from meshha.config.model import Segment
+from meshha.ledger import render
+from meshha.ledger.store import EXPORT_PAGE, MAX_QUERY_LIMIT
 from meshha.raft import entries as E
 
 WRITE_TIMEOUT_S = 10.0
+MAX_EVENTS = 10_000
+REPORT_FORMATS = ("text", "json", "html")
 
 
 class ControlHandler:
@@ -29,9 +38,15 @@ class ControlHandler:
         ledger: Any,
         now: Callable[[], float],
         transport: Any = None,
+        *,
+        sink: Any = None,
+        nova: Any = None,
+        metrics_url: str | None = None,
     ) -> None:
+        """`ledger` is a LedgerReader (async, worker threads); `sink` the LedgerSink
+        (its backlog and last error are shown); `nova` the Nova port for `capacity`."""
         self.segment, self.node, self.log, self.ledger, self.now = segment, node, log, ledger, now
-        self.transport = transport
+        self.transport, self.sink, self.nova, self.metrics_url = transport, sink, nova, metrics_url
 
     async def __call__(self, req: dict[str, Any]) -> dict[str, Any]:
         op = req.get("op")
@@ -50,9 +65,13 @@ class ControlHandler:
                 )
             )
         if op == "events":
-            return self.events(req)
-        if op == "export":
-            return self.export(req)
+            return await self.events(req)
+        if op == "export_page":
+            return await self.export_page(req)
+        if op == "report":
+            return await self.report(req)
+        if op == "capacity":
+            return await self.capacity(req)
         raise ControlError(f"unknown op {op!r}", kind="bad_request")
 
     def _view(self) -> dict[str, Any]:
@@ -63,6 +82,7 @@ class ControlHandler:
             "has_quorum": self.log.has_quorum,
             "stale": not self.log.has_quorum,
             "index": self.node.state.index,
+            "now": self.now(),
         }
 
     def status(self) -> dict[str, Any]:
@@ -82,6 +102,7 @@ class ControlHandler:
                     "verdict": v.kind,
                     "networks": list(v.networks),
                     "reason": v.reason,
+                    "since": st.verdict_since.get(h.name) or None,
                     "maintenance": st.maintenance.get(h.name),
                     "fenced": st.fenced.get(h.name),
                     "reach": reach,
@@ -107,9 +128,25 @@ class ControlHandler:
             "brake": st.brake,
             "hosts": hosts,
             "pending_intents": pending[:100],
+            "metrics_url": self.metrics_url,
+            "errors": self._errors(),
         }
         if self.transport is not None:
             out["probe_drops"] = self.transport.drops()
+        return out
+
+    def _errors(self) -> dict[str, Any]:
+        """The operating errors this agent got past, which would otherwise be seen only
+        in its log: failed proposals and result commits (by kind), the ledger's."""
+        s = self.node.stats
+        out: dict[str, Any] = {
+            "counts": dict(sorted(s.errors.items())),
+            "last": {"kind": s.last_error_kind, "error": s.last_error, "ts": s.last_error_ts}
+            if s.last_error_kind
+            else None,
+        }
+        if self.sink is not None:
+            out["ledger"] = {"backlog": len(self.sink.backlog), "error": self.sink.last_error}
         return out
 
     async def maintenance(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -143,27 +180,78 @@ class ControlHandler:
         since = req.get("since")
         return None if since is None else _number(since, "since")
 
-    def events(self, req: dict[str, Any]) -> dict[str, Any]:
-        rows = self.ledger.query(
-            host=_text(req, "host"),
-            since=self._since(req),
-            until=req.get("until"),
-            kind=_text(req, "kind"),
-            vm=_text(req, "vm"),
-            limit=int(_number(req.get("limit", 200), "limit")),
+    def _filters(self, req: dict[str, Any]) -> dict[str, Any]:
+        until = req.get("until")
+        return {
+            "host": _text(req, "host"),
+            "since": self._since(req),
+            "until": None if until is None else _number(until, "until"),
+            "kind": _text(req, "kind"),
+            "vm": _text(req, "vm"),
+        }
+
+    def _reader(self) -> Any:
+        if self.ledger is None:
+            raise ControlError("this agent has no ledger", kind="unavailable")
+        return self.ledger
+
+    async def events(self, req: dict[str, Any]) -> dict[str, Any]:
+        limit = int(_number(req.get("limit", 200), "limit"))
+        rows = await self._reader().query(
+            **self._filters(req),
+            limit=max(0, min(limit, MAX_EVENTS)),
             newest_first=_flag(req.get("newest_first", True), "newest_first"),
         )
         return {"events": rows, **self._view()}
 
-    def export(self, req: dict[str, Any]) -> dict[str, Any]:
+    async def export_page(self, req: dict[str, Any]) -> dict[str, Any]:
+        """One page of the export: rows after index `after`, oldest first, as stored
+        (`evidence`, `entry` JSON text); `total` (matching rows) on the first page."""
+        after = int(_number(req.get("after", 0), "after"))
+        limit = max(1, min(int(_number(req.get("limit", EXPORT_PAGE), "limit")), MAX_QUERY_LIMIT))
+        filters = self._filters(req)
+        reader = self._reader()
+        rows = await reader.page(after, limit, **filters)
+        out: dict[str, Any] = {
+            "rows": rows,
+            "last": rows[-1]["idx"] if rows else after,
+            "done": len(rows) < limit,
+            **self._view(),
+        }
+        if after == 0:
+            out["total"] = await reader.count(**filters)
+        return out
+
+    async def report(self, req: dict[str, Any]) -> dict[str, Any]:
         fmt = req.get("format", "json")
-        if fmt not in ("csv", "json"):
-            raise ControlError(f"format must be csv or json, not {fmt!r}", kind="bad_request")
-        buf = io.StringIO()
-        n = self.ledger.export(
-            fmt, buf, host=_text(req, "host"), since=self._since(req), kind=_text(req, "kind")
+        if fmt not in REPORT_FORMATS:
+            raise ControlError(
+                f"format must be one of {REPORT_FORMATS}, not {fmt!r}", kind="bad_request"
+            )
+        until = req.get("until")
+        until = self.now() if until is None else _number(until, "until")
+        since = self._since(req)
+        since = until - 86400.0 if since is None else since
+        if not since < until:
+            raise ControlError("since must be before until", kind="bad_request")
+        nk = await nk_status(self.segment, self.node.state, self.nova)
+        rep = await self._reader().report(since, until, nk)
+        name = self.segment.name
+        body: Any = (
+            render.text(rep, name)
+            if fmt == "text"
+            else render.html(rep, name)
+            if fmt == "html"
+            else render.to_dict(rep, name)
         )
-        return {"rows": n, "format": fmt, "data": buf.getvalue(), **self._view()}
+        return {"format": fmt, "report": body, **self._view()}
+
+    async def capacity(self, req: dict[str, Any]) -> dict[str, Any]:
+        k = req.get("k")
+        k = None if k is None else int(_number(k, "k"))
+        if k is not None and not 0 <= k <= len(self.segment.hosts):
+            raise ControlError(f"k must be 0..{len(self.segment.hosts)}", kind="bad_request")
+        return {"nk": await nk_status(self.segment, self.node.state, self.nova, k), **self._view()}
 
 
 def _number(value: Any, key: str) -> float:

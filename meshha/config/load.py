@@ -47,6 +47,7 @@ from meshha.config.model import (
     Brake,
     Capacity,
     Host,
+    Metrics,
     Network,
     Nova,
     Policy,
@@ -684,6 +685,20 @@ def _processes(root: _Table, out: _Problems) -> dict[str, Any]:
     return kw
 
 
+def _metrics(root: _Table, declared: list[str] | None) -> dict[str, Any]:
+    t = root.sub("metrics") or _Table({}, "metrics", root.out, Path())
+    listen = t.text("listen", default=Metrics().listen) or None
+    if listen is not None:
+        where, _, port = listen.rpartition(":")
+        where = where.strip("[]")
+        if not (port.isdigit() and 0 < int(port) < 65536) or not where:
+            t.problem("listen", f"not NETWORK:PORT or IP:PORT: {listen!r}")
+        elif where not in (declared or ()):
+            _ip(t, "listen", where)  # neither a declared network nor an IP: reported
+    t.done()
+    return {"listen": listen}
+
+
 # -- checks across sections ------------------------------------------------------------
 
 
@@ -826,6 +841,7 @@ def _load(path: Path) -> tuple[Segment | None, list[str]]:
     raft = _raft(root, read)
     nova = _nova(root, out)
     processes = _processes(root, out)
+    metrics = _metrics(root, declared)
     root.done()
     _check_hosts(host_tables, hosts, recovery, out)
     _check_secrets(read, out)
@@ -849,6 +865,7 @@ def _load(path: Path) -> tuple[Segment | None, list[str]]:
         raft=Raft(**raft),
         nova=Nova(**nova),
         processes=Processes(**processes),
+        metrics=Metrics(**metrics),
         source=str(path),
     )
     return built, []

@@ -213,6 +213,13 @@ class Processes:
 
 
 @dataclass(frozen=True)
+class Metrics:
+    # "NET:PORT" (this host's address on network NET) or "IP:PORT"; None: not served.
+    # Off by default: root daemon, unauthenticated page, no port free on every host.
+    listen: str | None = None
+
+
+@dataclass(frozen=True)
 class Segment:
     name: str
     networks: tuple[Network, ...]
@@ -226,6 +233,7 @@ class Segment:
     alerts: Alerts = field(default_factory=Alerts)
     nova: Nova = field(default_factory=Nova)
     processes: Processes = field(default_factory=Processes)
+    metrics: Metrics = field(default_factory=Metrics)
     region: str | None = None
     cell: str | None = None
     source: str = "<memory>"  # the file it came from, for messages

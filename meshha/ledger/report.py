@@ -39,7 +39,7 @@ Bounded by what it is given: memory grows with the intents and incidents in the 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,7 +163,8 @@ class ReportBuilder:
     """Feed entries in log order (`feed`), then `report(since, until, nk)`. Entries at or
     after `until` should not be fed (the caller reads up to `until`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_outage_end: Callable[[Outage], None] | None = None) -> None:
+        self.on_outage_end = on_outage_end  # the metrics observe each repaired outage
         self.intents: dict[str, dict[str, Any]] = {}
         self.results: dict[str, float] = {}  # intent -> ts of its first result
         self.open_vm: dict[str, Outage] = {}
@@ -328,9 +329,28 @@ class ReportBuilder:
         if o is None:
             return
         o.end, o.repaired_by = ts, by
+        if self.on_outage_end is not None:
+            self.on_outage_end(o)
         for inc in self.incidents:
             if inc.end is None and vm in inc.vms and all(x not in self.open_vm for x in inc.vms):
                 inc.end = ts
+
+    def compact(self, max_intents: int) -> None:
+        """Forget what is over (repaired outages and incidents, intents with a result,
+        the lists a report prints), keeping only what later entries can still change,
+        and at most `max_intents` intents without a result: a streaming consumer (the
+        metrics) stays bounded. A report built after this covers only what was kept."""
+        self.outages = [o for o in self.outages if o.end is None]
+        self.incidents = [i for i in self.incidents if i.end is None]
+        self.intents = {k: v for k, v in self.intents.items() if k not in self.results}
+        for k in list(self.intents)[: max(0, len(self.intents) - max_intents)]:
+            del self.intents[k]
+        self.results.clear()
+        self.maintenance.clear()
+        self.brakes.clear()
+        self.fences.clear()
+        self.failed.clear()
+        self.non_ha.clear()
 
     def _since_detect(self, host: str, ts: float) -> float | None:
         inc = self.open_host.get(host)

@@ -19,7 +19,6 @@ by a lock, and the connection is opened with `check_same_thread=False`.
 from __future__ import annotations
 
 import base64
-import csv
 import json
 import sqlite3
 import threading
@@ -30,6 +29,7 @@ from typing import Any, TextIO
 from sqlite_utils import Database
 
 from meshha.errors import MeshhaError
+from meshha.ledger.export import EXPORT_FORMATS, export_head, export_tail, format_page
 
 TABLE = "events"
 COLUMNS: dict[str, type] = {
@@ -121,6 +121,32 @@ def _row(index: int, entry: dict[str, Any]) -> dict[str, Any]:
     row["evidence"] = _dumps(entry["evidence"]) if "evidence" in entry else None
     row["entry"] = _dumps(entry)
     return row
+
+
+def _where(
+    host: str | None,
+    since: float | None,
+    until: float | None,
+    kind: str | None,
+    vm: str | None,
+    after_idx: int | None,
+) -> tuple[str, list[Any]]:
+    where: list[str] = []
+    args: list[Any] = []
+    if after_idx is not None:
+        where.append("idx > ?")
+        args.append(after_idx)
+    for column, value in (("host", host), ("kind", kind), ("vm", vm)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    if since is not None:
+        where.append("ts >= ?")
+        args.append(float(since))
+    if until is not None:
+        where.append("ts < ?")
+        args.append(float(until))
+    return " AND ".join(where), args
 
 
 def _decoded(row: dict[str, Any]) -> dict[str, Any]:
@@ -249,26 +275,12 @@ class Ledger:
         newest_first: bool,
         after_idx: int | None = None,
     ) -> list[dict[str, Any]]:
-        where: list[str] = []
-        args: list[Any] = []
-        if after_idx is not None:
-            where.append("idx > ?")
-            args.append(after_idx)
-        for column, value in (("host", host), ("kind", kind), ("vm", vm)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                args.append(value)
-        if since is not None:
-            where.append("ts >= ?")
-            args.append(float(since))
-        if until is not None:
-            where.append("ts < ?")
-            args.append(float(until))
+        where, args = _where(host, since, until, kind, vm, after_idx)
         with self._lock:
             try:
                 return list(
                     self._table.rows_where(
-                        " AND ".join(where) or None,
+                        where or None,
                         args,
                         order_by="idx DESC" if newest_first else "idx",
                         limit=limit,
@@ -292,46 +304,73 @@ class Ledger:
 
         csv: one header line, then one line per row; `evidence` and `entry` are JSON text,
         missing values are empty. json: one JSON array of row objects (with `evidence` and
-        `entry` decoded), one row per line.
+        `entry` decoded), one row per line. Both carry `ts_iso` (UTC, ISO 8601) beside the
+        epoch `ts`. Written a page at a time (`page`, `format_page`).
         """
-        if fmt not in ("csv", "json"):
+        if fmt not in EXPORT_FORMATS:
             raise ValueError(f"export format must be csv or json, not {fmt!r}")
-        pages = self._pages(host, since, until, kind, vm)
         n = 0
-        if fmt == "csv":
-            writer = csv.DictWriter(out, fieldnames=list(COLUMNS), lineterminator="\n")
-            writer.writeheader()
-            for page in pages:
-                writer.writerows(page)
-                n += len(page)
-            return n
-        out.write("[")
-        for page in pages:
-            for row in page:
-                out.write(",\n" if n else "\n")
-                out.write(json.dumps(_decoded(row), sort_keys=True))
-                n += 1
-        out.write("\n]\n")
+        out.write(export_head(fmt))
+        for rows in self._pages(host, since, until, kind, vm):
+            out.write(format_page(fmt, rows, first=n == 0))
+            n += len(rows)
+        out.write(export_tail(fmt, n))
         return n
+
+    def page(
+        self,
+        after: int = 0,
+        limit: int = EXPORT_PAGE,
+        *,
+        host: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        kind: str | None = None,
+        vm: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Up to `limit` matching rows with idx > `after`, oldest first, as stored
+        (`evidence`, `entry` JSON text): one page of an export."""
+        limit = max(1, min(int(limit), MAX_QUERY_LIMIT))
+        return self._rows(host, since, until, kind, vm, limit, False, after)
+
+    def count_where(
+        self,
+        *,
+        host: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        kind: str | None = None,
+        vm: str | None = None,
+    ) -> int:
+        where, args = _where(host, since, until, kind, vm, None)
+        with self._lock:
+            try:
+                (n,) = self._db.execute(
+                    f"SELECT count(*) FROM {TABLE}" + (f" WHERE {where}" if where else ""), args
+                ).fetchone()
+            except sqlite3.Error as e:
+                raise _error(self.path, e, "count") from e
+        return int(n)
 
     def entries(self, after: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
         """Every stored entry after Raft index `after`, in index order, paged. The agent
         rebuilds its state from this at start, so it needs no Raft log older than the
         ledger (pysyncobj compacts its journal)."""
-        while True:
-            with self._lock:
-                try:
-                    rows = self._db.execute(
-                        f"SELECT idx, entry FROM {TABLE} WHERE idx > ? ORDER BY idx LIMIT ?",
-                        [after, EXPORT_PAGE],
-                    ).fetchall()
-                except sqlite3.Error as e:
-                    raise _error(self.path, e, "read") from e
-            if not rows:
-                return
-            for idx, entry in rows:
-                yield idx, json.loads(entry)
-            after = rows[-1][0]
+        while page := self.entries_page(after, EXPORT_PAGE):
+            yield from page
+            after = page[-1][0]
+
+    def entries_page(self, after: int, limit: int) -> list[tuple[int, dict[str, Any]]]:
+        """Up to `limit` stored entries after Raft index `after`, in index order."""
+        with self._lock:
+            try:
+                rows = self._db.execute(
+                    f"SELECT idx, entry FROM {TABLE} WHERE idx > ? ORDER BY idx LIMIT ?",
+                    [after, limit],
+                ).fetchall()
+            except sqlite3.Error as e:
+                raise _error(self.path, e, "read") from e
+        return [(idx, json.loads(entry)) for idx, entry in rows]
 
     def _pages(
         self,

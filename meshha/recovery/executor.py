@@ -37,6 +37,14 @@ class Drivers:
     alerts: AlertPort
 
 
+def _about(i: Intent, result: Entry) -> Entry:
+    """A result names the host, VM and action it is about (as its intent does), so the
+    ledger's host/vm/action columns and `meshctl events --host/--vm` find outcomes too.
+    Extra keys: the state machine reads only the intent id."""
+    result.update(host=i.host, vm=i.vm, action=i.action)
+    return result
+
+
 class Executor:
     def __init__(
         self, segment: Segment, drivers: Drivers, me: str, guard: Guard | None = None
@@ -54,17 +62,23 @@ class Executor:
             detail, data = await getattr(self, f"_do_{intent.action}")(intent, now)
         except MeshhaError as err:
             log.warning("intent_failed", intent=intent.id, kind=err.kind, error=str(err))
-            return E.result(
-                ts=now(),
-                by=self.me,
-                intent_id=intent.id,
-                outcome="failed",
-                detail=str(err),
-                error_kind=err.kind,
+            return _about(
+                intent,
+                E.result(
+                    ts=now(),
+                    by=self.me,
+                    intent_id=intent.id,
+                    outcome="failed",
+                    detail=str(err),
+                    error_kind=err.kind,
+                ),
             )
         log.info("intent_done", intent=intent.id, detail=detail)
-        return E.result(
-            ts=now(), by=self.me, intent_id=intent.id, outcome="ok", detail=detail, data=data
+        return _about(
+            intent,
+            E.result(
+                ts=now(), by=self.me, intent_id=intent.id, outcome="ok", detail=detail, data=data
+            ),
         )
 
     def _check(self, i: Intent, state: SegmentState) -> None:

@@ -1,0 +1,102 @@
+"""The segment's N+k status: could it lose its k largest compute hosts right now and
+still place every HA VM of theirs on the reserve? (`meshctl capacity`, `meshctl report`.)
+
+Gathers the inputs through the Nova port (the servers of every compute host, the free
+capacity of every host) and hands them to the pure `placement.n_plus_k`. Counted: the
+compute hosts' HA servers (policy resolved as for an evacuation), and as reserve the
+reserved hosts that are healthy and not in maintenance. k is `[recovery] reserve_k`
+unless the operator asks for another. Without Nova (dry run) the answer says so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from meshha.config.model import Segment
+from meshha.errors import MeshhaError
+from meshha.raft.state import SegmentState
+from meshha.recovery.placement import HostLoad, VmDemand, n_plus_k, target_of
+from meshha.recovery.policy import VmContext, resolve
+from meshha.recovery.ports import NovaPort
+
+NOVA_PARALLEL = 4  # hosts listed at once
+
+
+def reserve_hosts(segment: Segment, state: SegmentState) -> list[str]:
+    return [
+        h.name
+        for h in segment.hosts
+        if state.roles.get(h.name, h.role) == "reserved"
+        and state.verdicts[h.name].kind == "healthy"
+        and not state.in_maintenance(h.name)
+    ]
+
+
+def compute_hosts(segment: Segment, state: SegmentState) -> list[str]:
+    return [h.name for h in segment.hosts if state.roles.get(h.name, h.role) == "compute"]
+
+
+async def nk_status(
+    segment: Segment, state: SegmentState, nova: NovaPort | None, k: int | None = None
+) -> dict[str, Any]:
+    """A JSON-able N+k answer: k, survives, lost_hosts, unplaced, reason, and what it
+    counted; or {"k", "error"} when it could not be known."""
+    k = segment.recovery.reserve_k if k is None else k
+    if nova is None:
+        return {"k": k, "error": "no Nova configured (dry run): the servers are unknown"}
+    hosts = compute_hosts(segment, state)
+    reserve = reserve_hosts(segment, state)
+    loads: dict[str, HostLoad] = {}
+    limiter = trio.CapacityLimiter(NOVA_PARALLEL)
+    try:
+        facts = await nova.host_facts(list(segment.host_names))
+
+        async def one(host: str) -> None:
+            async with limiter:
+                servers = await nova.list_servers(host)
+            own = next((f for f in facts if f.host == host), None)
+            vms = []
+            for s in servers:
+                ctx = VmContext(
+                    server=s,
+                    aggregates=own.aggregates if own else (),
+                    availability_zone=s.availability_zone
+                    or (own.availability_zone if own else None),
+                    region=segment.region,
+                    cell=segment.cell,
+                )
+                p = resolve(segment.policy, ctx)
+                if p.ha:
+                    f = s.flavor
+                    vms.append(VmDemand(s.id, f.vcpus, f.ram_mb, f.disk_gb, p.priority))
+            loads[host] = HostLoad(host, tuple(vms))
+
+        async with trio.open_nursery() as nursery:
+            for h in hosts:
+                nursery.start_soon(one, h)
+    except MeshhaError as err:
+        return {"k": k, "error": f"Nova: {err.kind}: {err}"}
+    targets = [target_of(f) for f in facts if f.host in reserve]
+    rep = n_plus_k([loads[h] for h in hosts], targets, k)
+    return {
+        "k": rep.k,
+        "survives": rep.survives,
+        "lost_hosts": list(rep.lost_hosts),
+        "unplaced": [
+            {"vm": u.vm, "priority": u.priority, "reason": u.reason} for u in rep.unplaced
+        ],
+        "reason": rep.reason,
+        "compute_hosts": len(hosts),
+        "ha_vms": sum(len(x.vms) for x in loads.values()),
+        "reserve": [
+            {
+                "host": t.host,
+                "vcpus_free": t.vcpus_free,
+                "ram_mb_free": t.ram_mb_free,
+                "disk_gb_free": t.disk_gb_free,
+            }
+            for t in targets
+        ],
+    }
