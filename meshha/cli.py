@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
@@ -270,36 +271,80 @@ def _view_line(r: dict) -> str:  # type: ignore[type-arg]
     )
 
 
+def _age(now: float | None, ts: float | None) -> str:
+    from meshha.ledger.render import duration
+
+    if not now or not ts:
+        return "-"
+    return duration(max(0.0, now - ts)) + " ago"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], indent: str = "") -> str:
+    from meshha.ledger.render import table
+
+    return table(headers, rows, indent)
+
+
 @main.command()
 @CONTROL
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="The whole answer as JSON (metrics_url too).")
 def status(control_path: Path, as_json: bool) -> None:
     """The segment as this host's agent sees it: leader, term, every host's verdict."""
     r = _call(control_path, {"op": "status"})
     if as_json:
         click.echo(json.dumps(r, indent=2, sort_keys=True))
         return
+    now = r.get("now")
     click.echo(f"segment {r['segment']} (seen from {r['me']}): {_view_line(r)}")
+    if r.get("isolated"):
+        click.echo("ISOLATED: this host lost a majority on every network and destroyed its VMs")
     if r.get("brake", {}).get("on"):
-        click.echo(f"BRAKE ON: {r['brake']['reason']}")
+        click.echo(f"BRAKE ON: {r['brake']['reason']} (meshctl brake release)")
     nets = sorted({n for h in r["hosts"] for n in h["reach"]})
-    head = (
-        f"{'host':12} {'role':9} {'voter':5} {'verdict':18} {'maint':5} {'fenced':7} "
-        + " ".join(f"{n:10}" for n in nets)
-    )
-    click.echo(head)
+    rows = []
     for h in r["hosts"]:
         verdict = h["verdict"] + (f"({','.join(h['networks'])})" if h["networks"] else "")
-        reach = " ".join(f"{('ok' if h['reach'].get(n) == 'ok' else 'LOST'):10}" for n in nets)
-        click.echo(
-            f"{h['name']:12} {h['role']:9} {'yes' if h['voter'] else 'no':5} {verdict:18} "
-            f"{'on' if h['maintenance'] else '-':5} {(h['fenced'] or {}).get('method', '-'):7} {reach}"
+        rows.append(
+            (
+                h["name"],
+                h["role"],
+                "yes" if h["voter"] else "no",
+                verdict,
+                _age(now, h.get("since")),
+                "on" if h["maintenance"] else "-",
+                (h["fenced"] or {}).get("method", "-"),
+                *(("ok" if h["reach"].get(n) == "ok" else "LOST") for n in nets),
+            )
         )
+    click.echo(
+        _table(("host", "role", "voter", "verdict", "since", "maint", "fenced", *nets), rows)
+    )
     for h in r["hosts"]:
-        if h["verdict"] not in ("healthy",):
+        if h["verdict"] != "healthy":
             click.echo(f"  {h['name']}: {h['reason']}")
+        if h["maintenance"]:
+            m = h["maintenance"]
+            who = f" by {m['operator']}" if m.get("operator") else ""
+            click.echo(
+                f"  {h['name']}: maintenance{who} {_age(now, m.get('since'))}: {m['reason']}"
+            )
     if r.get("pending_intents"):
         click.echo(f"pending: {len(r['pending_intents'])} intents")
+        for i in r["pending_intents"][:10]:
+            click.echo(f"  {i['action']:16} {i['host']} {i.get('vm') or ''} {i['id']}")
+    errs = r.get("errors") or {}
+    if errs.get("counts"):
+        counts = ", ".join(f"{k} x{n}" for k, n in errs["counts"].items())
+        last = errs.get("last") or {}
+        click.echo(f"errors: {counts}")
+        if last:
+            click.echo(f"  last: {last['kind']} {_age(now, last.get('ts'))}: {last['error']}")
+    led = errs.get("ledger") or {}
+    if led.get("error") or led.get("backlog", 0) > 100:
+        click.echo(
+            f"ledger: {led.get('backlog')} entries not written yet; {led.get('error') or ''}"
+        )
+    click.echo(f"metrics: {r.get('metrics_url') or 'not served ([metrics] listen unset)'}")
 
 
 @main.command()
@@ -307,7 +352,13 @@ def status(control_path: Path, as_json: bool) -> None:
 @click.argument("state", type=click.Choice(["on", "off"]))
 @click.argument("host")
 @click.option("--reason", default="", help="Why (kept in the event history).")
-def maintenance(control_path: Path, state: str, host: str, reason: str) -> None:
+@click.option(
+    "--wait-s",
+    default=15.0,
+    show_default=True,
+    help="Wait this long for this host's view to show the change (0: do not wait).",
+)
+def maintenance(control_path: Path, state: str, host: str, reason: str, wait_s: float) -> None:
     """Put HOST in maintenance (no alerts, no recovery, not a failover target) or take it out."""
     import getpass
 
@@ -322,6 +373,25 @@ def maintenance(control_path: Path, state: str, host: str, reason: str) -> None:
         },
     )
     click.echo(f"maintenance {state} {host}: committed at index {r['index']} ({_view_line(r)})")
+    if wait_s > 0:
+        _wait_applied(control_path, r["index"], wait_s)
+
+
+def _wait_applied(control_path: Path, index: int, wait_s: float) -> None:
+    """Progress while this host's replica catches up with a committed write."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        st = _call(control_path, {"op": "status"})
+        if st["index"] >= index:
+            click.echo(f"applied here (index {st['index']})", err=True)
+            return
+        if time.monotonic() >= deadline:
+            click.echo(f"not applied here within {wait_s:g}s (at {st['index']})", err=True)
+            return
+        click.echo(f"  waiting for index {index}: at {st['index']}", err=True)
+        time.sleep(0.2)  # noqa: TID251 - meshctl polls the agent; no event to wait on here
 
 
 @main.group()
@@ -339,64 +409,94 @@ def brake_release(control_path: Path) -> None:
     click.echo(f"brake released: committed at index {r['index']}")
 
 
-def _since(value: str | None) -> dict[str, float]:
-    """--since as the request wants it: an ISO time, or an age the agent resolves with
-    its own clock (meshctl reads no clock)."""
+def _time_arg(value: str | None, key: str) -> dict[str, float]:
+    """--since/--until as the request wants them: epoch seconds from an ISO time (UTC
+    unless it says otherwise), or (`since` only) an age the agent resolves with its own
+    clock (meshctl reads no clock)."""
     if value is None:
         return {}
     import datetime as dt
 
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     if value[-1:] in units and value[:-1].isdigit():
+        if key != "since":
+            raise click.BadParameter(f"--{key}: an ISO time, not an age")
         return {"since_age_s": int(value[:-1]) * units[value[-1]]}
     try:
-        return {"since": dt.datetime.fromisoformat(value).timestamp()}
+        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise click.BadParameter(f"{value!r}: use an ISO time or an age like 30m, 2h, 7d") from None
+        raise click.BadParameter(
+            f"{value!r}: use an ISO time (2026-11-28T07:00) or an age like 30m, 2h, 7d"
+        ) from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)
+    return {key: t.timestamp()}
+
+
+SINCE = click.option("--since", help="ISO time (UTC unless given), or an age: 30m, 2h, 7d.")
+UNTIL = click.option("--until", help="ISO time (UTC unless given); default: now.")
 
 
 @main.command()
 @CONTROL
 @click.option("--host")
-@click.option("--since", help="ISO time, or an age: 30m, 2h, 7d.")
+@SINCE
+@UNTIL
 @click.option("--type", "kind", help="verdict, intent, result, fenced, maintenance, vm_failure, …")
 @click.option("--vm")
-@click.option("--limit", default=50, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", default=50, show_default=True, help="The latest N events.")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines.")
 def events(
     control_path: Path,
     host: str | None,
     since: str | None,
+    until: str | None,
     kind: str | None,
     vm: str | None,
     limit: int,
     as_json: bool,
 ) -> None:
     """The event history (the ledger): what, when, where, how and why."""
-    import datetime as dt
+    from meshha.ledger.export import ts_iso
 
     r = _call(
         control_path,
         {
             "op": "events",
             "host": host,
-            "since": _since(since),
             "kind": kind,
             "vm": vm,
             "limit": limit,
+            **_time_arg(since, "since"),
+            **_time_arg(until, "until"),
         },
     )
     if as_json:
-        for e in r["events"]:
-            click.echo(json.dumps(e, sort_keys=True))
+        for e in reversed(r["events"]):
+            click.echo(json.dumps({**e, "ts_iso": ts_iso(e["ts"])}, sort_keys=True))
         return
     click.echo(_view_line(r))
+    rows = []
     for e in reversed(r["events"]):
-        when = dt.datetime.fromtimestamp(e["ts"], dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
         what = " ".join(
             str(e[k]) for k in ("host", "network", "vm", "action", "outcome") if e.get(k)
         )
-        click.echo(f"{e['idx']:>7} {when} {e['kind']:15} {what:40} {e.get('reason') or ''}")
+        if e["kind"] == "verdict":
+            what += " " + str(e["entry"].get("verdict", ""))
+        rows.append(
+            (
+                e["idx"],
+                (ts_iso(e["ts"]) or "-").replace("T", " "),
+                _age(r.get("now"), e["ts"]),
+                e["kind"],
+                what,
+                (e.get("reason") or e["entry"].get("detail") or "")[:160],
+            )
+        )
+    if rows:
+        click.echo(_table(("idx", "when (UTC)", "age", "kind", "what", "why / detail"), rows))
+    else:
+        click.echo("no events match")
 
 
 @main.command()
@@ -408,21 +508,166 @@ def events(
     "--out", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of stdout."
 )
 @click.option("--host")
-@click.option("--since")
+@click.option("--vm")
+@click.option("--type", "kind")
+@SINCE
+@UNTIL
+@click.option("--page-size", default=2000, show_default=True)
 def export(
-    control_path: Path, fmt: str, out: Path | None, host: str | None, since: str | None
+    control_path: Path,
+    fmt: str,
+    out: Path | None,
+    host: str | None,
+    vm: str | None,
+    kind: str | None,
+    since: str | None,
+    until: str | None,
+    page_size: int,
 ) -> None:
-    """Export the event history as CSV or JSON."""
-    r = _call(
-        control_path,
-        {"op": "export", "format": fmt, "host": host, **_since(since)},
-        timeout_s=120,
-    )
-    if out is None:
-        click.echo(r["data"], nl=False)
+    """Export the event history as CSV or JSON (epoch `ts` and `ts_iso`), a page at a
+    time (progress on stderr)."""
+    from meshha.ledger.export import export_head, export_tail, format_page
+
+    req = {
+        "op": "export_page",
+        "host": host,
+        "vm": vm,
+        "kind": kind,
+        "limit": page_size,
+        **_time_arg(since, "since"),
+        **_time_arg(until, "until"),
+    }
+    stream = out.open("w") if out is not None else None
+    write = stream.write if stream is not None else lambda t: click.echo(t, nl=False)
+    n, after, total = 0, 0, None
+    try:
+        write(export_head(fmt))
+        while True:
+            r = _call(control_path, {**req, "after": after}, timeout_s=60)
+            total = r.get("total", total)
+            write(format_page(fmt, r["rows"], first=n == 0))
+            n += len(r["rows"])
+            after = r["last"]
+            if total:
+                click.echo(f"\r{n}/{total} events", err=True, nl=False)
+            if r["done"]:
+                break
+        write(export_tail(fmt, n))
+    finally:
+        if stream is not None:
+            stream.close()
+    click.echo(f"\r{n} events exported" + (f" to {out}" if out else ""), err=True)
+
+
+@main.command()
+@CONTROL
+@click.option(
+    "--k", type=int, default=None, help="Host losses to survive; default [recovery] reserve_k."
+)
+@click.option("--json", "as_json", is_flag=True)
+def capacity(control_path: Path, k: int | None, as_json: bool) -> None:
+    """N+k: could the segment lose its k largest compute hosts now and still place every
+    HA VM of theirs on the healthy reserve? Exit 1 if not (or not known)."""
+    r = _call(control_path, {"op": "capacity", "k": k}, timeout_s=120)
+    nk = r["nk"]
+    if as_json:
+        click.echo(json.dumps(nk, indent=2, sort_keys=True))
+    elif nk.get("error"):
+        click.echo(f"N+{nk['k']}: not known: {nk['error']}")
     else:
-        out.write_text(r["data"])
-        click.echo(f"{r['rows']} events written to {out}", err=True)
+        verdict = "survives" if nk["survives"] else "DOES NOT SURVIVE"
+        click.echo(
+            f"N+{nk['k']}: {verdict} ({nk['compute_hosts']} compute hosts, {nk['ha_vms']} HA VMs)"
+        )
+        click.echo(f"  {nk['reason']}")
+        if nk["reserve"]:
+            click.echo(
+                _table(
+                    ("reserve", "vcpus free", "ram MB free", "disk GB free"),
+                    [
+                        (t["host"], t["vcpus_free"], t["ram_mb_free"], t["disk_gb_free"])
+                        for t in nk["reserve"]
+                    ],
+                    "  ",
+                )
+            )
+        for u in nk["unplaced"][:20]:
+            click.echo(f"  would not fit: {u['vm']} ({u['priority']}): {u['reason']}")
+    if nk.get("error") or not nk.get("survives"):
+        sys.exit(1)
+
+
+@main.command()
+@CONTROL
+@SINCE
+@UNTIL
+@click.option("--json", "as_json", is_flag=True, help="The numbers as JSON.")
+@click.option(
+    "--html",
+    "html_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write a self-contained HTML page (with a timeline) here.",
+)
+@click.option(
+    "--ledger",
+    "ledger_file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Read this ledger file instead of asking the agent (N+k is then not known).",
+)
+@click.option("--segment", "segment_name", default="segment", help="Name shown with --ledger.")
+def report(
+    control_path: Path,
+    since: str | None,
+    until: str | None,
+    as_json: bool,
+    html_out: Path | None,
+    ledger_file: Path | None,
+    segment_name: str,
+) -> None:
+    """The SLA / health report for a time range (default: the last 24 h): per-VM outages,
+    downtime and availability, MTTR per failure class, failures per host, fences,
+    maintenance, the brake, recoveries that failed, and the segment's N+k."""
+    times = {**_time_arg(since, "since"), **_time_arg(until, "until")}
+    fmt = "json" if as_json else "text"
+    if ledger_file is not None:
+        text, page = _offline_report(ledger_file, segment_name, times, fmt, html_out is not None)
+    else:
+        click.echo("reading the ledger…", err=True)
+        r = _call(control_path, {"op": "report", "format": fmt, **times}, timeout_s=300)
+        text = r["report"] if fmt == "text" else json.dumps(r["report"], indent=2, sort_keys=True)
+        page = None
+        if html_out is not None:
+            page = _call(control_path, {"op": "report", "format": "html", **times}, timeout_s=300)[
+                "report"
+            ]
+    click.echo(text, nl=not text.endswith("\n"))
+    if html_out is not None and page is not None:
+        html_out.write_text(page)
+        click.echo(f"HTML report written to {html_out}", err=True)
+
+
+def _offline_report(
+    path: Path, name: str, times: dict[str, float], fmt: str, want_html: bool
+) -> tuple[str, str | None]:
+    from meshha.ledger import render
+    from meshha.ledger.report import ReportBuilder
+    from meshha.ledger.store import Ledger
+
+    with Ledger(path) as led:
+        entries = [e for _, e in led.entries()]
+    if not entries:
+        raise click.ClickException(f"{path}: no events")
+    until = times.get("until", max(float(e["ts"]) for e in entries) + 1.0)
+    since = times.get("since", until - times.get("since_age_s", 86400.0))
+    if "since" not in times and "since_age_s" not in times:
+        since = min(float(e["ts"]) for e in entries)
+    b = ReportBuilder()
+    for e in entries:
+        if float(e["ts"]) < until:
+            b.feed(e)
+    rep = b.report(since, until, None)
+    text = render.text(rep, name) if fmt == "text" else render.to_json(rep, name)
+    return text, render.html(rep, name) if want_html else None
 
 
 if __name__ == "__main__":
