@@ -352,13 +352,7 @@ def status(control_path: Path, as_json: bool) -> None:
 @click.argument("state", type=click.Choice(["on", "off"]))
 @click.argument("host")
 @click.option("--reason", default="", help="Why (kept in the event history).")
-@click.option(
-    "--wait-s",
-    default=15.0,
-    show_default=True,
-    help="Wait this long for this host's view to show the change (0: do not wait).",
-)
-def maintenance(control_path: Path, state: str, host: str, reason: str, wait_s: float) -> None:
+def maintenance(control_path: Path, state: str, host: str, reason: str) -> None:
     """Put HOST in maintenance (no alerts, no recovery, not a failover target) or take it out."""
     import getpass
 
@@ -373,25 +367,8 @@ def maintenance(control_path: Path, state: str, host: str, reason: str, wait_s: 
         },
     )
     click.echo(f"maintenance {state} {host}: committed at index {r['index']} ({_view_line(r)})")
-    if wait_s > 0:
-        _wait_applied(control_path, r["index"], wait_s)
-
-
-def _wait_applied(control_path: Path, index: int, wait_s: float) -> None:
-    """Progress while this host's replica catches up with a committed write."""
-    import time
-
-    deadline = time.monotonic() + wait_s
-    while True:
-        st = _call(control_path, {"op": "status"})
-        if st["index"] >= index:
-            click.echo(f"applied here (index {st['index']})", err=True)
-            return
-        if time.monotonic() >= deadline:
-            click.echo(f"not applied here within {wait_s:g}s (at {st['index']})", err=True)
-            return
-        click.echo(f"  waiting for index {index}: at {st['index']}", err=True)
-        time.sleep(0.2)  # noqa: TID251 - meshctl polls the agent; no event to wait on here
+    if not r.get("applied", True):
+        click.echo("  not yet applied on this host (it is catching up)", err=True)
 
 
 @main.group()

@@ -129,6 +129,11 @@ class Node:
                 self.state.apply(entry, index)
         return self.state.index
 
+    async def wait_applied(self, index: int) -> None:
+        """Return once the state has applied Raft `index` (the caller bounds the wait)."""
+        while self.state.index < index:
+            await self._applied.wait()
+
     def on_datagram(self, network: str, sender: str, msg: dict[str, Any]) -> None:
         """An authenticated probe datagram arrived (the transport checked it)."""
         for s in self.prober.receive(network, sender, msg, self.p.now()):

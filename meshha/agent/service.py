@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import trio
+
 from meshha.agent.capacity import nk_status
 from meshha.agent.control import ControlError
 from meshha.agent.node import Node
@@ -25,6 +27,7 @@ from meshha.ledger.store import EXPORT_PAGE, MAX_QUERY_LIMIT
 from meshha.raft import entries as E
 
 WRITE_TIMEOUT_S = 10.0
+APPLY_WAIT_S = 5.0
 MAX_EVENTS = 10_000
 REPORT_FORMATS = ("text", "json", "html")
 
@@ -171,7 +174,12 @@ class ControlHandler:
 
     async def _write(self, entry: dict[str, Any]) -> dict[str, Any]:
         index = await self.log.propose(entry, timeout_s=WRITE_TIMEOUT_S)  # LogError -> error reply
-        return {**self._view(), "index": index}  # the committed index, not the replica's
+        # Reply once this replica has applied it too, so the operator's next `status` on
+        # this host shows the change (bounded: a replica far behind says so instead).
+        with trio.move_on_after(APPLY_WAIT_S):
+            await self.node.wait_applied(index)
+        applied = self.node.state.index >= index
+        return {**self._view(), "index": index, "applied": applied}  # the committed index
 
     def _since(self, req: dict[str, Any]) -> float | None:
         age = req.get("since_age_s")

@@ -108,7 +108,12 @@ async def test_maintenance_reply_names_the_committed_index(tmp_path: Path) -> No
     hosts = [(h, {"admin": f"127.0.9.{i}"}) for i, h in enumerate(HOSTS, 1)]
     cfg = write_segment(tmp_path, hosts, networks={"admin": "alert"})
     segment = load_segment(cfg)
-    node = SimpleNamespace(me="host2", state=SimpleNamespace(index=7))
+    state = SimpleNamespace(index=7)
+
+    async def wait_applied(index: int) -> None:
+        state.index = index
+
+    node = SimpleNamespace(me="host2", state=state, wait_applied=wait_applied)
     handler = ControlHandler(segment, node, _Log(), ledger=None, now=lambda: 1.0)  # type: ignore[arg-type]
     reply = await handler({"op": "maintenance", "host": "host3", "on": True})
-    assert reply["index"] == 42
+    assert reply["index"] == 42 and reply["applied"]
