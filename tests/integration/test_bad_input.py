@@ -212,7 +212,7 @@ CONTROL_GARBAGE: list[tuple[str, bytes, str]] = [
     ("host is a list", b'{"op": "maintenance", "host": ["host2"], "on": true}\n', "bad_request"),
     ("on is a string", b'{"op": "maintenance", "host": "host2", "on": "yes"}\n', "bad_request"),
     ("on missing", b'{"op": "maintenance", "host": "host2"}\n', "bad_request"),
-    ("export format", b'{"op": "export", "format": "xml"}\n', "bad_request"),
+    ("report format", b'{"op": "report", "format": "xml"}\n', "bad_request"),
 ]
 
 
@@ -235,7 +235,10 @@ def test_control_socket_garbage(mesh: Mesh, why: str, data: bytes, kind: str) ->
 WRONG_TYPES = [
     ("events limit", {"op": "events", "limit": "many"}),
     ("events since", {"op": "events", "since": "yesterday"}),
-    ("export since", {"op": "export", "since": [1]}),
+    ("export since", {"op": "export_page", "since": [1]}),
+    ("export after", {"op": "export_page", "after": "start"}),
+    ("report range", {"op": "report", "since": 5, "until": 1}),
+    ("capacity k", {"op": "capacity", "k": 99}),
 ]
 
 
