@@ -81,10 +81,11 @@ def text(rep: Report, segment: str) -> str:
     if rep.vms:
         out.append(
             table(
-                ("vm", "host", "outages", "downtime", "availability", ""),
+                ("vm", "name", "host", "outages", "downtime", "availability", ""),
                 [
                     (
                         v.vm,
+                        v.name or "-",
                         v.host,
                         v.outages,
                         duration(v.downtime_s),
@@ -263,7 +264,9 @@ def html(rep: Report, segment: str) -> str:
         "body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1000px}",
         "h1{font-size:20px}h2{font-size:16px;margin-top:28px;border-bottom:1px solid #ddd}",
         "table{border-collapse:collapse;margin:6px 0}td,th{padding:3px 10px;text-align:left;"
-        "border-bottom:1px solid #eee}th{background:#f6f6f6}td.num{text-align:right}",
+        "border-bottom:1px solid #eee;white-space:nowrap}td:last-child{white-space:normal}"
+        "th{background:#f6f6f6}td.num{text-align:right}",
+        ".unknown{color:#777}",
         ".ok{color:#1e8449}.bad{color:#c0392b;font-weight:bold}.legend span{margin-right:14px}",
         ".sw{display:inline-block;width:12px;height:12px;vertical-align:middle;margin-right:4px}",
         "</style></head><body>",
@@ -281,24 +284,24 @@ def html(rep: Report, segment: str) -> str:
         + "</p>",
         "<h2>VM availability</h2>",
         _html_table(
-            ("VM", "host", "outages", "downtime", "availability"),
+            ("VM", "name", "host", "outages", "downtime", "availability"),
             [
-                (v.vm, v.host, v.outages, duration(v.downtime_s), pct(v.availability))
+                (v.vm, v.name, v.host, v.outages, duration(v.downtime_s), pct(v.availability))
                 for v in rep.vms
             ],
             "No VM outage in this period: every VM was available 100% of the time.",
         ),
         "<h2>Outages</h2>",
         _html_table(
-            ("detected", "VM", "host", "cause", "running again", "down"),
+            ("detected", "VM", "host", "down", "running again", "cause"),
             [
                 (
                     iso(o.start),
                     o.vm,
                     o.host,
-                    o.cause,
-                    iso(o.end) if o.end else "still down",
                     duration(o.down_s(rep.since, rep.until)),
+                    iso(o.end) if o.end else "still down",
+                    o.cause,
                 )
                 for o in rep.outages
             ],
@@ -360,7 +363,7 @@ def _summary_html(rep: Report) -> str:
     n = len(rep.vms)
     worst = min((v.availability for v in rep.vms), default=1.0)
     nk = rep.nk or {}
-    nk_cls = "ok" if nk.get("survives") else "bad"
+    nk_cls = "unknown" if not nk or nk.get("error") else "ok" if nk.get("survives") else "bad"
     return (
         "<table>"
         f"<tr><th>VMs with an outage</th><td class='num'>{n}</td></tr>"
@@ -409,7 +412,7 @@ def _svg(rep: Report) -> str:
     for v in rep.vms:
         lanes.append(
             (
-                v.vm,
+                f"{v.name} ({v.vm[:8]})" if v.name else v.vm,
                 [(o.start, o.end, "outage", o.cause) for o in rep.outages if o.vm == v.vm],
             )
         )

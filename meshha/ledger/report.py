@@ -120,6 +120,7 @@ class VmLine:
     downtime_s: float
     availability: float
     ongoing: bool
+    name: str = ""  # Nova's display name, when an inventory gave it
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,7 @@ class ReportBuilder:
         self.fences: list[Fence] = []
         self.failed: list[Attempt] = []
         self.non_ha: set[str] = set()
+        self.names: dict[str, str] = {}  # VM id -> display name (from inventories)
         self.n = 0
 
     # -- feeding -------------------------------------------------------------------------
@@ -307,6 +309,8 @@ class ReportBuilder:
         inc.evacuating = True
         servers = (e.get("data") or {}).get("servers") or []
         for s in servers:
+            if s.get("name"):
+                self.names[str(s["id"])] = str(s["name"])
             if not s.get("ha", True):
                 self.non_ha.add(str(s["id"]))
                 continue
@@ -365,7 +369,7 @@ class ReportBuilder:
             return start < until and (end is None or end >= since)
 
         outages = [o for o in self.outages if inside(o.start, o.end)]
-        vms = _vm_lines(outages, since, until)
+        vms = _vm_lines(outages, since, until, self.names)
         incidents = [i for i in self.incidents if since <= i.start < until]
         pending = [
             Attempt(
@@ -428,7 +432,9 @@ def build_report(
     return b.report(since, until, nk)
 
 
-def _vm_lines(outages: list[Outage], since: float, until: float) -> list[VmLine]:
+def _vm_lines(
+    outages: list[Outage], since: float, until: float, names: Mapping[str, str]
+) -> list[VmLine]:
     span = until - since
     by_vm: dict[str, list[Outage]] = {}
     for o in outages:
@@ -444,6 +450,7 @@ def _vm_lines(outages: list[Outage], since: float, until: float) -> list[VmLine]
                 down,
                 1.0 - down / span,
                 any(o.end is None or o.end > until for o in os_),
+                names.get(vm, ""),
             )
         )
     return lines

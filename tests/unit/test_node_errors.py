@@ -1,0 +1,56 @@
+"""Errors the node gets past (a proposal or a result commit that failed) are no longer
+only kept in NodeStats.last_error: they are logged with their kind, counted by kind, and
+shown by `meshctl status` (the control handler's `errors`)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import trio
+import trio.testing
+from structlog.testing import capture_logs
+
+from meshha.agent.node import Node, NodePorts
+from meshha.agent.service import ControlHandler
+from meshha.config.synthetic import synthetic_segment
+from meshha.errors import LogError
+from meshha.raft import entries as E
+
+
+class RefusingLog:
+    leader, term, is_leader, has_quorum, commit_index = None, 1, False, False, 0
+
+    async def propose(self, entry: dict[str, Any], *, timeout_s: float) -> int:
+        raise LogError("no leader with a quorum", kind="no_quorum", where="host1")
+
+    async def committed_from(self, index: int) -> Any:
+        await trio.sleep_forever()
+        yield
+
+
+async def test_failed_proposals_are_logged_counted_and_shown() -> None:
+    seg = synthetic_segment(3)
+    ports = NodePorts(
+        log=RefusingLog(),  # type: ignore[arg-type]
+        transport=SimpleNamespace(send=lambda *a: None),  # type: ignore[arg-type]
+        ledger=SimpleNamespace(append=lambda i, e: None),  # type: ignore[arg-type]
+        now=lambda: 123.0,
+    )
+    node = Node(seg, "host1", ports)
+    with capture_logs() as logs, trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(node._proposer)
+            node.propose(E.maintenance(ts=1.0, by="host1", host="host2", on=True, reason="x"))
+            node.propose(E.maintenance(ts=2.0, by="host1", host="host2", on=False, reason="y"))
+            await trio.testing.wait_all_tasks_blocked()  # both refused, the proposer idle
+            nursery.cancel_scope.cancel()
+    failed = [x for x in logs if x["event"] == "propose_failed"]
+    assert [(x["kind"], x["entry_kind"], x["log_level"]) for x in failed] == [
+        ("no_quorum", "maintenance", "warning")
+    ] * 2
+    handler = ControlHandler(seg, node, RefusingLog(), None, lambda: 130.0)
+    errors = handler.status()["errors"]
+    assert errors["counts"] == {"propose/no_quorum": 2}
+    assert errors["last"]["kind"] == "propose/no_quorum" and errors["last"]["ts"] == 123.0
+    assert "no leader with a quorum" in errors["last"]["error"]
