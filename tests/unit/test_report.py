@@ -206,3 +206,22 @@ def test_renderers_carry_the_numbers(rep) -> None:
     page = render.html(rep, "seg1")
     assert page.startswith("<!DOCTYPE html>") and "<svg" in page and "vm-d" in page
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+
+
+def test_tables_stay_aligned_with_long_cells_and_ages_read_well() -> None:
+    out = render.table(
+        ("host", "verdict", "since", "admin"),
+        [
+            ("host1", "healthy", render.duration(4.25), "ok"),
+            ("compute-0042", "degraded(storage,tenant,admin)", render.duration(3725), "LOST"),
+        ],
+    ).splitlines()
+    for col in ("verdict", "since", "admin"):
+        at = out[0].index(col)
+        assert all(line[at - 2 : at] == "  " and line[at] != " " for line in out), col
+    assert [render.duration(s) for s in (0.4, 65, 7200, 90061)] == [
+        "0.4 s",
+        "1m 05s",
+        "2h 00m",
+        "1d 01h",
+    ]
