@@ -9,6 +9,8 @@ round or a Raft tick would have waited). Operations:
 - export: the whole ledger as CSV (before: `Ledger.export` on the loop; after: what the
   agent does for `meshctl export` now, pages of 2000 rows read in a worker thread, the
   CSV formatting done by meshctl);
+- append: a burst of 500 committed entries (before: one transaction each, on the loop, as
+  the node's sink did; after: queued, written in batches by the sink's worker thread);
 - events: the latest 1000 rows (`meshctl events --limit 1000`);
 - report: the SLA report over the whole ledger (after only; there was none before);
 - idle: nothing but the heartbeat for 1 s, the machine's own noise floor.
@@ -33,11 +35,12 @@ from typing import Any
 
 import trio
 
-from meshha.ledger.sink import LedgerReader, limiter
+from meshha.ledger.sink import LedgerReader, LedgerSink, limiter
 from meshha.ledger.store import EXPORT_PAGE, Ledger
 from meshha.raft import entries as E
 
 RESULTS = Path(__file__).resolve().parent / "results"
+APPEND_BURST = 500  # committed entries in a burst (a leader change, a mass failure)
 
 
 def fill(led: Ledger, rows: int) -> None:
@@ -138,6 +141,40 @@ async def main_async(rows: int) -> dict[str, Any]:
         async def report_after() -> None:
             await reader.report(0.0, 2e9, None)
 
+        sink = LedgerSink(led, reader.limiter)
+        base = rows + 1
+
+        def burst(n: int) -> list[tuple[int, dict[str, Any]]]:
+            nonlocal base
+            out = [
+                (
+                    base + k,
+                    E.observation(
+                        ts=float(base + k),
+                        by="host1",
+                        host="host2",
+                        network="admin",
+                        reachable=False,
+                        since=0.0,
+                    ),
+                )
+                for k in range(n)
+            ]
+            base += n
+            return out
+
+        async def append_before() -> None:
+            for idx, e in burst(APPEND_BURST):  # one transaction per committed entry, on the loop
+                led.append(idx, e)
+
+        async def append_after() -> None:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(sink.run)
+                for idx, e in burst(APPEND_BURST):
+                    sink.append(idx, e)
+                nursery.cancel_scope.cancel()  # the sink flushes what is queued on its way out
+            assert not sink.backlog
+
         async def idle() -> None:
             await trio.sleep(1.0)
 
@@ -145,6 +182,8 @@ async def main_async(rows: int) -> dict[str, Any]:
             ("idle", idle),  # the noise floor: this machine's scheduling, nothing else
             ("export_before", export_before),
             ("export_after", export_after),
+            ("append_before", append_before),
+            ("append_after", append_after),
             ("events_before", events_before),
             ("events_after", events_after),
             ("report_after", report_after),
