@@ -1,9 +1,12 @@
-"""The event history in SQLite: every committed log entry, keyed by Raft index.
+"""The event history: every committed log entry in SQLite, keyed by Raft index, and what
+is computed from it.
 
-Adapters: `store` (the SQLite file through sqlite-utils: append, query, export), `sink`
-          (the node's writer, which never loses an entry on a full or read-only disk).
+Pure:     `report` (the SLA / health report over entries: outages, availability, MTTR per
+          failure class, fences, windows, failed recoveries).
+Adapters: `store` (the SQLite file through sqlite-utils: append, query, pages, export),
+          `sink` (the agent's writer and reader: every SQLite call in a worker thread
+          under the ledger's own limiter), `export` (CSV/JSON pages with ISO times),
+          `render` (the report as text, JSON, and HTML with an SVG timeline).
+
+This package re-exports nothing, so importing the pure report never loads SQLite.
 """
-
-from meshha.ledger.store import Ledger, LedgerError
-
-__all__ = ["Ledger", "LedgerError"]

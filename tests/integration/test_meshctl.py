@@ -29,8 +29,8 @@ from meshha.cli import main
 from meshha.config.load import load_segment
 from meshha.lab.mesh import Mesh
 from meshha.lab.segment_files import write_segment
-from meshha.ledger import Ledger
 from meshha.ledger.sink import LedgerReader, limiter
+from meshha.ledger.store import Ledger
 from meshha.raft import entries as E
 
 HOSTS = ("host1", "host2", "host3")

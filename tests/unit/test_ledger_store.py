@@ -13,7 +13,7 @@ import threading
 import pytest
 
 from meshha.errors import MeshhaError
-from meshha.ledger import Ledger, LedgerError
+from meshha.ledger.store import Ledger, LedgerError
 
 
 def _entry(i: int, **kw):

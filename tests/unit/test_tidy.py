@@ -26,6 +26,7 @@ PURE = (
     "meshha/probes/swim.py",
     "meshha/config/model.py",
     "meshha/config/synthetic.py",
+    "meshha/ledger/report.py",
 )
 # What runs on a compute host: never the simulator or the real-component lab.
 PRODUCTION = ("agent", "config", "ledger", "probes", "raft", "recovery")
