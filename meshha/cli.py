@@ -610,13 +610,13 @@ def report(
         text, page = _offline_report(ledger_file, segment_name, times, fmt, html_out is not None)
     else:
         click.echo("reading the ledger…", err=True)
-        r = _call(control_path, {"op": "report", "format": fmt, **times}, timeout_s=300)
+        r = _call(
+            control_path,
+            {"op": "report", "format": fmt, "html": html_out is not None, **times},
+            timeout_s=300,
+        )
         text = r["report"] if fmt == "text" else json.dumps(r["report"], indent=2, sort_keys=True)
-        page = None
-        if html_out is not None:
-            page = _call(control_path, {"op": "report", "format": "html", **times}, timeout_s=300)[
-                "report"
-            ]
+        page = r.get("html")
     click.echo(text, nl=not text.endswith("\n"))
     if html_out is not None and page is not None:
         html_out.write_text(page)

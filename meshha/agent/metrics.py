@@ -272,7 +272,7 @@ class StateCollector:
             ("meshha_raft_has_quorum", "1 if a quorum is in sight", int(self.log.has_quorum)),
             ("meshha_applied_index", "Last index applied to the state here", st.index),
             ("meshha_isolated", "1 while this host self-fenced", int(self.node.isolated)),
-            ("meshha_brake_on", "1 while the mass-failure brake holds", int(st.brake["on"])),
+            ("meshha_brake_on", "1 while the mass-failure brake holds", _brake_on(st)),
             ("meshha_ledger_rows", "Rows in this host's ledger", self.rows0 + self.sink.written),
             ("meshha_ledger_bytes", "Ledger file size, WAL included", self._ledger_bytes()),
             ("meshha_ledger_backlog", "Committed entries not yet written", len(self.sink.backlog)),
@@ -305,6 +305,12 @@ class StateCollector:
             with contextlib.suppress(OSError):
                 total += os.stat(f"{self.ledger_path}{suffix}").st_size
         return total
+
+
+def _brake_on(state: Any) -> int:
+    """The brake as a dict (schema-1 state) or as a record with `on` (typed state)."""
+    b = state.brake
+    return int(bool(b["on"] if isinstance(b, dict) else b.on))
 
 
 # -- the HTTP endpoint ------------------------------------------------------------------

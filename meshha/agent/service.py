@@ -252,7 +252,10 @@ class ControlHandler:
             if fmt == "html"
             else render.to_dict(rep, name)
         )
-        return {"format": fmt, "report": body, **self._view()}
+        out = {"format": fmt, "report": body, **self._view()}
+        if _flag(req.get("html", False), "html"):  # the page too, from the same reading
+            out["html"] = render.html(rep, name)
+        return out
 
     async def capacity(self, req: dict[str, Any]) -> dict[str, Any]:
         k = req.get("k")
