@@ -522,6 +522,8 @@ def export(
         while True:
             r = _call(control_path, {**req, "after": after}, timeout_s=60)
             total = r.get("total", total)
+            if "since_age_s" in req:  # resolved once, by the agent's clock, for every page
+                req["since"] = r["now"] - req.pop("since_age_s")
             write(format_page(fmt, r["rows"], first=n == 0))
             n += len(r["rows"])
             after = r["last"]

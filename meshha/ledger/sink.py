@@ -37,6 +37,7 @@ MAX_BATCH = 2000
 LEDGER_THREADS = 2  # one writer and one reader at a time (the Ledger's lock serialises calls)
 RETRY_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
 SHUTDOWN_FLUSH_S = 5.0
+REPORT_MAX_OPEN_INTENTS = 100_000  # intents without a result kept while reading up to `since`
 
 
 class LedgerBacklogFull(MeshhaError):
@@ -144,7 +145,9 @@ class LedgerReader:
 
     async def report(self, since: float, until: float, nk: dict[str, Any] | None) -> Report:
         """The SLA report over [since, until): every entry before `until` streamed through
-        the pure builder, a page per worker-thread call."""
+        the pure builder, a page per worker-thread call. Before `since` the builder keeps
+        only what is still open (compacted each page), so memory follows the range, not
+        the ledger's age."""
         builder = ReportBuilder()
 
         def step(after: int) -> tuple[int, bool]:
@@ -153,6 +156,8 @@ class LedgerReader:
                 if float(entry.get("ts", 0.0)) >= until:
                     return idx, True
                 builder.feed(entry)
+            if page and float(page[-1][1].get("ts", 0.0)) < since:
+                builder.compact(REPORT_MAX_OPEN_INTENTS)  # what ended before the range
             return (page[-1][0] if page else after), len(page) < EXPORT_PAGE
 
         after, done = 0, False

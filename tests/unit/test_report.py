@@ -225,3 +225,26 @@ def test_tables_stay_aligned_with_long_cells_and_ages_read_well() -> None:
         "2h 00m",
         "1d 01h",
     ]
+
+
+def test_reading_before_the_range_stays_bounded_and_gives_the_same_numbers() -> None:
+    # Feed everything up to +3000 s with a compaction after every entry (as the agent's
+    # reader does page by page before `since`), then the rest: same report from +3000 s.
+    b = ReportBuilder()
+    for e in LEDGER:
+        if e["ts"] >= t(10_000):
+            break
+        b.feed(e)
+        if e["ts"] < t(3000):
+            b.compact(100)
+    assert len(b.outages) <= len(LEDGER) and all(
+        o.end is None for o in b.outages if o.start < t(3000)
+    )
+    got, want = b.report(t(3000), t(10_000)), build_report(LEDGER, t(3000), t(10_000))
+    assert (got.vms, got.classes, got.maintenance, got.brakes, got.failed) == (
+        want.vms,
+        want.classes,
+        want.maintenance,
+        want.brakes,
+        want.failed,
+    )
