@@ -4,9 +4,12 @@ shown by `meshctl status` (the control handler's `errors`)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+import structlog
 import trio
 import trio.testing
 from structlog.testing import capture_logs
@@ -27,6 +30,16 @@ class RefusingLog:
     async def committed_from(self, index: int) -> Any:
         await trio.sleep_forever()
         yield
+
+
+@pytest.fixture(autouse=True)
+def default_structlog() -> Iterator[None]:
+    """Another test may have configured a level filter (the CLI's): capture from the
+    defaults, then put the configuration back."""
+    saved = structlog.get_config()
+    structlog.reset_defaults()
+    yield
+    structlog.configure(**saved)
 
 
 async def test_failed_proposals_are_logged_counted_and_shown() -> None:
