@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -147,6 +148,12 @@ def config_secrets(file: Path) -> None:
 @click.option(
     "--observations/--no-observations", default=True, help="Show reachability observations."
 )
+@click.option(
+    "--rewrite",
+    is_flag=True,
+    help="Write this run's timeline below the steps of the scenario file, as its expected "
+    "timeline (seed 1 only; review the diff).",
+)
 def sim(
     scenario_name: str,
     hosts: int | None,
@@ -155,14 +162,13 @@ def sim(
     list_: bool,
     random_runs: int | None,
     observations: bool,
+    rewrite: bool,
 ) -> None:
     """Run a whole segment in simulated time: real decision core, simulated network,
     Raft stand-in and fake BMC/Nova/libvirt; safety invariants checked after every run."""
-    import trio
-    import trio.testing
-
-    from meshha.sim import report
+    from meshha.sim import replay, report
     from meshha.sim.scenario import ScenarioError, load, run_scenario, scenario_files
+    from meshha.sim.scenario import rewrite as rewrite_trace
 
     logs.configure(json=True, level=logging.ERROR, stream=sys.stderr)
     if list_:
@@ -171,7 +177,7 @@ def sim(
             click.echo(f"{name:28} {sc.description}")
         return
     if random_runs is not None:
-        _swarm(random_runs, seed, as_json)
+        _swarm(random_runs, seed, as_json, observations)
         return
     try:
         sc = load(scenario_name)
@@ -180,37 +186,54 @@ def sim(
     if hosts is not None:
         if hosts < 3:
             raise click.ClickException("--hosts: a segment needs at least 3 hosts (3 voters)")
+        if rewrite:
+            raise click.ClickException("--rewrite: the expected timeline is for the file's segment")
         sc.spec.hosts = hosts
-    out = trio.run(run_scenario, sc, seed, clock=trio.testing.MockClock(autojump_threshold=0))
+    out = replay.run(run_scenario, sc, seed, seed=seed)
+    if rewrite:
+        try:
+            click.echo(f"rewrote {rewrite_trace(sc, out)}")
+        except ScenarioError as err:
+            raise click.ClickException(str(err)) from None
+        return
     s = report.summary(out.timeline, out.violations, out.failure, seed)
-    rows = [r for r in out.timeline if observations or r["type"] != "observation"]
     if as_json:
-        for r in rows:
-            click.echo(json.dumps(r, sort_keys=True))
+        _json_rows(out.timeline, observations)
         click.echo(json.dumps({"type": "summary", "scenario": sc.name, **s}, sort_keys=True))
     else:
         click.echo(f"scenario {sc.name}: {sc.spec.hosts} hosts, seed {seed}")
         click.echo(f"  proves: {sc.description}")
-        for r in rows:
-            click.echo(f"{r['t']:9.3f}s  {report.describe(r)}")
+        for line in report.lines(out.timeline, observations=observations):
+            click.echo(line)
         click.echo(report.summary_line(s))
     if not s["ok"]:
         sys.exit(1)
 
 
-def _swarm(n: int, seed: int, as_json: bool) -> None:
-    import trio
-    import trio.testing
+def _json_rows(timeline: list[dict[str, Any]], observations: bool) -> None:
+    for r in timeline:
+        if observations or r["type"] != "observation":
+            click.echo(json.dumps(r, sort_keys=True))
 
+
+def _swarm(n: int, seed: int, as_json: bool, observations: bool) -> None:
+    """N random schedules; with N = 1 (reproducing a seed) also its whole timeline."""
+    from meshha.sim import replay, report
     from meshha.sim.swarm import swarm_run
 
     violated = stuck = 0
     for s in range(seed, seed + n):
-        r = trio.run(swarm_run, s, clock=trio.testing.MockClock(autojump_threshold=0))
+        r = replay.run(swarm_run, s, seed=s)
         if r.violations:
             violated += 1
         elif r.failure:
             stuck += 1
+        if n == 1 and as_json:
+            _json_rows(r.timeline, observations)
+        elif n == 1:
+            click.echo(f"random schedule, seed {s}: {r.hosts} hosts")
+            for line in report.lines(r.timeline, observations=observations):
+                click.echo(line)
         if as_json:
             click.echo(
                 json.dumps(

@@ -196,7 +196,8 @@ class Prober:
                 del self._asked[(target, n)]
             elif n == net:
                 chosen.append(target)
-        chosen += [s for s in self.watch_extra if s in peers]
+        # sorted: a set's order follows PYTHONHASHSEED and would reach the wire
+        chosen += [s for s in sorted(self.watch_extra) if s in peers]
         return list(dict.fromkeys(chosen))  # dedup, keep order
 
     def _ping(self, net: str, target: str, now: float) -> Send:

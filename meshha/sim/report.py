@@ -45,6 +45,16 @@ def describe(row: dict[str, Any]) -> str:
     return f"{t.upper():9} {row}"
 
 
+def lines(timeline: list[dict[str, Any]], *, observations: bool = True) -> list[str]:
+    """The readable timeline, one line per row (what `meshctl sim` prints and the golden
+    traces below the scenario files hold)."""
+    return [
+        f"{r['t']:9.3f}s  {describe(r)}"
+        for r in timeline
+        if observations or r["type"] != "observation"
+    ]
+
+
 def summary(
     timeline: list[dict[str, Any]], violations: list[str], failure: str, seed: int
 ) -> dict[str, Any]:

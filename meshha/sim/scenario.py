@@ -8,36 +8,36 @@
     expect verdict host2 failed within 5s
     expect evacuated host2 within 30s
 
-Every run ends with a healed phase (all faults cleared, machines powered on) that must
-converge, and then the safety invariants are checked. A failing run names its seed.
-Steps: see STEPS below; `leader` may stand for the current leader's host name.
+The language (verbs, arguments, `segment` settings) is `meshha.sim.script`, shared with
+the decide data tests; `STEPS` below is the part the simulator runs. Every run ends with a
+healed phase (all faults cleared, machines powered on) that must converge, and then the
+safety invariants are checked. A failing run names its seed.
+
+Below the steps, after a `----` line, each file keeps its expected timeline for
+`GOLDEN_SEED` (observations left out): tests/sim/test_scenarios.py compares it byte for
+byte, `meshctl sim --scenario NAME --rewrite` regenerates it after a deliberate change
+(review the diff: it is the behaviour change).
 """
 
 from __future__ import annotations
 
-import shlex
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+import difflib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from meshha.config.model import Policy, Recovery
+from meshha.sim import report, script
+from meshha.sim.script import ScriptError, Step, percent, seconds
 from meshha.sim.world import EPOCH, Sim, SimSpec, SimTimeout
 
 SCENARIO_DIR = "scenarios"
+GOLDEN_SEED = 1
 
-
-class ScenarioError(Exception):
-    """The scenario file itself is wrong (not the system under test)."""
-
-
-@dataclass
-class Step:
-    line: int
-    words: list[str]
+ScenarioError = ScriptError
 
 
 @dataclass
@@ -47,6 +47,8 @@ class Scenario:
     spec: SimSpec
     steps: list[Step]
     heal: bool = True
+    script: script.Script | None = None
+    path: Path | None = None  # the file it was loaded from
 
 
 @dataclass
@@ -60,91 +62,20 @@ class Outcome:
     figures: dict[str, float] = field(default_factory=dict)
 
 
-def _seconds(word: str) -> float:
-    w = word.strip()
-    for suffix, mult in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
-        if w.endswith(suffix) and w[: -len(suffix)].replace(".", "", 1).isdigit():
-            return float(w[: -len(suffix)]) * mult
-    raise ScenarioError(f"not a duration: {word!r} (use 500ms, 3s, 2m, 1h)")
-
-
-def _percent(word: str) -> float:
-    if not word.endswith("%"):
-        raise ScenarioError(f"not a percentage: {word!r}")
-    return float(word[:-1]) / 100.0
-
-
 def parse(text: str, name: str = "<text>") -> Scenario:
-    desc: list[str] = []
-    steps: list[Step] = []
-    spec = SimSpec()
-    heal = True
-    for no, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if line.startswith("#"):
-            if not steps and spec == SimSpec():
-                desc.append(line.lstrip("# ").rstrip())
-            continue
-        if not line:
-            continue
-        words = shlex.split(line)
-        if words[0] == "segment":
-            spec = _segment(words[1:], name, no)
-        elif words[0] == "no-heal":
+    sc = script.parse(text, name, STEPS)
+    spec, heal, steps = SimSpec(), True, []
+    for step in sc.steps:
+        if step.verb == "segment":
+            try:
+                spec = SimSpec(**script.segment_options(step.args))
+            except ScriptError as err:
+                raise ScriptError(f"{name}:{step.line}: {err}") from None
+        elif step.verb == "no-heal":
             heal = False
         else:
-            if words[0] not in STEPS:
-                raise ScenarioError(f"{name}:{no}: unknown step {words[0]!r}")
-            steps.append(Step(no, words))
-    return Scenario(name, " ".join(d for d in desc if d), spec, steps, heal)
-
-
-def _segment(words: list[str], name: str, no: int) -> SimSpec:
-    spec = SimSpec()
-    rec: dict[str, Any] = {}
-    pol: dict[str, Any] = {}
-    for w in words:
-        key, _, val = w.partition("=")
-        if key == "hosts":
-            spec.hosts = int(val)
-        elif key == "voters":
-            spec.voters = int(val)
-        elif key == "reserved":
-            spec.reserved = tuple(v for v in val.split(",") if v)
-        elif key == "vms":
-            spec.vms_per_host = int(val)
-        elif key == "flavor":
-            spec.flavor = val
-        elif key == "profile":
-            spec.profile = val
-        elif key == "brake":
-            spec.brake_fraction = float(val)
-        elif key == "brake-window":
-            spec.brake_window_s = _seconds(val)
-        elif key == "watchdog":
-            spec.watchdog = val == "true"
-        elif key == "fanout":
-            spec.fanout = int(val)
-        elif key == "host-size":
-            v, r, d = (int(x) for x in val.split(","))
-            spec.host_size = (v, r, d)
-        elif key == "networks":
-            spec.networks = dict(p.split(":") for p in val.split(","))
-        elif key in (
-            "process_restart_failure",
-            "allow_self_fence_proof",
-            "max_parallel_evacuations",
-        ):
-            rec[key] = {"true": True, "false": False}.get(val, int(val) if val.isdigit() else val)
-        elif key in ("default_ha", "vm_restart_limit"):
-            pol[key] = {"true": True, "false": False}.get(val, int(val) if val.isdigit() else val)
-        elif key.startswith("timing."):
-            spec.timings[key[7:]] = float(val)
-        else:
-            raise ScenarioError(f"{name}:{no}: unknown segment setting {key!r}")
-    spec.recovery = replace(Recovery(), **rec)
-    spec.policy = replace(Policy(), **pol)
-    return spec
+            steps.append(step)
+    return Scenario(name, sc.description, spec, steps, heal, sc)
 
 
 # -- running ---------------------------------------------------------------------------
@@ -173,17 +104,16 @@ class Runner:
     def sim_figure(self, key: str, value: float) -> None:
         self.marks[f"figure:{key}"] = value
 
-    def hosts(self, word: str) -> set[str]:
-        return {self.host(h) for h in word.split(",") if h}
+    def hosts(self, word: str) -> list[str]:
+        """In the order written (a set's order would follow PYTHONHASHSEED)."""
+        return list(dict.fromkeys(self.host(h) for h in script.names(word)))
 
     async def run(self, sim: Sim) -> None:
         for step in self.sc.steps:
             try:
-                await STEPS[step.words[0]](self, step.words[1:])
+                await STEPS[step.verb].run(self, step)
             except SimTimeout as err:
-                raise SimTimeout(
-                    f"{self.sc.name}:{step.line}: {' '.join(step.words)}: {err}"
-                ) from None
+                raise SimTimeout(f"{self.sc.name}:{step.line}: {step.text}: {err}") from None
             except (IndexError, ValueError) as err:
                 raise ScenarioError(f"{self.sc.name}:{step.line}: malformed step: {err}") from None
         if self.sc.heal:
@@ -191,120 +121,213 @@ class Runner:
             await sim.converge()
 
 
-def _within(args: list[str], default: float = 10.0) -> tuple[list[str], float]:
-    if len(args) >= 2 and args[-2] == "within":
-        return args[:-2], _seconds(args[-1])
-    return args, default
+Handler = Callable[[Runner, Step], Awaitable[None]]
 
 
-async def _tick(r: Runner, a: list[str]) -> None:
-    await trio.sleep(_seconds(a[0]))
+async def _nothing(r: Runner, s: Step) -> None:
+    """`segment` and `no-heal` are read by `parse`."""
 
 
-async def _wait_leader(r: Runner, a: list[str]) -> None:
-    await r.sim.wait_for(
-        lambda: r.sim.raft.leader is not None, _seconds(a[0]) if a else 10.0, "a leader"
-    )
+async def _tick(r: Runner, s: Step) -> None:
+    await trio.sleep(seconds(s.args[0]))
+
+
+async def _wait_leader(r: Runner, s: Step) -> None:
+    within = seconds(s.args[0]) if s.args else 10.0
+    await r.sim.wait_for(lambda: r.sim.raft.leader is not None, within, "a leader")
     r.last_leader = r.sim.raft.leader
 
 
-async def _power_off(r: Runner, a: list[str]) -> None:
+async def _power_off(r: Runner, s: Step) -> None:
     r.last_leader = r.sim.raft.leader
-    for h in r.hosts(a[0]):
+    for h in r.hosts(s.args[0]):
         r.marks.setdefault(f"off:{h}", trio.current_time())
         r.sim.power_off(h)
 
 
-async def _power_on(r: Runner, a: list[str]) -> None:
-    for h in r.hosts(a[0]):
+async def _power_on(r: Runner, s: Step) -> None:
+    for h in r.hosts(s.args[0]):
         r.sim.power_on(h)
 
 
-async def _hang(r: Runner, a: list[str]) -> None:
+async def _hang(r: Runner, s: Step) -> None:
     r.last_leader = r.sim.raft.leader
-    for h in r.hosts(a[0]):
+    for h in r.hosts(s.args[0]):
         r.marks.setdefault(f"off:{h}", trio.current_time())
         r.sim.hang(h)
 
 
-async def _nic(r: Runner, a: list[str], up: bool) -> None:
-    for h in r.hosts(a[0]):
-        for net in a[1].split(","):
-            r.sim.nic(h, net, up)
+def _nic(up: bool) -> Handler:
+    async def nic(r: Runner, s: Step) -> None:
+        for h in r.hosts(s.args[0]):
+            for net in script.names(s.args[1]):
+                r.sim.nic(h, net, up)
+
+    return nic
 
 
-async def _bmc(r: Runner, a: list[str], alive: bool) -> None:
-    for h in r.hosts(a[0]):
-        r.sim.bmc(h, alive)
+def _bmc(alive: bool) -> Handler:
+    async def bmc(r: Runner, s: Step) -> None:
+        for h in r.hosts(s.args[0]):
+            r.sim.bmc(h, alive)
+
+    return bmc
 
 
-async def _partition(r: Runner, a: list[str]) -> None:
-    groups = [r.hosts(g.strip()) for g in " ".join(a).split("|")]
+async def _partition(r: Runner, s: Step) -> None:
+    groups = [set(r.hosts(g.strip())) for g in " ".join(s.args).split("|")]
     r.sim.partition(groups)
 
 
-async def _heal(r: Runner, a: list[str]) -> None:
+async def _heal(r: Runner, s: Step) -> None:
     r.sim.heal()
 
 
-async def _loss(r: Runner, a: list[str]) -> None:
+async def _loss(r: Runner, s: Step) -> None:
     q = r.sim.net.quality
-    q.loss = _percent(a[0])
-    it = iter(a[1:])
+    q.loss = percent(s.args[0])
+    it = iter(s.args[1:])
     for k in it:
         v = next(it)
         if k == "jitter":
-            q.jitter_s = _seconds(v)
+            q.jitter_s = seconds(v)
         elif k == "delay":
-            q.delay_s = _seconds(v)
+            q.delay_s = seconds(v)
         elif k == "dup":
-            q.duplicate = _percent(v)
-    r.sim.fault(f"loss {a[0]} {' '.join(a[1:])}")
+            q.duplicate = percent(v)
+        else:
+            raise ScenarioError(f"loss: unknown setting {k!r}")
+    r.sim.fault(f"loss {' '.join(s.args)}")
 
 
-async def _maintenance(r: Runner, a: list[str]) -> None:
-    await r.sim.maintenance(r.host(a[1]), a[0] == "on")
+async def _maintenance(r: Runner, s: Step) -> None:
+    await r.sim.maintenance(r.host(s.args[1]), s.args[0] == "on")
 
 
-async def _crash_vm(r: Runner, a: list[str]) -> None:
-    r.sim.fault(f"crash-vm {a[0]}")
-    r.sim.cloud.crash_vm(a[0])
+async def _crash_vm(r: Runner, s: Step) -> None:
+    r.sim.fault(f"crash-vm {s.args[0]}")
+    r.sim.cloud.crash_vm(s.args[0])
 
 
-async def _process_dead(r: Runner, a: list[str]) -> None:
-    h, name = r.host(a[0]), a[1]
+async def _process_dead(r: Runner, s: Step) -> None:
+    h, name = r.host(s.args[0]), s.args[1]
     m = r.sim.cloud.machines[h]
     m.processes[name] = False
-    if "restart-fails" in a:
+    if "restart-fails" in s.args:
         m.restart_fails.add(name)
-    r.sim.fault(f"process-dead {h} {name} {' '.join(a[2:])}")
+    r.sim.fault(f"process-dead {h} {name} {' '.join(s.args[2:])}")
 
 
-async def _nova(r: Runner, a: list[str]) -> None:
-    r.sim.cloud.nova_up = a[0] == "up"
-    r.sim.fault(f"nova {a[0]}")
+async def _nova(r: Runner, s: Step) -> None:
+    r.sim.cloud.nova_up = s.args[0] == "up"
+    r.sim.fault(f"nova {s.args[0]}")
 
 
-def _verdict_is(r: Runner, host: str, kind: str, nets: list[str]) -> bool:
-    st = r.sim.live_state()
-    if st is None:
-        return False
-    v = st.verdicts[host]
-    return v.kind == kind and all(n in v.networks for n in nets)
+# -- expectations: a condition to wait for (`within`, default 10 s) ---------------------
+
+Condition = Callable[[Runner, list[str]], Callable[[], bool]]
 
 
-def _evacuated(r: Runner, host: str) -> bool:
-    cloud = r.sim.cloud
-    vms = [s for s in cloud.servers.values() if s.id.startswith(f"{host}-")]
-    if not vms:  # nothing to evacuate: true only for a host that never had any
-        return r.sim.segment.host(host).role == "reserved"
-    return all(
-        s.host != host and s.status == "ACTIVE" and cloud.running.get(s.id) == {s.host} for s in vms
+def _verdict(r: Runner, a: list[str]) -> Callable[[], bool]:
+    host, kind = r.host(a[0]), a[1]
+    nets = tuple(script.names(a[2])) if len(a) > 2 else None
+
+    def holds() -> bool:
+        st = r.sim.live_state()
+        if st is None:
+            return False
+        v = st.verdicts[host]
+        return bool(v.kind == kind and (nets is None or tuple(v.networks) == nets))
+
+    return holds
+
+
+def _fenced(r: Runner, a: list[str]) -> Callable[[], bool]:
+    host = r.host(a[0])
+    method = script.tail_list(a, "by")
+    return lambda: (
+        (st := r.sim.live_state()) is not None
+        and host in st.fenced
+        and (method is None or st.fenced[host]["method"] in method)
     )
+
+
+def _evacuated(r: Runner, a: list[str]) -> Callable[[], bool]:
+    host = r.host(a[0])
+    cloud = r.sim.cloud
+
+    def holds() -> bool:
+        vms = [s for s in cloud.servers.values() if s.id.startswith(f"{host}-")]
+        if not vms:  # nothing to evacuate: true only for a host that never had any
+            return r.sim.segment.host(host).role == "reserved"
+        return all(
+            s.host != host and s.status == "ACTIVE" and cloud.running.get(s.id) == {s.host}
+            for s in vms
+        )
+
+    return holds
 
 
 def _actions_on(r: Runner, host: str, kinds: tuple[str, ...]) -> list[Any]:
     return [a for a in r.sim.cloud.actions if a.host == host and a.action in kinds]
+
+
+def _live_migrated(r: Runner, a: list[str]) -> Callable[[], bool]:
+    host = r.host(a[0])
+    return lambda: (
+        bool(_actions_on(r, host, ("live_migrate",)))
+        and all(s.host != host for s in r.sim.cloud.servers.values() if s.id.startswith(f"{host}-"))
+    )
+
+
+def _alert(r: Runner, a: list[str]) -> Callable[[], bool]:
+    return lambda: any(a[0] in al.subject or a[0] in al.body for al in r.sim.cloud.alerts)
+
+
+def _leader_changed(r: Runner, a: list[str]) -> Callable[[], bool]:
+    before = r.last_leader
+    return lambda: r.sim.raft.leader is not None and r.sim.raft.leader != before
+
+
+def _vm_running(r: Runner, a: list[str]) -> Callable[[], bool]:
+    cloud, vm = r.sim.cloud, a[0]
+    return lambda: bool(cloud.running.get(vm)) and cloud.servers[vm].status == "ACTIVE"
+
+
+def _vm_on(r: Runner, a: list[str]) -> Callable[[], bool]:
+    cloud, vm, host = r.sim.cloud, a[0], r.host(a[1])
+    return lambda: cloud.servers[vm].host == host and cloud.running.get(vm) == {host}
+
+
+def _self_fenced(r: Runner, a: list[str]) -> Callable[[], bool]:
+    host = r.host(a[0])
+    return lambda: bool(_actions_on(r, host, ("self_fence",)))
+
+
+def _service_disabled(r: Runner, a: list[str]) -> Callable[[], bool]:
+    host = r.host(a[0])
+    return lambda: bool(r.sim.cloud.services[host]["disabled"])
+
+
+def _brake(r: Runner, a: list[str]) -> Callable[[], bool]:
+    on = a[0] == "on"
+    return lambda: (st := r.sim.live_state()) is not None and bool(st.brake["on"]) == on
+
+
+def _expect(cond: Condition) -> Handler:
+    async def expect(r: Runner, s: Step) -> None:
+        holds = cond(r, s.args)
+        within = 10.0 if s.within is None else s.within
+        what = " ".join(s.args)
+        if s.verb == "expect verdict" and s.args[1] == "failed":
+            host = r.host(s.args[0])
+            await r.sim.wait_for(holds, within, f"verdict {what}")
+            if f"off:{host}" in r.marks:
+                r.sim_figure(f"detect_{host}_s", trio.current_time() - r.marks[f"off:{host}"])
+            return
+        await r.sim.wait_for(holds, within, f"{s.verb.split()[1]} {what}")
+
+    return expect
 
 
 RECOVERY = (
@@ -318,77 +341,16 @@ RECOVERY = (
     "stop",
     "hard_reboot",
 )
+ACTION_KINDS = {
+    "no-action": RECOVERY,
+    "no-fence": ("fence",),
+    "no-evacuation": ("evacuate",),
+}
 
 
-async def _expect(r: Runner, a: list[str]) -> None:
-    args, within = _within(a)
-    what = args[0]
-    sim = r.sim
-    cond: Callable[[], bool]
-    if what == "verdict":
-        host, kind, nets = r.host(args[1]), args[2], args[3:]
-        cond = lambda: _verdict_is(r, host, kind, nets)
-        if kind == "failed" and f"off:{host}" in r.marks:
-            await sim.wait_for(cond, within, f"verdict {host} {kind}")
-            r.sim_figure(f"detect_{host}_s", trio.current_time() - r.marks[f"off:{host}"])
-            return
-    elif what == "fenced":
-        host = r.host(args[1])
-        method = args[3] if len(args) > 3 and args[2] == "by" else None
-        cond = lambda: (
-            (st := sim.live_state()) is not None
-            and host in st.fenced
-            and (method is None or st.fenced[host]["method"] == method)
-        )
-    elif what == "evacuated":
-        host = r.host(args[1])
-        cond = lambda: _evacuated(r, host)
-    elif what == "live-migrated":
-        host = r.host(args[1])
-        cond = lambda: (
-            bool(_actions_on(r, host, ("live_migrate",)))
-            and all(
-                s.host != host for s in sim.cloud.servers.values() if s.id.startswith(f"{host}-")
-            )
-        )
-    elif what == "alert":
-        text = args[1]
-        cond = lambda: any(text in a.subject or text in a.body for a in sim.cloud.alerts)
-    elif what == "leader-changed":
-        before = r.last_leader
-        cond = lambda: sim.raft.leader is not None and sim.raft.leader != before
-    elif what == "vm-running":
-        vm = args[1]
-        cond = lambda: bool(sim.cloud.running.get(vm)) and sim.cloud.servers[vm].status == "ACTIVE"
-    elif what == "vm-on":
-        vm, host = args[1], r.host(args[2])
-        cond = lambda: sim.cloud.servers[vm].host == host and sim.cloud.running.get(vm) == {host}
-    elif what == "self-fenced":
-        host = r.host(args[1])
-        cond = lambda: bool(_actions_on(r, host, ("self_fence",)))
-    elif what == "service-disabled":
-        host = r.host(args[1])
-        cond = lambda: bool(sim.cloud.services[host]["disabled"])
-    elif what == "brake":
-        cond = lambda: (st := sim.live_state()) is not None and st.brake["on"]
-    elif what in (
-        "no-action",
-        "no-fence",
-        "no-evacuation",
-        "no-alert",
-        "no-verdict",
-        "no-commit-from",
-    ):
-        await _expect_none(r, what, args[1:], within)
-        return
-    else:
-        raise ScenarioError(f"unknown expectation {what!r}")
-    await sim.wait_for(cond, within, " ".join(args))
-
-
-async def _expect_none(r: Runner, what: str, args: list[str], during: float) -> None:
-    """Hold for `during` simulated seconds and fail the moment the thing happens."""
-    sim = r.sim
+async def _expect_none(r: Runner, s: Step) -> None:
+    """Hold for `within` (default 10 s) and fail the moment the thing happens."""
+    sim, what, args = r.sim, s.verb.split()[1], s.args
     start_actions, start_log, start_alerts = (
         len(sim.cloud.actions),
         len(sim.raft.log),
@@ -401,19 +363,16 @@ async def _expect_none(r: Runner, what: str, args: list[str], during: float) -> 
                 if args[0] in al.subject or args[0] in al.body:
                     return f"alert {al.subject!r}"
             return None
-        if what in ("no-action", "no-fence", "no-evacuation"):
-            hosts = r.hosts(args[0]) if args else set(sim.cloud.machines)
-            kinds = {"no-action": RECOVERY, "no-fence": ("fence",), "no-evacuation": ("evacuate",)}[
-                what
-            ]
+        if what in ACTION_KINDS:
+            hosts = r.hosts(args[0]) if args else list(sim.cloud.machines)
             for act in sim.cloud.actions[start_actions:]:
-                if act.host in hosts and act.action in kinds:
+                if act.host in hosts and act.action in ACTION_KINDS[what]:
                     return f"{act.action} on {act.host} by {act.actor} at t={act.t:.3f}"
             return None
         if what == "no-verdict":
-            kinds = set(args[0].split(",")) if args else {"failed", "degraded"}
+            verdicts = script.names(args[0]) if args else ["failed", "degraded"]
             for e in sim.raft.log[start_log:]:
-                if e["kind"] == "verdict" and e["verdict"] in kinds:
+                if e["kind"] == "verdict" and e["verdict"] in verdicts:
                     return f"verdict {e['host']} {e['verdict']}: {e['reason']}"
             return None
         side = r.hosts(args[0])
@@ -422,7 +381,7 @@ async def _expect_none(r: Runner, what: str, args: list[str], during: float) -> 
                 return f"{e['kind']} committed from {e['by']}"
         return None
 
-    end = trio.current_time() + during
+    end = trio.current_time() + (10.0 if s.within is None else s.within)
     while trio.current_time() < end:
         bad = happened()
         if bad:
@@ -430,26 +389,45 @@ async def _expect_none(r: Runner, what: str, args: list[str], during: float) -> 
         await trio.sleep(0.05)
 
 
-STEPS: dict[str, Callable[[Runner, list[str]], Any]] = {
-    "tick": _tick,
-    "run": _tick,
-    "wait-leader": _wait_leader,
-    "power-off": _power_off,
-    "power-on": _power_on,
-    "hang": _hang,
-    "nic-down": lambda r, a: _nic(r, a, False),
-    "nic-up": lambda r, a: _nic(r, a, True),
-    "bmc-dead": lambda r, a: _bmc(r, a, False),
-    "bmc-alive": lambda r, a: _bmc(r, a, True),
-    "partition": _partition,
-    "heal": _heal,
-    "loss": _loss,
-    "maintenance": _maintenance,
-    "crash-vm": _crash_vm,
-    "process-dead": _process_dead,
-    "nova": _nova,
-    "expect": _expect,
-}
+STEPS: dict[str, script.Verb[Handler]] = script.table(
+    {
+        "segment": _nothing,
+        "no-heal": _nothing,
+        "tick": _tick,
+        "wait-leader": _wait_leader,
+        "power-off": _power_off,
+        "power-on": _power_on,
+        "hang": _hang,
+        "nic-down": _nic(False),
+        "nic-up": _nic(True),
+        "bmc-dead": _bmc(False),
+        "bmc-alive": _bmc(True),
+        "partition": _partition,
+        "heal": _heal,
+        "loss": _loss,
+        "maintenance": _maintenance,
+        "crash-vm": _crash_vm,
+        "process-dead": _process_dead,
+        "nova": _nova,
+        "expect verdict": _expect(_verdict),
+        "expect fenced": _expect(_fenced),
+        "expect evacuated": _expect(_evacuated),
+        "expect live-migrated": _expect(_live_migrated),
+        "expect alert": _expect(_alert),
+        "expect leader-changed": _expect(_leader_changed),
+        "expect vm-running": _expect(_vm_running),
+        "expect vm-on": _expect(_vm_on),
+        "expect self-fenced": _expect(_self_fenced),
+        "expect service-disabled": _expect(_service_disabled),
+        "expect brake": _expect(_brake),
+        "expect no-action": _expect_none,
+        "expect no-fence": _expect_none,
+        "expect no-evacuation": _expect_none,
+        "expect no-alert": _expect_none,
+        "expect no-verdict": _expect_none,
+        "expect no-commit-from": _expect_none,
+    }
+)
 
 
 # -- files and the timeline ------------------------------------------------------------
@@ -465,7 +443,46 @@ def load(name_or_path: str) -> Scenario:
     path = files.get(name_or_path) or Path(name_or_path)
     if not path.exists():
         raise ScenarioError(f"no scenario {name_or_path!r}; known: {', '.join(sorted(files))}")
-    return parse(path.read_text(), path.stem)
+    sc = parse(path.read_text(encoding="utf-8"), path.stem)
+    sc.path = path
+    return sc
+
+
+# -- the expected timeline below the steps ------------------------------------------------
+
+
+def trace(out: Outcome) -> list[str]:
+    """What a scenario file keeps below `----`: the readable timeline without the
+    observations (the noisiest part), then the summary line."""
+    s = report.summary(out.timeline, out.violations, out.failure, out.seed)
+    return [*report.lines(out.timeline, observations=False), report.summary_line(s)]
+
+
+def trace_header(sc: Scenario) -> str:
+    return f"seed {GOLDEN_SEED}, observations left out; regenerate: meshctl sim --rewrite --scenario {sc.name}"
+
+
+def trace_diff(sc: Scenario, out: Outcome) -> str:
+    """'' when the run matches the trace kept in the file, else a unified diff."""
+    expected = sc.script.expected if sc.script else None
+    if expected is None:
+        return f"{sc.name}: no expected timeline below the steps (a `----` line)"
+    got = trace(out)
+    if got == expected:
+        return ""
+    return "\n".join(difflib.unified_diff(expected, got, "expected", "this run", n=2, lineterm=""))
+
+
+def rewrite(sc: Scenario, out: Outcome) -> Path:
+    """Write this run's trace below the steps of the scenario's file."""
+    if sc.path is None or sc.script is None:
+        raise ScenarioError(f"{sc.name}: not loaded from a file")
+    if out.seed != GOLDEN_SEED or not out.ok:
+        raise ScenarioError(
+            f"{sc.name}: the expected timeline is that of a passing run with seed {GOLDEN_SEED}"
+        )
+    sc.path.write_text(script.with_expected(sc.script, trace_header(sc), trace(out)), "utf-8")
+    return sc.path
 
 
 def timeline(sim: Sim) -> list[dict[str, Any]]:

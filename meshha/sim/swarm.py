@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -40,6 +41,7 @@ class SwarmRun:
     failure: str = ""
     violations: list[str] = field(default_factory=list)
     committed: int = 0
+    timeline: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -144,5 +146,5 @@ async def swarm_run(seed: int, *, faulty_s: float = 60.0) -> SwarmRun:
     run.violations = sim.check_invariants(converged=not run.failure)
     run.faults = [f"t={t:.2f} {w}" for t, w in sim.faults]
     run.committed = len(sim.raft.log)
-    run.timeline = timeline(sim)  # type: ignore[attr-defined]
+    run.timeline = timeline(sim)
     return run

@@ -1,91 +1,43 @@
 """Data-driven `decide` scenarios (tests/unit/scenarios/*.txt): small text files of steps
 run against the pure decision core with the fake executor of test_decide.py. Unlike the
 simulator's scenarios (meshha/sim/scenarios) there is no network, no Raft and no agent:
-each step is a committed fact, and `run` is the leader calling `decide` every 0.1 s.
+each step is a committed fact, and `tick` is the leader calling `decide` every 0.1 s.
 
-The language, one step per line (`#` starts a comment; the first says what it proves):
-
-    segment hosts=6 reserved=host5,host6 [voters=N] [brake=0.3] [nets=admin:alert,...]
-    servers HOST VM[:PRIORITY[:noha][:big]] ...      what an inventory of HOST lists
-    answer ACTION ok|failed|none                     the executor's answer (none: no result)
-    maintenance HOST on|off
-    lose HOST [on NET,NET] [by HOST,HOST]            default: every network, every other voter
-    regain HOST [on NET,NET] [by HOST,HOST]
-    vm-failure HOST VM [on_vm_failure=ACTION]
-    process-failure HOST PROCESS
-    run SECONDSs
-    expect verdict HOST KIND [NET,NET]
-    expect evacuations HOST VM>TARGET ...            in the order proposed
-    expect actions HOST ACTION ...                   every intent for HOST, in order (alerts too)
-    expect count PATTERN N                           intents whose id matches the glob
-    expect fenced HOST METHOD | expect unfenced HOST
-    expect brake on|off
-    expect role HOST ROLE
+The language is the simulator's (meshha/sim/script.py: one verb table, one parser); this
+runner supports the verbs in `VERBS` below (`segment`, `servers`, `answer`,
+`maintenance`, `lose`, `regain`, `vm-failure`, `process-failure`, `tick` and the
+expectations `verdict`, `evacuations`, `actions`, `count`, `fenced`, `unfenced`,
+`brake`, `role`). A step it does not support fails at parse time with its line.
 """
 
 from __future__ import annotations
 
-import shlex
-from dataclasses import dataclass
+from collections.abc import Callable
 from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
 
-from meshha.config.model import Recovery
-from meshha.config.synthetic import DEFAULT_NETWORKS, synthetic_segment
+from meshha.config.synthetic import synthetic_segment
 from meshha.raft import entries as E
 from meshha.raft.state import Intent
+from meshha.sim import script
+from meshha.sim.script import Step
 from tests.unit.test_decide import Answer, Leader, server
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 BIG = (64, 4096, 40)
 
 
-@dataclass
-class Step:
-    line: int
-    words: list[str]
-
-
-def parse(text: str) -> tuple[str, list[Step]]:
-    lines = text.splitlines()
-    description = ""
-    steps: list[Step] = []
-    for n, raw in enumerate(lines, 1):
-        if raw.startswith("#") and not steps and not description:
-            description = raw.lstrip("# ").strip()
-        words = shlex.split(raw, comments=True)
-        if words:
-            steps.append(Step(n, words))
-    return description, steps
-
-
-def options(words: list[str]) -> dict[str, str]:
-    return dict(w.split("=", 1) for w in words)
-
-
-def listed(words: list[str], key: str) -> tuple[str, ...] | None:
-    """`on a,b` / `by a,b` from the tail of a step."""
-    if key in words:
-        return tuple(words[words.index(key) + 1].split(","))
-    return None
+Handler = Callable[[Leader, Step], None]
 
 
 def build(step: Step) -> Leader:
-    o = options(step.words[1:])
-    nets = dict(DEFAULT_NETWORKS)
-    if "nets" in o:
-        nets = dict(x.split(":") for x in o["nets"].split(","))
-    spec = synthetic_segment(
-        hosts=int(o.get("hosts", 5)),
-        voters=int(o["voters"]) if "voters" in o else None,
-        reserved=tuple(o["reserved"].split(",")) if "reserved" in o else None,
-        networks=nets,
-        brake_fraction=float(o.get("brake", 0.5)),
-        recovery=Recovery(process_restart_failure=o.get("process", "disable")),  # type: ignore[arg-type]
-    )
-    return Leader(spec)
+    try:
+        options = script.segment_options(step.args, sim=False)
+    except script.ScriptError as err:
+        raise AssertionError(err) from None
+    return Leader(synthetic_segment(**options))
 
 
 def vm_spec(word: str) -> dict[str, object]:
@@ -107,8 +59,59 @@ def answer_of(outcome: str) -> object:
     return answer
 
 
-def expect(L: Leader, words: list[str]) -> None:
-    what, args = words[0], words[1:]
+def servers(L: Leader, s: Step) -> None:
+    L.servers[s.args[0]] = [vm_spec(x) for x in s.args[1:]]  # type: ignore[misc]
+    for f in L.facts:
+        if f["host"] == s.args[0]:
+            f["running_vms"] = len(s.args) - 1
+
+
+def answer(L: Leader, s: Step) -> None:
+    L.answers[s.args[0]] = answer_of(s.args[1])  # type: ignore[assignment]
+
+
+def maintenance(L: Leader, s: Step) -> None:
+    on, host = s.args[0] == "on", s.args[1]
+    L.commit(E.maintenance(ts=L.now, by=L.me, host=host, on=on, reason="scenario"))
+
+
+def observe(L: Leader, s: Step) -> None:
+    L.observe(
+        s.args[0],
+        script.tail_list(s.args, "on"),
+        script.tail_list(s.args, "by"),
+        reachable=s.verb == "regain",
+    )
+
+
+def vm_failure(L: Leader, s: Step) -> None:
+    host, vm = s.args[0], s.args[1]
+    e = E.vm_failure(ts=L.now, by=host, host=host, vm=vm, event="crashed", detail="scenario")
+    e.update(dict(w.split("=", 1) for w in s.args[2:]))
+    L.commit(e)
+
+
+def process_failure(L: Leader, s: Step) -> None:
+    host, process = s.args[0], s.args[1]
+    L.commit(
+        E.process_failure(
+            ts=L.now,
+            by=host,
+            host=host,
+            process=process,
+            outcome="restart_failed",
+            detail="scenario",
+        )
+    )
+
+
+def tick(L: Leader, s: Step) -> None:
+    L.run(script.seconds(s.args[0]))
+
+
+def expect(L: Leader, s: Step) -> None:
+    what, args = s.verb.split()[1], s.args
+    assert s.within is None, "the decide tests do not wait: tick, then expect"
     if what == "verdict":
         v = L.state.verdicts[args[0]]
         assert v.kind == args[1], f"{args[0]} is {v.kind} ({v.reason})"
@@ -126,7 +129,8 @@ def expect(L: Leader, words: list[str]) -> None:
     elif what == "fenced":
         f = L.state.fenced.get(args[0])
         assert L.state.is_fenced(args[0]) and f is not None, f"{args[0]} is not fenced"
-        assert f["method"] == args[1], f
+        methods = script.tail_list(args, "by")
+        assert methods is None or f["method"] in methods, f
     elif what == "unfenced":
         assert not L.state.is_fenced(args[0]), L.state.fenced.get(args[0])
     elif what == "brake":
@@ -137,51 +141,48 @@ def expect(L: Leader, words: list[str]) -> None:
         raise AssertionError(f"unknown expectation {what!r}")
 
 
-def run_scenario(text: str) -> Leader:
-    _, steps = parse(text)
-    assert steps and steps[0].words[0] == "segment", "a scenario starts with `segment`"
+VERBS: dict[str, script.Verb[Handler]] = script.table(
+    {
+        "segment": lambda L, s: None,  # read by run_scenario
+        "servers": servers,
+        "answer": answer,
+        "maintenance": maintenance,
+        "lose": observe,
+        "regain": observe,
+        "vm-failure": vm_failure,
+        "process-failure": process_failure,
+        "tick": tick,
+        **{
+            f"expect {what}": expect
+            for what in (
+                "verdict",
+                "evacuations",
+                "actions",
+                "count",
+                "fenced",
+                "unfenced",
+                "brake",
+                "role",
+            )
+        },
+    }
+)
+
+
+def parse(text: str, name: str = "<text>") -> script.Script:
+    return script.parse(text, name, VERBS)
+
+
+def run_scenario(text: str, name: str = "<text>") -> Leader:
+    sc = parse(text, name)
+    steps = sc.steps
+    assert steps and steps[0].verb == "segment", "a scenario starts with `segment`"
     L = build(steps[0])
     for step in steps[1:]:
-        w = step.words
         try:
-            if w[0] == "servers":
-                L.servers[w[1]] = [vm_spec(x) for x in w[2:]]  # type: ignore[misc]
-                for f in L.facts:
-                    if f["host"] == w[1]:
-                        f["running_vms"] = len(w) - 2
-            elif w[0] == "answer":
-                L.answers[w[1]] = answer_of(w[2])  # type: ignore[assignment]
-            elif w[0] == "maintenance":
-                L.commit(
-                    E.maintenance(ts=L.now, by=L.me, host=w[1], on=w[2] == "on", reason="scenario")
-                )
-            elif w[0] in ("lose", "regain"):
-                L.observe(w[1], listed(w, "on"), listed(w, "by"), reachable=w[0] == "regain")
-            elif w[0] == "vm-failure":
-                e = E.vm_failure(
-                    ts=L.now, by=w[1], host=w[1], vm=w[2], event="crashed", detail="scenario"
-                )
-                e.update(options(w[3:]))
-                L.commit(e)
-            elif w[0] == "process-failure":
-                L.commit(
-                    E.process_failure(
-                        ts=L.now,
-                        by=w[1],
-                        host=w[1],
-                        process=w[2],
-                        outcome="restart_failed",
-                        detail="scenario",
-                    )
-                )
-            elif w[0] == "run":
-                L.run(float(w[1].rstrip("s")))
-            elif w[0] == "expect":
-                expect(L, w[1:])
-            else:
-                raise AssertionError(f"unknown step {w[0]!r}")
+            VERBS[step.verb].run(L, step)
         except AssertionError as err:
-            raise AssertionError(f"line {step.line}: {' '.join(w)}: {err}") from None
+            raise AssertionError(f"line {step.line}: {step.text}: {err}") from None
     return L
 
 
@@ -195,14 +196,14 @@ def test_there_are_scenarios() -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_scenario(name: str) -> None:
     text = (SCENARIOS / name).read_text(encoding="utf-8")
-    description, _ = parse(text)
-    assert description.startswith("Proves:"), f"{name}: the first comment says what it proves"
-    run_scenario(text)
+    sc = parse(text, name)
+    assert sc.description.startswith("Proves:"), f"{name}: the first comment says what it proves"
+    run_scenario(text, name)
 
 
 def test_a_broken_expectation_names_its_line() -> None:
     text = (
-        "# Proves: nothing.\nsegment hosts=3 reserved=host3\nrun 1s\nexpect verdict host2 failed\n"
+        "# Proves: nothing.\nsegment hosts=3 reserved=host3\ntick 1s\nexpect verdict host2 failed\n"
     )
     with pytest.raises(
         AssertionError, match="line 4: expect verdict host2 failed: host2 is healthy"
