@@ -8,8 +8,8 @@ a fence, only a majority acts, maintenance untouched, every ledger complete).
 Runs go through `replay.run`, as `meshctl sim` does, so a failing seed replays exactly
 from the command line. For `GOLDEN_SEED` the timeline must also match the one kept below
 the steps in the file, byte for byte. After a deliberate behaviour change, regenerate
-them (`meshctl sim --rewrite --scenario NAME`, or `MESHHA_REWRITE=1 pytest tests/sim`
-for all) and review the diff.
+them (`meshctl sim --rewrite --scenario NAME`, or all of them with
+`MESHHA_REWRITE=1 pytest tests/sim/test_scenarios.py`) and review the diff.
 """
 
 from __future__ import annotations
