@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import structlog
@@ -403,10 +403,10 @@ class Node:
                 h: {"kind": v.kind, "networks": list(v.networks), "reason": v.reason}
                 for h, v in st.verdicts.items()
             },
-            "maintenance": dict(st.maintenance),
-            "fenced": dict(st.fenced),
+            "maintenance": {h: asdict(m) for h, m in st.maintenance.items()},
+            "fenced": {h: asdict(f) for h, f in st.fenced.items()},
             "roles": dict(st.roles),
-            "brake": dict(st.brake),
+            "brake": asdict(st.brake),
         }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 from meshha.agent.control import ControlError
@@ -82,8 +83,8 @@ class ControlHandler:
                     "verdict": v.kind,
                     "networks": list(v.networks),
                     "reason": v.reason,
-                    "maintenance": st.maintenance.get(h.name),
-                    "fenced": st.fenced.get(h.name),
+                    "maintenance": _record(st.maintenance.get(h.name)),
+                    "fenced": _record(st.fenced.get(h.name)),
                     "reach": reach,
                     "capacity": None
                     if h.capacity is None
@@ -104,7 +105,7 @@ class ControlHandler:
             "me": self.node.me,
             **self._view(),
             "isolated": self.node.isolated,
-            "brake": st.brake,
+            "brake": asdict(st.brake),
             "hosts": hosts,
             "pending_intents": pending[:100],
         }
@@ -183,3 +184,8 @@ def _text(req: dict[str, Any], key: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise ControlError(f"{key} must be a string, not {value!r}"[:200], kind="bad_request")
     return value
+
+
+def _record(r: Any) -> dict[str, Any] | None:
+    """A state record as the control socket sends it."""
+    return None if r is None else asdict(r)

@@ -8,7 +8,7 @@ only place entries are made; `check` validates one coming from outside.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 import msgpack
 
@@ -31,7 +31,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "isolation": ("host", "on", "reason"),
 }
 
-ACTIONS = (
+Action = Literal[
     "fence",
     "disable_compute",
     "inventory",
@@ -42,9 +42,11 @@ ACTIONS = (
     "migrate_vm",
     "enable_compute",
     "alert",
-)
+]
+ACTIONS: tuple[Action, ...] = get_args(Action)
 
-OUTCOMES = ("ok", "failed", "abandoned")
+Outcome = Literal["ok", "failed", "abandoned"]
+OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
 
 
 def _base(kind: str, ts: float, by: str) -> Entry:
@@ -88,7 +90,7 @@ def intent(
     ts: float,
     by: str,
     intent_id: str,
-    action: str,
+    action: Action,
     host: str,
     reason: str,
     vm: str | None = None,
@@ -116,7 +118,7 @@ def result(
     ts: float,
     by: str,
     intent_id: str,
-    outcome: str,
+    outcome: Outcome,
     detail: str,
     error_kind: str | None = None,
     data: dict[str, Any] | None = None,

@@ -338,7 +338,7 @@ async def _expect(r: Runner, a: list[str]) -> None:
         cond = lambda: (
             (st := sim.live_state()) is not None
             and host in st.fenced
-            and (method is None or st.fenced[host]["method"] == method)
+            and (method is None or st.fenced[host].method == method)
         )
     elif what == "evacuated":
         host = r.host(args[1])
@@ -370,7 +370,7 @@ async def _expect(r: Runner, a: list[str]) -> None:
         host = r.host(args[1])
         cond = lambda: bool(sim.cloud.services[host]["disabled"])
     elif what == "brake":
-        cond = lambda: (st := sim.live_state()) is not None and st.brake["on"]
+        cond = lambda: (st := sim.live_state()) is not None and st.brake.on
     elif what in (
         "no-action",
         "no-fence",

@@ -126,11 +126,11 @@ def expect(L: Leader, words: list[str]) -> None:
     elif what == "fenced":
         f = L.state.fenced.get(args[0])
         assert L.state.is_fenced(args[0]) and f is not None, f"{args[0]} is not fenced"
-        assert f["method"] == args[1], f
+        assert f.method == args[1], f
     elif what == "unfenced":
         assert not L.state.is_fenced(args[0]), L.state.fenced.get(args[0])
     elif what == "brake":
-        assert L.state.brake["on"] == (args[0] == "on"), L.state.brake
+        assert L.state.brake.on == (args[0] == "on"), L.state.brake
     elif what == "role":
         assert L.state.roles[args[0]] == args[1], L.state.roles
     else:

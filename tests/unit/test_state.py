@@ -14,6 +14,8 @@ from meshha.config.synthetic import synthetic_segment
 from meshha.errors import InvariantViolation
 from meshha.raft import entries as E
 from meshha.raft import state as S
+from meshha.raft.intent_key import IntentKey
+from meshha.raft.records import HostFacts, Inventory, Server
 from meshha.raft.state import MAX_FINISHED_INTENTS, MAX_VM_FAILURES, SegmentState, apply
 
 SEG = synthetic_segment(hosts=5)
@@ -51,7 +53,8 @@ def dump(s: SegmentState) -> dict[str, Any]:
         "ever_fenced": sorted(s.ever_fenced),
         "maintenance": dict(sorted(s.maintenance.items())),
         "roles": dict(s.roles),
-        "brake": dict(s.brake),
+        "brake": s.brake,
+        "attempts": dict(sorted((str(k), v) for k, v in s.attempts.items())),
         "brake_count": s.brake_count,
         "inventory": dict(sorted(s.inventory.items())),
         "vm_failures": dict(sorted(s.vm_failures.items())),
@@ -104,7 +107,7 @@ def test_fresh_state_is_all_healthy_with_configured_roles() -> None:
     assert {v.kind for v in s.verdicts.values()} == {"healthy"}
     assert s.roles == {h.name: h.role for h in SEG.hosts}
     assert s.roles["host5"] == "reserved"
-    assert not s.brake["on"] and s.index == 0
+    assert not s.brake.on and s.index == 0
 
 
 def test_index_and_clock_come_from_the_log_only() -> None:
@@ -160,7 +163,7 @@ def test_a_failed_host_loses_its_own_stale_observations() -> None:
 def test_fence_result_fences_for_the_current_episode_only() -> None:
     s = fenced_host()
     assert s.is_fenced("host2")
-    assert s.fenced["host2"]["method"] == "bmc"
+    assert s.fenced["host2"].method == "bmc"
     assert ("host2", 1) in s.ever_fenced
     run(s, verdict("host2", "healthy"), verdict("host2", "failed", NETS))
     assert s.episode["host2"] == 2 and not s.is_fenced("host2")
@@ -185,7 +188,7 @@ def test_a_fenced_entry_is_a_fence_too() -> None:
             ts=T0, by="host1", host="host2", method="self_fence_deadline", reason="r", evidence={}
         ),
     )
-    assert s.is_fenced("host2") and s.fenced["host2"]["method"] == "self_fence_deadline"
+    assert s.is_fenced("host2") and s.fenced["host2"].method == "self_fence_deadline"
 
 
 def test_enable_compute_ok_unfences() -> None:
@@ -196,13 +199,21 @@ def test_enable_compute_ok_unfences() -> None:
 
 
 def test_inventory_result_is_kept_with_its_episode() -> None:
-    data = {"ts": T0, "servers": [{"id": "vm-a"}], "facts": []}
+    server = {"id": "vm-a", "vcpus": 2, "ram_mb": 4096, "disk_gb": 40, "name": "a"}
+    facts = {"host": "host5", "vcpus_free": 8, "ram_mb_free": 1024, "disk_gb_free": 99}
+    data = {"ts": T0, "servers": [server], "facts": [facts]}
     s = run(
         fenced_host(),
         intent("inventory:host2:e1:a1", "inventory", "host2"),
         result("inventory:host2:e1:a1", data=data),
     )
-    assert s.inventory["host2"] == {**data, "episode": 1, "purpose": ""}
+    assert s.inventory["host2"] == Inventory(
+        episode=1,
+        purpose="",
+        ts=T0,
+        servers=(Server("vm-a", 2, 4096, 40, ha=True, priority="medium"),),
+        facts=(HostFacts("host5", 8, 1024, 99, running_vms=0),),
+    )
 
 
 def test_brake_counts_engagements_not_entries() -> None:
@@ -210,7 +221,7 @@ def test_brake_counts_engagements_not_entries() -> None:
         return E.brake(ts=T0, by="host1", on=on, hosts=["host2"] if on else [], reason="r")
 
     s = run(fresh(), brake(True), brake(True))
-    assert s.brake_count == 1 and s.brake["on"] and s.brake["hosts"] == ["host2"]
+    assert s.brake_count == 1 and s.brake.on and s.brake.hosts == ("host2",)
     run(s, brake(False), brake(True))
     assert s.brake_count == 2
 
@@ -232,7 +243,7 @@ def test_vm_failure_times_are_bounded_per_vm() -> None:
         run(s, E.vm_failure(ts=T0 + k, by="host2", host="host2", vm="vm-a", event="c", detail=""))
     assert len(s.vm_failures["vm-a"]) == MAX_VM_FAILURES
     assert s.vm_failures["vm-a"][-1] == T0 + MAX_VM_FAILURES + 6
-    assert s.vm_last_failure["vm-a"]["ts"] == T0 + MAX_VM_FAILURES + 6
+    assert s.vm_last_failure["vm-a"].ts == T0 + MAX_VM_FAILURES + 6
 
 
 # -- intents -----------------------------------------------------------------------------
@@ -302,7 +313,7 @@ def test_maintenance_abandons_pending_intents_touching_the_host() -> None:
     assert status["evacuate:host2:e1:vm-d:a1"] == "ok"  # already done: history stands
     assert status["enable:host3:e0:a1"] == "pending"  # not a recovery action
     assert status["alert:x:host4:a1"] == "pending"
-    assert s.in_maintenance("host3") and s.maintenance["host3"]["reason"] == "ops"
+    assert s.in_maintenance("host3") and s.maintenance["host3"].reason == "ops"
 
 
 def test_intents_committed_during_maintenance_are_abandoned() -> None:
@@ -490,7 +501,9 @@ def test_functional_apply_leaves_its_input_untouched(log: list[E.Entry], e: E.En
 def test_functional_apply_does_not_share_mutable_parts() -> None:
     s = fenced_host()
     new = apply(s, intent("inventory:host2:e1:a1", "inventory", "host2"))
-    new.intents["fence:host2:e1:a1"].status = "tampered"
+    del new.intents["fence:host2:e1:a1"]
+    new.attempts[IntentKey.parse("fence:host2:e1")].clear()
     new.lost[("host1", "host3", "admin")] = 1.0
     assert s.intents["fence:host2:e1:a1"].status == "ok"
+    assert s.latest(IntentKey.parse("fence:host2:e1")) is s.intents["fence:host2:e1:a1"]
     assert ("host1", "host3", "admin") not in s.lost
