@@ -8,7 +8,7 @@ only place entries are made; `check` validates one coming from outside.
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 import msgpack
 
@@ -45,6 +45,8 @@ Action = Literal[
 ]
 ACTIONS: tuple[Action, ...] = get_args(Action)
 
+VerdictKind = Literal["healthy", "suspect", "degraded", "failed", "maintenance"]
+
 Outcome = Literal["ok", "failed", "abandoned"]
 OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
 
@@ -67,7 +69,7 @@ def verdict(
     ts: float,
     by: str,
     host: str,
-    verdict: str,
+    verdict: VerdictKind,
     networks: list[str],
     reason: str,
     evidence: list[list[Any]],
@@ -190,8 +192,10 @@ def check(entry: Any) -> list[str]:
 
 
 def pack(entry: Entry) -> bytes:
-    return msgpack.packb(entry, use_bin_type=True)
+    return cast(bytes, msgpack.packb(entry, use_bin_type=True))
 
 
 def unpack(data: bytes) -> Entry:
-    return msgpack.unpackb(data, raw=False, strict_map_key=True)
+    """What `pack` wrote. Bytes from outside may hold anything: `check` says whether it
+    is an entry."""
+    return cast(Entry, msgpack.unpackb(data, raw=False, strict_map_key=True))

@@ -10,10 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from meshha.config.model import Priority
-from meshha.raft.entries import Action, Outcome
+from meshha.raft.entries import Action, Outcome, VerdictKind
 from meshha.raft.intent_key import IntentKey
 
-VerdictKind = Literal["healthy", "suspect", "degraded", "failed", "maintenance"]
 IntentStatus = Literal["pending", "ok", "failed", "abandoned"]
 ProcessOutcome = Literal["down", "restarted", "restart_failed"]
 FenceMethod = Literal["bmc", "self_fence_deadline"]

@@ -120,7 +120,7 @@ class Leader:
             ]
         )
 
-    def result(self, iid: str, outcome: str = "ok", **kw: Any) -> None:
+    def result(self, iid: str, outcome: E.Outcome = "ok", **kw: Any) -> None:
         kw.setdefault("detail", outcome)
         self.commit(E.result(ts=self.now, by=self.me, intent_id=iid, outcome=outcome, **kw))
 

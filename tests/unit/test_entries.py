@@ -125,9 +125,9 @@ def test_builders_normalise_types() -> None:
 
 def test_builders_refuse_unknown_actions_and_outcomes() -> None:
     with pytest.raises(AssertionError):
-        E.intent(ts=1, by="h", intent_id="x", action="reboot_everything", host="h", reason="")
+        E.intent(ts=1, by="h", intent_id="x", action="reboot_everything", host="h", reason="")  # type: ignore[arg-type]
     with pytest.raises(AssertionError):
-        E.result(ts=1, by="h", intent_id="x", outcome="maybe", detail="")
+        E.result(ts=1, by="h", intent_id="x", outcome="maybe", detail="")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("kind", sorted(BUILT))

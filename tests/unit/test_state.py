@@ -4,7 +4,7 @@ checked again at commit."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from hypothesis import given, settings
@@ -71,17 +71,17 @@ def obs(by: str, host: str, net: str, reachable: bool = False, ts: float = T0) -
     return E.observation(ts=ts, by=by, host=host, network=net, reachable=reachable, since=ts)
 
 
-def verdict(host: str, kind: str, nets: tuple[str, ...] = (), ts: float = T0) -> E.Entry:
+def verdict(host: str, kind: E.VerdictKind, nets: tuple[str, ...] = (), ts: float = T0) -> E.Entry:
     return E.verdict(
         ts=ts, by="host1", host=host, verdict=kind, networks=list(nets), reason=kind, evidence=[]
     )
 
 
-def intent(iid: str, action: str, host: str, ts: float = T0, **kw: Any) -> E.Entry:
+def intent(iid: str, action: E.Action, host: str, ts: float = T0, **kw: Any) -> E.Entry:
     return E.intent(ts=ts, by="host1", intent_id=iid, action=action, host=host, reason="r", **kw)
 
 
-def result(iid: str, outcome: str = "ok", ts: float = T0, **kw: Any) -> E.Entry:
+def result(iid: str, outcome: E.Outcome = "ok", ts: float = T0, **kw: Any) -> E.Entry:
     return E.result(ts=ts, by="host1", intent_id=iid, outcome=outcome, detail=outcome, **kw)
 
 
@@ -397,7 +397,7 @@ iid_s = st.sampled_from(
     [f"{a}:{h}:e1:a1" for a in ("fence", "disable", "alert") for h in ("host2", "host3")]
     + ["evacuate:host2:e1:vm-a:a1", "evacuate:host3:e1:vm-b:a1", "enable:host2:e1:a1"]
 )
-ACTION_OF = {"fence": "fence", "disable": "disable_compute", "alert": "alert"}
+ACTION_OF: dict[str, E.Action] = {"fence": "fence", "disable": "disable_compute", "alert": "alert"}
 ACTION_OF |= {"evacuate": "evacuate", "enable": "enable_compute"}
 
 
@@ -425,7 +425,7 @@ def an_entry(draw: st.DrawFn) -> E.Entry:
             since=ts - 1,
         )
     if kind == "verdict":
-        k = draw(st.sampled_from(["healthy", "suspect", "degraded", "failed", "maintenance"]))
+        k: E.VerdictKind = draw(st.sampled_from(get_args(E.VerdictKind)))
         nets = {"degraded": ("storage",), "failed": NETS}.get(k, ())
         return verdict(h, k, nets, ts=ts)
     if kind == "intent":

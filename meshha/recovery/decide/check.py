@@ -65,7 +65,7 @@ def decision_problems(
 
 
 def _is_fence(e: Entry) -> bool:
-    return e["kind"] == "fenced" or (e["kind"] == "intent" and e["action"] == "fence")
+    return bool(e["kind"] == "fenced" or (e["kind"] == "intent" and e["action"] == "fence"))
 
 
 def _name(e: Entry) -> str:

@@ -50,7 +50,7 @@ class Context:
             return n < 2 * r.intent_max_attempts
         if last.status != "failed" or n >= r.intent_max_attempts:
             return False
-        return self.now >= (last.done_ts or 0.0) + r.intent_retry_backoff_s * 2 ** (n - 1)
+        return self.now >= (last.done_ts or 0.0) + r.intent_retry_backoff_s * 2.0 ** (n - 1)
 
     def final(self, last: Intent | None, n: int) -> bool:
         """No further attempt will ever be proposed for this step."""
