@@ -878,22 +878,19 @@ def test_the_audit_excuses_a_race_the_state_machine_resolves() -> None:
     L.run(3)
     for e in L.log:
         assert audit.commit(e) == []
+
+    def fence(host: str, iid: str) -> Entry:
+        return E.intent(ts=L.now, by="h", intent_id=iid, action="fence", host=host, reason="r")
+
     iid = "fence:host3:e1:a1"
-    late = E.intent(ts=L.now, by="host1", intent_id=iid, action="fence", host="host3", reason="r")
+    late = fence("host3", iid)
     assert audit.commit(E.maintenance(ts=L.now, by="op", host="host3", on=True, reason="r")) == []
     assert audit.commit(late) == []
     assert audit.state.intents[iid].status == "abandoned"
     assert audit.commit(dict(late)) == []  # a re-proposal: a no-op
     brake_on = E.brake(ts=L.now, by="host1", on=True, hosts=["host4"], reason="r")
     assert audit.commit(brake_on) == []
-    fence4 = E.intent(
-        ts=L.now,
-        by="host1",
-        intent_id="fence:host4:e0:a1",
-        action="fence",
-        host="host4",
-        reason="r",
-    )
+    fence4 = fence("host4", "fence:host4:e0:a1")
     assert audit.commit(fence4) == ["fence:host4:e0:a1: fence while the brake holds"]
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from meshha.raft import entries as E
 from meshha.raft.entries import Entry
 from meshha.raft.intent_key import alert, host_step, inventory, vm_move
-from meshha.raft.records import Intent, Verdict
+from meshha.raft.records import Intent, Inventory, Verdict
 from meshha.recovery.decide.brake import needs_fence
 from meshha.recovery.decide.evacuate import evacuations
 from meshha.recovery.decide.process import process_recovery
@@ -65,15 +65,9 @@ def fence_chain(ctx: Context, host: str, ep: int) -> list[Entry]:
         return out
     # An inventory of its own, taken after the fence: one taken earlier in the episode
     # (to live-migrate off a degraded host) is stale by now.
-    out = ctx.step(
-        inventory(host, ep, "evacuate"),
-        "inventory",
-        host,
-        reason=f"list the servers of {host} and the reserved capacity",
-        params={"purpose": "evacuate"},
-    )
-    inv = state.inventory.get(host)
-    if out or inv is None or inv.episode != ep or inv.purpose != "evacuate":
+    reason = f"list the servers of {host} and the reserved capacity"
+    out, inv = take_inventory(ctx, host, ep, "evacuate", reason)
+    if inv is None:
         return out
     return evacuations(ctx, host, ep, inv)
 
@@ -136,6 +130,20 @@ def self_fence_proof(ctx: Context, host: str, ep: int, last: Intent, heard: floa
     )
 
 
+def take_inventory(
+    ctx: Context, host: str, ep: int, purpose: str, reason: str
+) -> tuple[list[Entry], Inventory | None]:
+    """The inventory step for `purpose` in episode `ep`, or, once it is taken, the
+    inventory it took."""
+    out = ctx.step(
+        inventory(host, ep, purpose), "inventory", host, reason=reason, params={"purpose": purpose}
+    )
+    inv = ctx.state.inventory.get(host)
+    if out or inv is None or inv.episode != ep or inv.purpose != purpose:
+        return out, None
+    return out, inv
+
+
 def degraded(ctx: Context, host: str, v: Verdict, ep: int) -> list[Entry]:
     """A host lost on some networks: each network's `on_loss` says what to do (alert,
     live-migrate its VMs away; fencing is `needs_fence`'s business)."""
@@ -152,16 +160,10 @@ def degraded(ctx: Context, host: str, v: Verdict, ep: int) -> list[Entry]:
         )
     if "live_migrate" not in actions:
         return out
-    listing = ctx.step(
-        inventory(host, ep, "live_migrate"),
-        "inventory",
-        host,
-        reason=f"{host} lost {nets}: list its servers to live-migrate them",
-        params={"purpose": "live_migrate"},
-    )
+    reason = f"{host} lost {nets}: list its servers to live-migrate them"
+    listing, inv = take_inventory(ctx, host, ep, "live_migrate", reason)
     out += listing
-    inv = ctx.state.inventory.get(host)
-    if listing or inv is None or inv.episode != ep or inv.purpose != "live_migrate":
+    if inv is None:
         return out
     for s in inv.servers:
         if s.ha:
