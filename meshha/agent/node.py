@@ -29,6 +29,7 @@ from meshha.errors import MeshhaError
 from meshha.probes.swim import Prober
 from meshha.raft import entries as E
 from meshha.raft.entries import Entry
+from meshha.raft.intent_key import IntentKey
 from meshha.raft.log import LogPort
 from meshha.raft.state import Intent, SegmentState
 from meshha.recovery.decide import decide, pending_intents
@@ -236,7 +237,9 @@ class Node:
                         reason=intent.reason,
                     )
             return
-        evac_running = sum(1 for i in self._running if i.startswith("evacuate:"))
+        evac_running = sum(
+            1 for i in self._running if (k := IntentKey.parse_or_none(i)) and k.step == "evacuate"
+        )
         other_running = len(self._running) - evac_running
         for intent in pending_intents(self.state):
             if intent.id in self._running:

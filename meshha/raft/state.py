@@ -3,7 +3,8 @@
 `SegmentState.apply(entry)` is the only mutator and is deterministic: it reads nothing
 but the entry and the state (no clock, no IO), so every replica that applies the same log
 holds the same state, and replaying a journal rebuilds it. `apply(state, entry)` is the
-functional form used by tests.
+functional form used by tests. What it holds are frozen records (`meshha.raft.records`),
+replaced, never edited; intents are indexed by their step (`meshha.raft.intent_key`).
 
 Invariants are checked here a second time (the leader checks them when planning): an
 evacuation whose source host was never fenced in this failure episode is a bug and

@@ -388,6 +388,42 @@ def test_finished_bound_is_read_at_apply_time(monkeypatch: pytest.MonkeyPatch) -
     assert sorted(s.intents) == ["alert:n7:a1", "alert:n8:a1", "alert:n9:a1"]
 
 
+def test_eviction_keeps_what_decide_can_still_reach_by_its_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With room for none: the steps of a VM's latest failure, of a process failure still
+    on record and of a host's current episode stay; earlier ones go."""
+    monkeypatch.setattr(S, "MAX_FINISHED_INTENTS", 0)
+    vm_fail = lambda ts: E.vm_failure(
+        ts=ts, by="host3", host="host3", vm="vm-a", event="crashed", detail=""
+    )
+    proc_fail = E.process_failure(
+        ts=T0 + 0.5,
+        by="host4",
+        host="host4",
+        process="libvirtd",
+        outcome="restart_failed",
+        detail="",
+    )
+    done = lambda iid, action, host, **kw: (intent(iid, action, host, **kw), result(iid))
+    s = run(
+        fresh(), vm_fail(T0), *done("restart_vm:vm-a:1000000:a1", "restart_vm", "host3", vm="vm-a")
+    )
+    assert "restart_vm:vm-a:1000000:a1" in s.intents  # the VM's latest failure
+    run(s, vm_fail(T0 + 1), *done("alert:vm:vm-a:1001000:a1", "alert", "host3"))
+    assert sorted(s.intents) == ["alert:vm:vm-a:1001000:a1"]  # the earlier one went
+    run(s, proc_fail, *done("disable:host4:libvirtd:1000500:a1", "disable_compute", "host4"))
+    run(s, *done("alert:process:host4:libvirtd:999000:a1", "alert", "host4"))  # not on record
+    assert "disable:host4:libvirtd:1000500:a1" in s.intents
+    assert "alert:process:host4:libvirtd:999000:a1" not in s.intents
+    run(s, verdict("host2", "failed", NETS), *done("fence:host2:e1:a1", "fence", "host2"))
+    assert "fence:host2:e1:a1" in s.intents
+    run(s, verdict("host2", "healthy"), verdict("host2", "failed", NETS))  # episode 2
+    run(s, *done("alert:recovered:host5:e0:a1", "alert", "host5"))  # evicts what it can
+    assert "fence:host2:e1:a1" not in s.intents
+    assert set(s.attempts) == {s.intents[i].key.base for i in s.intents}  # type: ignore[union-attr]
+
+
 # -- replay and the functional form ------------------------------------------------------
 
 host_s = st.sampled_from(HOSTS)
