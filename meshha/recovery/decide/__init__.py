@@ -9,8 +9,8 @@ is acted on, and a new leader resumes from the state alone: intent ids are keys
 one is a no-op.
 
 By failure kind, one module each, all sharing one `Context` (segment, state, now, me):
-  brake     verdict changes and the mass-failure brake
-  host      fence ─▶ disable ─▶ inventory chain, self-fence proof, per-network on_loss
+  host      verdict changes, the mass-failure brake, the fence ─▶ disable ─▶ inventory
+            chain, the self-fence proof, per-network on_loss
   evacuate  placing a fenced host's VMs, retries, the report, replacing used reserve
   process   nova-compute / libvirtd that could not be restarted
   vm        VM crashes on live hosts
@@ -29,9 +29,8 @@ from meshha.config.model import Segment
 from meshha.raft.entries import Entry
 from meshha.raft.records import Intent
 from meshha.raft.state import SegmentState
-from meshha.recovery.decide.brake import brake, failing, needs_fence, verdict_entry
 from meshha.recovery.decide.check import Audit, check_decisions, decision_problems
-from meshha.recovery.decide.host import host_recovery
+from meshha.recovery.decide.host import brake, failing, host_recovery, needs_fence, verdict_entry
 from meshha.recovery.decide.steps import Context
 from meshha.recovery.decide.vm import vm_recovery
 from meshha.recovery.verdicts import compute
