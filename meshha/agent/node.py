@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import structlog
@@ -29,6 +29,7 @@ from meshha.errors import MeshhaError
 from meshha.probes.swim import Prober
 from meshha.raft import entries as E
 from meshha.raft.entries import Entry
+from meshha.raft.intent_key import IntentKey
 from meshha.raft.log import LogPort
 from meshha.raft.state import Intent, SegmentState
 from meshha.recovery.decide import decide, pending_intents
@@ -252,7 +253,9 @@ class Node:
                         reason=intent.reason,
                     )
             return
-        evac_running = sum(1 for i in self._running if i.startswith("evacuate:"))
+        evac_running = sum(
+            1 for i in self._running if (k := IntentKey.parse_or_none(i)) and k.step == "evacuate"
+        )
         other_running = len(self._running) - evac_running
         for intent in pending_intents(self.state):
             if intent.id in self._running:
@@ -419,10 +422,10 @@ class Node:
                 h: {"kind": v.kind, "networks": list(v.networks), "reason": v.reason}
                 for h, v in st.verdicts.items()
             },
-            "maintenance": dict(st.maintenance),
-            "fenced": dict(st.fenced),
+            "maintenance": {h: asdict(m) for h, m in st.maintenance.items()},
+            "fenced": {h: asdict(f) for h, f in st.fenced.items()},
             "roles": dict(st.roles),
-            "brake": dict(st.brake),
+            "brake": asdict(st.brake),
         }
 
 

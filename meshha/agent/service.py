@@ -14,6 +14,7 @@ clock) so meshctl can show ages.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 import trio
@@ -106,8 +107,8 @@ class ControlHandler:
                     "networks": list(v.networks),
                     "reason": v.reason,
                     "since": st.verdict_since.get(h.name) or None,
-                    "maintenance": st.maintenance.get(h.name),
-                    "fenced": st.fenced.get(h.name),
+                    "maintenance": _record(st.maintenance.get(h.name)),
+                    "fenced": _record(st.fenced.get(h.name)),
                     "reach": reach,
                     "capacity": None
                     if h.capacity is None
@@ -128,7 +129,7 @@ class ControlHandler:
             "me": self.node.me,
             **self._view(),
             "isolated": self.node.isolated,
-            "brake": st.brake,
+            "brake": asdict(st.brake),
             "hosts": hosts,
             "pending_intents": pending[:100],
             "metrics_url": self.metrics_url,
@@ -282,3 +283,8 @@ def _text(req: dict[str, Any], key: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise ControlError(f"{key} must be a string, not {value!r}"[:200], kind="bad_request")
     return value
+
+
+def _record(r: Any) -> dict[str, Any] | None:
+    """A state record as the control socket sends it."""
+    return None if r is None else asdict(r)

@@ -8,7 +8,7 @@ only place entries are made; `check` validates one coming from outside.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, cast, get_args
 
 import msgpack
 
@@ -31,7 +31,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "isolation": ("host", "on", "reason"),
 }
 
-ACTIONS = (
+Action = Literal[
     "fence",
     "disable_compute",
     "inventory",
@@ -42,9 +42,13 @@ ACTIONS = (
     "migrate_vm",
     "enable_compute",
     "alert",
-)
+]
+ACTIONS: tuple[Action, ...] = get_args(Action)
 
-OUTCOMES = ("ok", "failed", "abandoned")
+VerdictKind = Literal["healthy", "suspect", "degraded", "failed", "maintenance"]
+
+Outcome = Literal["ok", "failed", "abandoned"]
+OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
 
 
 def _base(kind: str, ts: float, by: str) -> Entry:
@@ -65,7 +69,7 @@ def verdict(
     ts: float,
     by: str,
     host: str,
-    verdict: str,
+    verdict: VerdictKind,
     networks: list[str],
     reason: str,
     evidence: list[list[Any]],
@@ -88,7 +92,7 @@ def intent(
     ts: float,
     by: str,
     intent_id: str,
-    action: str,
+    action: Action,
     host: str,
     reason: str,
     vm: str | None = None,
@@ -116,7 +120,7 @@ def result(
     ts: float,
     by: str,
     intent_id: str,
-    outcome: str,
+    outcome: Outcome,
     detail: str,
     error_kind: str | None = None,
     data: dict[str, Any] | None = None,
@@ -188,8 +192,10 @@ def check(entry: Any) -> list[str]:
 
 
 def pack(entry: Entry) -> bytes:
-    return msgpack.packb(entry, use_bin_type=True)
+    return cast(bytes, msgpack.packb(entry, use_bin_type=True))
 
 
 def unpack(data: bytes) -> Entry:
-    return msgpack.unpackb(data, raw=False, strict_map_key=True)
+    """What `pack` wrote. Bytes from outside may hold anything: `check` says whether it
+    is an entry."""
+    return cast(Entry, msgpack.unpackb(data, raw=False, strict_map_key=True))

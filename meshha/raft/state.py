@@ -3,7 +3,8 @@
 `SegmentState.apply(entry)` is the only mutator and is deterministic: it reads nothing
 but the entry and the state (no clock, no IO), so every replica that applies the same log
 holds the same state, and replaying a journal rebuilds it. `apply(state, entry)` is the
-functional form used by tests.
+functional form used by tests. What it holds are frozen records (`meshha.raft.records`),
+replaced, never edited; intents are indexed by their step (`meshha.raft.intent_key`).
 
 Invariants are checked here a second time (the leader checks them when planning): an
 evacuation whose source host was never fenced in this failure episode is a bug and
@@ -16,60 +17,34 @@ from __future__ import annotations
 
 import copy
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import Any
 
 from meshha.config.model import Segment
 from meshha.errors import InvariantViolation
-from meshha.raft.entries import ACTIONS, Entry
+from meshha.raft.entries import ACTIONS, Action, Entry
+from meshha.raft.intent_key import VM_FAILURE_STEPS, IntentKey, ms
+from meshha.raft.records import (
+    HEALTHY,
+    Brake,
+    Fence,
+    Intent,
+    IntentStatus,
+    Inventory,
+    Maintenance,
+    ProcessFailure,
+    Verdict,
+    VmFailure,
+)
 
 # Actions that touch a host (or its VMs) and so are refused while it is in maintenance:
 # all but re-enabling its compute service once it is back.
-HOST_ACTIONS = frozenset(ACTIONS) - {"enable_compute"}
+HOST_ACTIONS: frozenset[Action] = frozenset(ACTIONS) - {"enable_compute"}
 # Bounds: finished intents kept in memory (the ledger keeps all), VM failure times per VM.
 MAX_FINISHED_INTENTS = 5000
 MAX_VM_FAILURES = 20
 
-
-@dataclass(frozen=True)
-class Verdict:
-    """The condition of a host, with why: kind, the networks it concerns, a readable
-    reason and the evidence (observer, network, since) it rests on."""
-
-    kind: str  # healthy | suspect | degraded | failed | maintenance
-    networks: tuple[str, ...] = ()
-    reason: str = ""
-    evidence: tuple[tuple[str, str, float], ...] = ()
-
-    def same_as(self, other: Verdict | None) -> bool:
-        return other is not None and (self.kind, self.networks) == (other.kind, other.networks)
-
-
-HEALTHY = Verdict("healthy", (), "no peer has lost it")
-
-
-@dataclass
-class Intent:
-    id: str
-    action: str
-    host: str
-    vm: str | None
-    target: str | None
-    order: int
-    reason: str
-    params: dict[str, Any]
-    created_ts: float
-    created_index: int
-    episode: int
-    status: str = "pending"  # pending | ok | failed | abandoned
-    detail: str = ""
-    error_kind: str | None = None
-    data: dict[str, Any] = field(default_factory=dict)
-    done_ts: float | None = None
-
-    @property
-    def done(self) -> bool:
-        return self.status != "pending"
+__all__ = ["HEALTHY", "HOST_ACTIONS", "Intent", "SegmentState", "Verdict", "apply"]
 
 
 class SegmentState:
@@ -87,18 +62,20 @@ class SegmentState:
         self.verdicts: dict[str, Verdict] = {h: HEALTHY for h in self.hosts}
         self.verdict_since: dict[str, float] = {h: 0.0 for h in self.hosts}
         self.episode: dict[str, int] = {h: 0 for h in self.hosts}
-        self.maintenance: dict[str, dict[str, Any]] = {}
+        self.maintenance: dict[str, Maintenance] = {}
         self.roles: dict[str, str] = {h.name: h.role for h in segment.hosts}
-        self.fenced: dict[str, dict[str, Any]] = {}
+        self.fenced: dict[str, Fence] = {}
         self.ever_fenced: set[tuple[str, int]] = set()  # (host, episode)
         self.intents: dict[str, Intent] = {}
+        # step -> the ids of its attempts, in commit order (intents with a key only)
+        self.attempts: dict[IntentKey, list[str]] = {}
         self.finished: deque[str] = deque()
-        self.inventory: dict[str, dict[str, Any]] = {}  # host -> {episode, servers, targets}
+        self.inventory: dict[str, Inventory] = {}  # host -> its latest inventory
         self.vm_failures: dict[str, list[float]] = {}
-        self.vm_last_failure: dict[str, dict[str, Any]] = {}
+        self.vm_last_failure: dict[str, VmFailure] = {}
         self.brake_count = 0
-        self.process_failures: dict[tuple[str, str], dict[str, Any]] = {}
-        self.brake: dict[str, Any] = {"on": False, "hosts": [], "reason": "", "since": 0.0}
+        self.process_failures: dict[tuple[str, str], ProcessFailure] = {}  # (host, process)
+        self.brake = Brake()
         self.isolated: dict[str, bool] = {}
         self.kinds_seen: dict[str, int] = {}
 
@@ -120,7 +97,15 @@ class SegmentState:
 
     def is_fenced(self, host: str) -> bool:
         f = self.fenced.get(host)
-        return f is not None and f["episode"] == self.episode[host]
+        return f is not None and f.episode == self.episode[host]
+
+    def attempts_of(self, step: IntentKey) -> list[Intent]:
+        """Every attempt at `step` still held, oldest first."""
+        return [self.intents[i] for i in self.attempts.get(step, ())]
+
+    def latest(self, step: IntentKey) -> Intent | None:
+        ids = self.attempts.get(step)
+        return self.intents[ids[-1]] if ids else None
 
     # -- the one mutator ---------------------------------------------------------------
 
@@ -163,12 +148,8 @@ class SegmentState:
     def _apply_maintenance(self, e: Entry) -> None:
         host = e["host"]
         if e["on"]:
-            self.maintenance[host] = {
-                "reason": e["reason"],
-                "since": e["ts"],
-                "operator": e.get("operator", ""),
-            }
-            for i in self.intents.values():
+            self.maintenance[host] = Maintenance(e["reason"], e["ts"], e.get("operator", ""))
+            for i in list(self.intents.values()):
                 if not i.done and i.action in HOST_ACTIONS and host in (i.host, i.target):
                     self._finish(i, "abandoned", "host entered maintenance", e["ts"])
         else:
@@ -179,8 +160,10 @@ class SegmentState:
         if iid in self.intents:  # a re-proposal by a new leader: idempotent
             return
         host = e["host"]
+        key = IntentKey.parse_or_none(iid)
         i = Intent(
             id=iid,
+            key=key,
             action=e["action"],
             host=host,
             vm=e.get("vm"),
@@ -193,6 +176,8 @@ class SegmentState:
             episode=self.episode.get(host, 0),
         )
         self.intents[iid] = i
+        if key is not None:
+            self.attempts.setdefault(key.base, []).append(iid)
         if i.action in HOST_ACTIONS and self.in_maintenance(host):
             self._finish(i, "abandoned", "host in maintenance when the intent committed", e["ts"])
         elif i.target is not None and self.in_maintenance(i.target):
@@ -215,10 +200,8 @@ class SegmentState:
         if i.action == "fence":
             self._set_fenced(i.host, "bmc", e["detail"], e["ts"])
         elif i.action == "inventory":
-            data = dict(e.get("data") or {})
-            data["episode"] = i.episode
-            data["purpose"] = i.params.get("purpose", "")
-            self.inventory[i.host] = data
+            purpose = i.params.get("purpose", "")
+            self.inventory[i.host] = Inventory.from_data(i.episode, purpose, e.get("data") or {})
         elif i.action == "enable_compute":
             self.fenced.pop(i.host, None)
 
@@ -227,43 +210,31 @@ class SegmentState:
 
     def _set_fenced(self, host: str, method: str, detail: str, ts: float) -> None:
         ep = self.episode[host]
-        self.fenced[host] = {"method": method, "detail": detail, "ts": ts, "episode": ep}
+        self.fenced[host] = Fence(method, detail, ts, ep)
         self.ever_fenced.add((host, ep))
 
     def _apply_vm_failure(self, e: Entry) -> None:
         times = self.vm_failures.setdefault(e["vm"], [])
         times.append(e["ts"])
         del times[:-MAX_VM_FAILURES]
-        self.vm_last_failure[e["vm"]] = {
-            "host": e["host"],
-            "event": e["event"],
-            "detail": e["detail"],
-            "ha": e.get("ha", True),
-            "on_vm_failure": e.get("on_vm_failure"),
-            "ts": e["ts"],
-        }
+        self.vm_last_failure[e["vm"]] = VmFailure(
+            e["host"], e["event"], e["detail"], e.get("ha", True), e.get("on_vm_failure"), e["ts"]
+        )
 
     def _apply_process_failure(self, e: Entry) -> None:
-        self.process_failures[(e["host"], e["process"])] = {
-            "outcome": e["outcome"],
-            "detail": e["detail"],
-            "ts": e["ts"],
-        }
+        self.process_failures[(e["host"], e["process"])] = ProcessFailure(
+            e["outcome"], e["detail"], e["ts"]
+        )
 
     def _apply_brake(self, e: Entry) -> None:
-        if e["on"] and not self.brake["on"]:
+        if e["on"] and not self.brake.on:
             self.brake_count += 1
             # A fence proposed just before the brake committed is held too. (One already
             # running still reports its result, which then counts: what happened happened.)
-            for i in self.intents.values():
+            for i in list(self.intents.values()):
                 if not i.done and i.action == "fence":
                     self._finish(i, "abandoned", "mass-failure brake engaged", e["ts"])
-        self.brake = {
-            "on": e["on"],
-            "hosts": list(e["hosts"]),
-            "reason": e["reason"],
-            "since": e["ts"],
-        }
+        self.brake = Brake(e["on"], tuple(e["hosts"]), e["reason"], e["ts"])
 
     def _apply_reserve(self, e: Entry) -> None:
         self.roles[e["host"]] = e["role"]
@@ -274,16 +245,21 @@ class SegmentState:
     def _finish(
         self,
         i: Intent,
-        status: str,
+        status: IntentStatus,
         detail: str,
         ts: float,
         error_kind: str | None = None,
         data: dict[str, Any] | None = None,
     ) -> None:
-        was_done = i.done
-        i.status, i.detail, i.done_ts, i.error_kind = status, detail, ts, error_kind
-        i.data = dict(data or {})
-        if not was_done:
+        self.intents[i.id] = replace(
+            i,
+            status=status,
+            detail=detail,
+            done_ts=ts,
+            error_kind=error_kind,
+            data=dict(data or {}),
+        )
+        if not i.done:
             self.finished.append(i.id)
             if len(self.finished) > MAX_FINISHED_INTENTS:
                 self._evict()
@@ -293,22 +269,15 @@ class SegmentState:
         a host's past failure episodes and of VM failures that are not the VM's latest.
         An intent it can still reach is kept, or it would be proposed again (its id is
         the only memory that it was done). The ledger keeps every one regardless."""
-        live_vm_keys = {f"{vm}:{int(t[-1] * 1000)}" for vm, t in self.vm_failures.items() if t}
+        live_vm = {(vm, ms(t[-1])) for vm, t in self.vm_failures.items() if t}
+        live_process = {(h, ms(rec.ts)) for (h, _), rec in self.process_failures.items()}
 
         def reachable(i: Intent) -> bool:
-            if i.vm is not None and i.action in ("restart_vm", "hard_reboot", "migrate_vm"):
-                return f"{i.vm}:" in i.id and any(
-                    k in i.id for k in live_vm_keys if k.startswith(i.vm)
-                )
-            if i.id.startswith("alert:vm:"):
-                return any(f":{k}:" in i.id for k in live_vm_keys)
-            if i.id.startswith("alert:process:") or (
-                i.action == "disable_compute" and i.params.get("force_down") is False
-            ):
-                return any(
-                    h == i.host and f":{int(rec['ts'] * 1000)}" in i.id
-                    for (h, _), rec in self.process_failures.items()
-                )
+            k = i.key
+            if k is not None and (k.step in VM_FAILURE_STEPS or k.topic == "vm"):
+                return (k.vm, k.failure_ms) in live_vm
+            if k is not None and (k.topic == "process" or (k.step == "disable" and k.process)):
+                return (i.host, k.failure_ms) in live_process
             # Host-failure chains exist from episode 1 on; only the current one is reachable.
             return i.host in self.episode and i.episode == self.episode[i.host] > 0
 
@@ -322,7 +291,15 @@ class SegmentState:
             if reachable(i):
                 self.finished.append(old)  # keep it; look at the next oldest
             else:
-                del self.intents[old]
+                self._forget(i)
+
+    def _forget(self, i: Intent) -> None:
+        del self.intents[i.id]
+        if i.key is not None:
+            ids = self.attempts[i.key.base]
+            ids.remove(i.id)
+            if not ids:
+                del self.attempts[i.key.base]
 
 
 def apply(state: SegmentState, entry: Entry, index: int | None = None) -> SegmentState:

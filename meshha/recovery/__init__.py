@@ -1,7 +1,8 @@
 """What to do about a failure, and doing it.
 
-Pure:     `verdicts`, `policy`, `placement`, `decide` (committed state in, entries to
-          propose out), `ports` (the interfaces the drivers implement).
+Pure:     `verdicts`, `policy`, `placement`, `decide` (a package: committed state in, entries
+          to propose out, one module per failure kind, and `decide.check`, the decision
+          invariants), `ports` (the interfaces the drivers implement).
 Adapters: `executor` (carries out one committed intent through the ports),
           `fence_ipmi` (pyghmi), `nova` (openstacksdk), `alerts` (webhook, SMTP).
 """

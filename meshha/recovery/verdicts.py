@@ -30,7 +30,8 @@ neither alarms the operator nor counts toward the mass-failure brake.
 from __future__ import annotations
 
 from meshha.config.model import Segment, majority
-from meshha.raft.state import SegmentState, Verdict
+from meshha.raft.records import Verdict
+from meshha.raft.state import SegmentState
 
 
 def observers_of(segment: Segment, state: SegmentState, host: str) -> tuple[str, ...]:
@@ -64,14 +65,14 @@ def credible_losses(
 def host_verdict(segment: Segment, state: SegmentState, host: str, now: float) -> Verdict:
     if state.in_maintenance(host):
         m = state.maintenance[host]
-        return Verdict("maintenance", (), f"operator maintenance: {m['reason']}")
+        return Verdict("maintenance", (), f"operator maintenance: {m.reason}")
     if segment.recovery.process_restart_failure == "fence_evacuate":
         for (h, proc), rec in sorted(state.process_failures.items()):
-            if h == host and rec["outcome"] == "restart_failed":
+            if h == host and rec.outcome == "restart_failed":
                 return Verdict(
                     "failed",
                     (f"process:{proc}",),
-                    f"{proc} could not be restarted ({rec['detail']}); "
+                    f"{proc} could not be restarted ({rec.detail}); "
                     "policy process_restart_failure=fence_evacuate",
                 )
     voters_but_host = [v for v in segment.voters if v != host]
@@ -115,9 +116,12 @@ def host_verdict(segment: Segment, state: SegmentState, host: str, now: float) -
             for n in nets
             for o, s in sorted(credible_losses(segment, state, host, n).items())
         )
-        who = ", ".join(sorted(accusers))
+        names = ", ".join(sorted(accusers))
         return Verdict(
-            "suspect", (), f"lost by {len(accusers)} peers ({who}), not yet by a majority", partial
+            "suspect",
+            (),
+            f"lost by {len(accusers)} peers ({names}), not yet by a majority",
+            partial,
         )
     return Verdict("healthy", (), "no peer has lost it")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from meshha.raft.intent_key import IntentKey
 from meshha.sim.world import EPOCH
 
 
@@ -61,7 +62,7 @@ def summary(
     kinds: dict[str, int] = {}
     for r in timeline:
         kinds[r["type"]] = kinds.get(r["type"], 0) + 1
-    evac = [r for r in timeline if r["type"] == "result" and r["intent"].startswith("evacuate:")]
+    evac = [r for r in timeline if r["type"] == "result" and _is_evacuation(r["intent"])]
     first_fault = next((r["t"] for r in timeline if r["type"] == "fault"), None)
     failed_at = next(
         (r["t"] for r in timeline if r["type"] == "verdict" and r["verdict"] == "failed"), None
@@ -120,3 +121,8 @@ def summary_line(s: dict[str, Any]) -> str:
 
 def since_epoch(t: float) -> float:
     return t - EPOCH
+
+
+def _is_evacuation(intent_id: str) -> bool:
+    key = IntentKey.parse_or_none(intent_id)
+    return key is not None and key.step == "evacuate"

@@ -248,7 +248,7 @@ def _fenced(r: Runner, a: list[str]) -> Callable[[], bool]:
     return lambda: (
         (st := r.sim.live_state()) is not None
         and host in st.fenced
-        and (method is None or st.fenced[host]["method"] in method)
+        and (method is None or st.fenced[host].method in method)
     )
 
 
@@ -311,7 +311,7 @@ def _service_disabled(r: Runner, a: list[str]) -> Callable[[], bool]:
 
 def _brake(r: Runner, a: list[str]) -> Callable[[], bool]:
     on = a[0] == "on"
-    return lambda: (st := r.sim.live_state()) is not None and bool(st.brake["on"]) == on
+    return lambda: (st := r.sim.live_state()) is not None and bool(st.brake.on) == on
 
 
 def _expect(cond: Condition) -> Handler:

@@ -8,7 +8,8 @@ the run goes (a guard called before every action) and at its end:
   2. no evacuation while the VM still runs on its source (i.e. before a real fence);
   3. only the leader of a majority acts;
   4. nothing acts on a host in maintenance, nor targets one;
-  5. every live host's ledger holds every committed entry, in order.
+  5. every live host's ledger holds every committed entry, in order;
+  6. the decision invariants (recovery/decide/check.py) hold on every committed entry.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from meshha.config.synthetic import DEFAULT_NETWORKS, synthetic_segment
 from meshha.raft import entries as E
 from meshha.raft.entries import Entry
 from meshha.raft.state import Intent
+from meshha.recovery.decide import Audit
 from meshha.recovery.executor import Drivers
 from meshha.recovery.ports import Flavor
 from meshha.sim.fakes import FakeAlerts, FakeBmc, FakeCloud, FakeHypervisor, FakeNova, FakeProcesses
@@ -117,6 +119,7 @@ class Sim:
         self.scopes: dict[str, trio.CancelScope] = {}
         self.ledgers: dict[str, MemoryLedger] = {h: MemoryLedger() for h in self.segment.host_names}
         self.violations: list[str] = []
+        self.audit = Audit(self.segment)  # the decision invariants, on the committed log
         self.faults: list[tuple[float, str]] = []
         self.boots: dict[str, int] = {}
         self._nursery: trio.Nursery | None = None
@@ -209,7 +212,12 @@ class Sim:
                     self._start_node(h)
                 elif not m.alive and h in self.scopes:
                     self._stop_node(h)
+            self._audit()
             await trio.sleep(0.02)
+
+    def _audit(self) -> None:
+        for e in self.raft.log[self.audit.state.index :]:
+            self.violations += self.audit.commit(e)
 
     def _guard(self, actor: str) -> Callable[[str, Intent], None]:
         def check(action: str, intent: Intent) -> None:
@@ -329,6 +337,7 @@ class Sim:
         return out
 
     def check_invariants(self, *, converged: bool) -> list[str]:
+        self._audit()
         problems = list(self.cloud.violations) + list(self.violations)
         if converged:
             n = len(self.raft.log)

@@ -16,10 +16,18 @@ from hypothesis import strategies as st
 
 from meshha.config.model import Policy, Recovery, Segment
 from meshha.config.synthetic import synthetic_segment
+from meshha.errors import InvariantViolation
 from meshha.raft import entries as E
 from meshha.raft.entries import Entry
+from meshha.raft.intent_key import IntentKey
 from meshha.raft.state import MAX_FINISHED_INTENTS, Intent, SegmentState
-from meshha.recovery.decide import decide, pending_intents
+from meshha.recovery.decide import (
+    Audit,
+    check_decisions,
+    decide,
+    decision_problems,
+    pending_intents,
+)
 from meshha.recovery.verdicts import last_heard
 
 T0 = 1000.0
@@ -112,7 +120,7 @@ class Leader:
             ]
         )
 
-    def result(self, iid: str, outcome: str = "ok", **kw: Any) -> None:
+    def result(self, iid: str, outcome: E.Outcome = "ok", **kw: Any) -> None:
         kw.setdefault("detail", outcome)
         self.commit(E.result(ts=self.now, by=self.me, intent_id=iid, outcome=outcome, **kw))
 
@@ -172,7 +180,7 @@ def check_proposal(state: SegmentState, out: list[Entry]) -> None:
         if e["target"]:
             assert not state.in_maintenance(e["target"]), e
         if e["action"] == "fence":
-            assert not state.brake["on"], f"fence while the brake holds: {e}"
+            assert not state.brake.on, f"fence while the brake holds: {e}"
         if e["action"] == "evacuate":
             assert state.is_fenced(e["host"]), f"evacuate from unfenced host: {e}"
             assert e["target"] != e["host"]
@@ -377,7 +385,7 @@ def test_bmc_failure_retries_alerts_then_proves_the_self_fence_deadline() -> Non
     assert last_heard(L.state, "host2") == heard
     assert deadline <= t_fenced < deadline + DT + 1e-6
     assert fenced["evidence"]["deadline"] == deadline
-    assert L.state.fenced["host2"]["method"] == "self_fence_deadline"
+    assert L.state.fenced["host2"].method == "self_fence_deadline"
     (evac,) = L.intents("evacuate:")
     assert L.first("evacuate:") > t_fenced  # type: ignore[operator]
     assert "self_fence_deadline" in evac["reason"]
@@ -463,7 +471,7 @@ def test_the_brake_holds_fences_when_too_many_fail_and_releases_when_they_return
         L.observe(h, by=up, reachable=True)
     L.run(3)
     off = [e for _, e in L.entries("brake") if not e["on"]]
-    assert len(off) == 1 and not L.state.brake["on"]
+    assert len(off) == 1 and not L.state.brake.on
     assert [e["intent"] for e in L.intents("fence:")] == ["fence:host2:e1:a1"]
 
 
@@ -489,7 +497,7 @@ def test_the_brake_holds_a_fence_for_a_host_it_did_not_count() -> None:
     for h in ("host2", "host3", "host4"):
         L.observe(h, by=up)
     L.run(2)
-    assert L.state.brake["on"]
+    assert L.state.brake.on
     L.observe("host5", by=up)
     L.run(5)
     assert L.state.verdicts["host5"].kind == "failed"
@@ -505,7 +513,7 @@ def test_hosts_failed_before_a_release_do_not_trip_the_brake_again() -> None:
     for h in ("host3", "host4"):
         L.observe(h, by=up, reachable=True)
     L.run(3)
-    assert not L.state.brake["on"]
+    assert not L.state.brake.on
     L.observe("host6", by=("host1", "host5", "host7", "host3"))
     L.run(3)
     assert [e["on"] for _, e in L.entries("brake")] == [True, False]
@@ -519,7 +527,7 @@ def test_no_fence_in_the_batch_that_engages_the_brake() -> None:
     # Up to the call in which host2's fence falls due (the verdict has settled).
     while not any(e["kind"] == "intent" and e["action"] == "fence" for e in L.decide()):
         L.run(DT)
-    assert L.state.verdicts["host2"].kind == "failed" and not L.state.brake["on"]
+    assert L.state.verdicts["host2"].kind == "failed" and not L.state.brake.on
     for h in ("host3", "host4"):  # two more go silent just then
         L.observe(h, by=("host1", "host5", "host6", "host7"))
     out = L.decide()
@@ -732,6 +740,160 @@ def test_a_new_leader_resumes_from_the_state_alone() -> None:
     assert strip(mine) == strip(theirs)
 
 
+# -- the decision invariants (recovery/decide/check.py) -----------------------------------
+
+
+def chain_leader() -> Leader:
+    """A whole recovery chain with a retry at every kind of step: the BMC fails once,
+    one evacuation fails once, the reserve is replaced, the host comes back."""
+    L = Leader(
+        synthetic_segment(hosts=6, reserved=("host5", "host6")),
+        servers={"host2": [server("vm-a", "high"), server("vm-b"), server("vm-c", ha=False)]},
+    )
+    L.answers["fence"] = lambda i: (
+        ("failed", {"error_kind": "unreachable"}) if i.id.endswith(":a1") else ("ok", {})
+    )
+    L.answers["evacuate"] = lambda i: (
+        ("failed", {"error_kind": "conflict"}) if i.id.endswith("vm-b:a1") else ("ok", {})
+    )
+    L.observe("host2")
+    L.run(60)
+    L.observe("host2", reachable=True)
+    L.run(10)
+    return L
+
+
+def test_every_prefix_of_a_recovery_chain_replays_into_a_fresh_state() -> None:
+    """Cut the committed log anywhere, replay the cut into a fresh state: `decide` there
+    (which checks its own output) proposes nothing the chain did not, and the chain's
+    committed log keeps the invariants entry by entry."""
+    L = chain_leader()
+    actions = [e["action"] for e in L.intents() if e["action"] != "alert"]
+    assert actions.count("fence") == 2 and actions.count("evacuate") == 3, actions
+    assert "enable_compute" in actions and L.entries("reserve")
+    proposed = {e["intent"] for e in L.intents()}
+    audit = Audit(L.seg)
+    for k in range(len(L.log) + 1):
+        fresh = SegmentState(L.seg)
+        for e in L.log[:k]:
+            fresh.apply(e, fresh.index + 1)
+        now = L.log[k]["ts"] if k < len(L.log) else L.now
+        out = decide(L.seg, fresh, now, L.me)
+        new = {e["intent"] for e in out if e["kind"] == "intent"} - proposed
+        assert not new, f"after {k} entries: {sorted(new)}"
+        if k < len(L.log):
+            assert audit.commit(L.log[k]) == [], (k, L.log[k])
+
+
+def broken(kind: str) -> tuple[SegmentState, list[Entry]]:
+    """A state mid-chain (host2 failed, being recovered) and one batch that breaks the
+    invariant `kind`."""
+    L = mid_chain_leader()
+    st, now = L.state.copy(), L.now
+
+    def intent(iid: str, action: Any, host: str, **kw: Any) -> Entry:
+        return E.intent(ts=now, by="h", intent_id=iid, action=action, host=host, reason="r", **kw)
+
+    def fail(host: str) -> str:
+        """Commit a failed verdict for `host`; the fence key of its new episode."""
+        v = E.verdict(
+            ts=now, by="h", host=host, verdict="failed", networks=[], reason="r", evidence=[]
+        )
+        st.apply(v)
+        return f"fence:{host}:e{st.episode[host]}"
+
+    restart = intent("restart_vm:vm-x:1:a1", "restart_vm", "host3", vm="vm-x")
+    if kind == "maintenance":
+        st.apply(E.maintenance(ts=now, by="op", host="host3", on=True, reason="r"))
+        return st, [restart]
+    if kind == "brake":
+        st.apply(E.brake(ts=now, by="h", on=True, hosts=["host3"], reason="r"))
+        return st, [intent(f"{fail('host3')}:a1", "fence", "host3")]
+    if kind == "engaging":
+        on = E.brake(ts=now, by="h", on=True, hosts=["host3"], reason="r")
+        return st, [on, intent(f"{fail('host3')}:a1", "fence", "host3")]
+    if kind == "unfenced":
+        iid = f"evacuate:host3:e{st.episode['host3'] + 1}:vm-x:a1"
+        fail("host3")
+        return st, [intent(iid, "evacuate", "host3", vm="vm-x", target="host5")]
+    if kind == "pending":
+        st.apply(restart)
+        return st, [intent("restart_vm:vm-x:1:a2", "restart_vm", "host3", vm="vm-x")]
+    if kind == "repeat":
+        done = next(i for i in st.intents.values() if i.done)
+        return st, [intent(done.id, done.action, done.host)]
+    if kind == "alert-retry":
+        return st, [intent("alert:vm:vm-x:1:a2", "alert", "host3")]
+    if kind == "skipped-attempt":
+        return st, [intent("restart_vm:vm-x:1:a2", "restart_vm", "host3", vm="vm-x")]
+    if kind == "no-key":
+        return st, [intent("reboot:host3", "fence", "host3")]
+    if kind == "twice":
+        return st, [restart, dict(restart)]
+    if kind == "healthy-fence":
+        return st, [intent(f"fence:host3:e{st.episode['host3']}:a1", "fence", "host3")]
+    if kind == "proof-without-bmc":
+        fail("host3")
+        m = "self_fence_deadline"
+        return st, [E.fenced(ts=now, by="h", host="host3", method=m, reason="r", evidence={})]
+    raise AssertionError(kind)
+
+
+BROKEN = {
+    "maintenance": "host3 is in maintenance",
+    "brake": "fence while the brake holds",
+    "engaging": "fence in the batch that engages the brake",
+    "unfenced": "evacuation from host3, not fenced",
+    "pending": "is still pending",
+    "repeat": "already committed",
+    "alert-retry": "an alert is sent once",
+    "skipped-attempt": "attempt 2 after 0",
+    "no-key": "not an intent key",
+    "twice": "proposed twice in one batch",
+    "healthy-fence": "fence of host3, which is healthy",
+    "proof-without-bmc": "self-fence proof without a failed BMC fence",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BROKEN))
+def test_check_decisions_catches_each_broken_invariant(kind: str) -> None:
+    st, batch = broken(kind)
+    assert BROKEN[kind] in "; ".join(decision_problems(st, batch))
+    with pytest.raises(InvariantViolation, match=BROKEN[kind]):
+        check_decisions(st, batch)
+
+
+def test_what_decide_returns_passes_its_own_check() -> None:
+    L = mid_chain_leader()
+    out = L.decide()
+    assert out and decision_problems(L.state, out) == []
+    assert IntentKey.parse(out[0]["intent"]).attempt == 1
+
+
+def test_the_audit_excuses_a_race_the_state_machine_resolves() -> None:
+    """A fence planned before maintenance began, committed after it: abandoned, safe."""
+    L = Leader()
+    audit = Audit(L.seg)
+    L.observe("host2")
+    L.run(3)
+    for e in L.log:
+        assert audit.commit(e) == []
+
+    def fence(host: str, iid: str) -> Entry:
+        return E.intent(ts=L.now, by="h", intent_id=iid, action="fence", host=host, reason="r")
+
+    iid = "fence:host3:e1:a1"
+    late = fence("host3", iid)
+    assert audit.commit(E.maintenance(ts=L.now, by="op", host="host3", on=True, reason="r")) == []
+    assert audit.commit(late) == []
+    assert audit.state.intents[iid].status == "abandoned"
+    assert audit.commit(dict(late)) == []  # a re-proposal: a no-op
+    brake_on = E.brake(ts=L.now, by="host1", on=True, hosts=["host4"], reason="r")
+    assert audit.commit(brake_on) == []
+    fence4 = fence("host4", "fence:host4:e0:a1")
+    assert audit.commit(fence4) == ["fence:host4:e0:a1: fence while the brake holds"]
+
+
 # -- a random segment life: safety at every step -----------------------------------------
 
 PROP_SPEC = synthetic_segment(hosts=5)
@@ -809,6 +971,9 @@ def test_random_segment_life_stays_safe_and_idempotent(
     event(f"evacuations: {len(L.intents('evacuate:')) > 0}")
     event(f"brake: {L.state.brake_count > 0}")
     event(f"fenced: {any(L.state.fenced)}")
+    # The committed log keeps the decision invariants, entry by entry.
+    audit = Audit(L.seg)
+    assert [p for e in L.log for p in audit.commit(e)] == []
     # The log rebuilds the state it made.
     replayed = SegmentState(L.seg)
     for k, e in enumerate(L.log):

@@ -130,11 +130,11 @@ def expect(L: Leader, s: Step) -> None:
         f = L.state.fenced.get(args[0])
         assert L.state.is_fenced(args[0]) and f is not None, f"{args[0]} is not fenced"
         methods = script.tail_list(args, "by")
-        assert methods is None or f["method"] in methods, f
+        assert methods is None or f.method in methods, f
     elif what == "unfenced":
         assert not L.state.is_fenced(args[0]), L.state.fenced.get(args[0])
     elif what == "brake":
-        assert L.state.brake["on"] == (args[0] == "on"), L.state.brake
+        assert L.state.brake.on == (args[0] == "on"), L.state.brake
     elif what == "role":
         assert L.state.roles[args[0]] == args[1], L.state.roles
     else:

@@ -4,7 +4,7 @@ checked again at commit."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from hypothesis import given, settings
@@ -14,6 +14,8 @@ from meshha.config.synthetic import synthetic_segment
 from meshha.errors import InvariantViolation
 from meshha.raft import entries as E
 from meshha.raft import state as S
+from meshha.raft.intent_key import IntentKey
+from meshha.raft.records import HostFacts, Inventory, Server
 from meshha.raft.state import MAX_FINISHED_INTENTS, MAX_VM_FAILURES, SegmentState, apply
 
 SEG = synthetic_segment(hosts=5)
@@ -51,7 +53,8 @@ def dump(s: SegmentState) -> dict[str, Any]:
         "ever_fenced": sorted(s.ever_fenced),
         "maintenance": dict(sorted(s.maintenance.items())),
         "roles": dict(s.roles),
-        "brake": dict(s.brake),
+        "brake": s.brake,
+        "attempts": dict(sorted((str(k), v) for k, v in s.attempts.items())),
         "brake_count": s.brake_count,
         "inventory": dict(sorted(s.inventory.items())),
         "vm_failures": dict(sorted(s.vm_failures.items())),
@@ -68,17 +71,17 @@ def obs(by: str, host: str, net: str, reachable: bool = False, ts: float = T0) -
     return E.observation(ts=ts, by=by, host=host, network=net, reachable=reachable, since=ts)
 
 
-def verdict(host: str, kind: str, nets: tuple[str, ...] = (), ts: float = T0) -> E.Entry:
+def verdict(host: str, kind: E.VerdictKind, nets: tuple[str, ...] = (), ts: float = T0) -> E.Entry:
     return E.verdict(
         ts=ts, by="host1", host=host, verdict=kind, networks=list(nets), reason=kind, evidence=[]
     )
 
 
-def intent(iid: str, action: str, host: str, ts: float = T0, **kw: Any) -> E.Entry:
+def intent(iid: str, action: E.Action, host: str, ts: float = T0, **kw: Any) -> E.Entry:
     return E.intent(ts=ts, by="host1", intent_id=iid, action=action, host=host, reason="r", **kw)
 
 
-def result(iid: str, outcome: str = "ok", ts: float = T0, **kw: Any) -> E.Entry:
+def result(iid: str, outcome: E.Outcome = "ok", ts: float = T0, **kw: Any) -> E.Entry:
     return E.result(ts=ts, by="host1", intent_id=iid, outcome=outcome, detail=outcome, **kw)
 
 
@@ -104,7 +107,7 @@ def test_fresh_state_is_all_healthy_with_configured_roles() -> None:
     assert {v.kind for v in s.verdicts.values()} == {"healthy"}
     assert s.roles == {h.name: h.role for h in SEG.hosts}
     assert s.roles["host5"] == "reserved"
-    assert not s.brake["on"] and s.index == 0
+    assert not s.brake.on and s.index == 0
 
 
 def test_index_and_clock_come_from_the_log_only() -> None:
@@ -160,7 +163,7 @@ def test_a_failed_host_loses_its_own_stale_observations() -> None:
 def test_fence_result_fences_for_the_current_episode_only() -> None:
     s = fenced_host()
     assert s.is_fenced("host2")
-    assert s.fenced["host2"]["method"] == "bmc"
+    assert s.fenced["host2"].method == "bmc"
     assert ("host2", 1) in s.ever_fenced
     run(s, verdict("host2", "healthy"), verdict("host2", "failed", NETS))
     assert s.episode["host2"] == 2 and not s.is_fenced("host2")
@@ -185,7 +188,7 @@ def test_a_fenced_entry_is_a_fence_too() -> None:
             ts=T0, by="host1", host="host2", method="self_fence_deadline", reason="r", evidence={}
         ),
     )
-    assert s.is_fenced("host2") and s.fenced["host2"]["method"] == "self_fence_deadline"
+    assert s.is_fenced("host2") and s.fenced["host2"].method == "self_fence_deadline"
 
 
 def test_enable_compute_ok_unfences() -> None:
@@ -196,13 +199,21 @@ def test_enable_compute_ok_unfences() -> None:
 
 
 def test_inventory_result_is_kept_with_its_episode() -> None:
-    data = {"ts": T0, "servers": [{"id": "vm-a"}], "facts": []}
+    server = {"id": "vm-a", "vcpus": 2, "ram_mb": 4096, "disk_gb": 40, "name": "a"}
+    facts = {"host": "host5", "vcpus_free": 8, "ram_mb_free": 1024, "disk_gb_free": 99}
+    data = {"ts": T0, "servers": [server], "facts": [facts]}
     s = run(
         fenced_host(),
         intent("inventory:host2:e1:a1", "inventory", "host2"),
         result("inventory:host2:e1:a1", data=data),
     )
-    assert s.inventory["host2"] == {**data, "episode": 1, "purpose": ""}
+    assert s.inventory["host2"] == Inventory(
+        episode=1,
+        purpose="",
+        ts=T0,
+        servers=(Server("vm-a", 2, 4096, 40, ha=True, priority="medium"),),
+        facts=(HostFacts("host5", 8, 1024, 99, running_vms=0),),
+    )
 
 
 def test_brake_counts_engagements_not_entries() -> None:
@@ -210,7 +221,7 @@ def test_brake_counts_engagements_not_entries() -> None:
         return E.brake(ts=T0, by="host1", on=on, hosts=["host2"] if on else [], reason="r")
 
     s = run(fresh(), brake(True), brake(True))
-    assert s.brake_count == 1 and s.brake["on"] and s.brake["hosts"] == ["host2"]
+    assert s.brake_count == 1 and s.brake.on and s.brake.hosts == ("host2",)
     run(s, brake(False), brake(True))
     assert s.brake_count == 2
 
@@ -232,7 +243,7 @@ def test_vm_failure_times_are_bounded_per_vm() -> None:
         run(s, E.vm_failure(ts=T0 + k, by="host2", host="host2", vm="vm-a", event="c", detail=""))
     assert len(s.vm_failures["vm-a"]) == MAX_VM_FAILURES
     assert s.vm_failures["vm-a"][-1] == T0 + MAX_VM_FAILURES + 6
-    assert s.vm_last_failure["vm-a"]["ts"] == T0 + MAX_VM_FAILURES + 6
+    assert s.vm_last_failure["vm-a"].ts == T0 + MAX_VM_FAILURES + 6
 
 
 # -- intents -----------------------------------------------------------------------------
@@ -302,7 +313,7 @@ def test_maintenance_abandons_pending_intents_touching_the_host() -> None:
     assert status["evacuate:host2:e1:vm-d:a1"] == "ok"  # already done: history stands
     assert status["enable:host3:e0:a1"] == "pending"  # not a recovery action
     assert status["alert:x:host4:a1"] == "pending"
-    assert s.in_maintenance("host3") and s.maintenance["host3"]["reason"] == "ops"
+    assert s.in_maintenance("host3") and s.maintenance["host3"].reason == "ops"
 
 
 def test_intents_committed_during_maintenance_are_abandoned() -> None:
@@ -377,6 +388,42 @@ def test_finished_bound_is_read_at_apply_time(monkeypatch: pytest.MonkeyPatch) -
     assert sorted(s.intents) == ["alert:n7:a1", "alert:n8:a1", "alert:n9:a1"]
 
 
+def test_eviction_keeps_what_decide_can_still_reach_by_its_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With room for none: the steps of a VM's latest failure, of a process failure still
+    on record and of a host's current episode stay; earlier ones go."""
+    monkeypatch.setattr(S, "MAX_FINISHED_INTENTS", 0)
+    vm_fail = lambda ts: E.vm_failure(
+        ts=ts, by="host3", host="host3", vm="vm-a", event="crashed", detail=""
+    )
+    proc_fail = E.process_failure(
+        ts=T0 + 0.5,
+        by="host4",
+        host="host4",
+        process="libvirtd",
+        outcome="restart_failed",
+        detail="",
+    )
+    done = lambda iid, action, host, **kw: (intent(iid, action, host, **kw), result(iid))
+    s = run(
+        fresh(), vm_fail(T0), *done("restart_vm:vm-a:1000000:a1", "restart_vm", "host3", vm="vm-a")
+    )
+    assert "restart_vm:vm-a:1000000:a1" in s.intents  # the VM's latest failure
+    run(s, vm_fail(T0 + 1), *done("alert:vm:vm-a:1001000:a1", "alert", "host3"))
+    assert sorted(s.intents) == ["alert:vm:vm-a:1001000:a1"]  # the earlier one went
+    run(s, proc_fail, *done("disable:host4:libvirtd:1000500:a1", "disable_compute", "host4"))
+    run(s, *done("alert:process:host4:libvirtd:999000:a1", "alert", "host4"))  # not on record
+    assert "disable:host4:libvirtd:1000500:a1" in s.intents
+    assert "alert:process:host4:libvirtd:999000:a1" not in s.intents
+    run(s, verdict("host2", "failed", NETS), *done("fence:host2:e1:a1", "fence", "host2"))
+    assert "fence:host2:e1:a1" in s.intents
+    run(s, verdict("host2", "healthy"), verdict("host2", "failed", NETS))  # episode 2
+    run(s, *done("alert:recovered:host5:e0:a1", "alert", "host5"))  # evicts what it can
+    assert "fence:host2:e1:a1" not in s.intents
+    assert set(s.attempts) == {s.intents[i].key.base for i in s.intents}  # type: ignore[union-attr]
+
+
 # -- replay and the functional form ------------------------------------------------------
 
 host_s = st.sampled_from(HOSTS)
@@ -386,7 +433,7 @@ iid_s = st.sampled_from(
     [f"{a}:{h}:e1:a1" for a in ("fence", "disable", "alert") for h in ("host2", "host3")]
     + ["evacuate:host2:e1:vm-a:a1", "evacuate:host3:e1:vm-b:a1", "enable:host2:e1:a1"]
 )
-ACTION_OF = {"fence": "fence", "disable": "disable_compute", "alert": "alert"}
+ACTION_OF: dict[str, E.Action] = {"fence": "fence", "disable": "disable_compute", "alert": "alert"}
 ACTION_OF |= {"evacuate": "evacuate", "enable": "enable_compute"}
 
 
@@ -414,7 +461,7 @@ def an_entry(draw: st.DrawFn) -> E.Entry:
             since=ts - 1,
         )
     if kind == "verdict":
-        k = draw(st.sampled_from(["healthy", "suspect", "degraded", "failed", "maintenance"]))
+        k: E.VerdictKind = draw(st.sampled_from(get_args(E.VerdictKind)))
         nets = {"degraded": ("storage",), "failed": NETS}.get(k, ())
         return verdict(h, k, nets, ts=ts)
     if kind == "intent":
@@ -490,7 +537,9 @@ def test_functional_apply_leaves_its_input_untouched(log: list[E.Entry], e: E.En
 def test_functional_apply_does_not_share_mutable_parts() -> None:
     s = fenced_host()
     new = apply(s, intent("inventory:host2:e1:a1", "inventory", "host2"))
-    new.intents["fence:host2:e1:a1"].status = "tampered"
+    del new.intents["fence:host2:e1:a1"]
+    new.attempts[IntentKey.parse("fence:host2:e1")].clear()
     new.lost[("host1", "host3", "admin")] = 1.0
     assert s.intents["fence:host2:e1:a1"].status == "ok"
+    assert s.latest(IntentKey.parse("fence:host2:e1")) is s.intents["fence:host2:e1:a1"]
     assert ("host1", "host3", "admin") not in s.lost

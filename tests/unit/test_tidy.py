@@ -20,7 +20,7 @@ PURE = (
     "meshha/raft/entries.py",
     "meshha/raft/state.py",
     "meshha/recovery/verdicts.py",
-    "meshha/recovery/decide.py",
+    "meshha/recovery/decide/__init__.py",
     "meshha/recovery/policy.py",
     "meshha/recovery/placement.py",
     "meshha/probes/swim.py",

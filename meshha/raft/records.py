@@ -1,0 +1,197 @@
+"""The records the replicated state holds: frozen values, built only by the state machine
+(`meshha.raft.state`) from committed entries, read by the deciders, the agent's status
+and the simulator. Replacing one is how the state changes; nobody edits one in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from meshha.config.model import Priority
+from meshha.raft.entries import Action, Outcome, VerdictKind
+from meshha.raft.intent_key import IntentKey
+
+IntentStatus = Literal["pending", "ok", "failed", "abandoned"]
+ProcessOutcome = Literal["down", "restarted", "restart_failed"]
+FenceMethod = Literal["bmc", "self_fence_deadline"]
+# (observer, network, since): one observer's loss of a host on a network.
+Evidence = tuple[str, str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The condition of a host, with why: kind, the networks it concerns, a readable
+    reason and the evidence (observer, network, since) it rests on."""
+
+    kind: VerdictKind
+    networks: tuple[str, ...] = ()
+    reason: str = ""
+    evidence: tuple[Evidence, ...] = ()
+
+    def same_as(self, other: Verdict | None) -> bool:
+        return other is not None and (self.kind, self.networks) == (other.kind, other.networks)
+
+
+HEALTHY = Verdict("healthy", (), "no peer has lost it")
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """One committed step (or attempt at one) and, once done, how it went."""
+
+    id: str
+    key: IntentKey | None  # None for an id `decide` did not make (hand-made, old tests)
+    action: Action
+    host: str
+    vm: str | None
+    target: str | None
+    order: int
+    reason: str
+    params: Mapping[str, Any]
+    created_ts: float
+    created_index: int
+    episode: int
+    status: IntentStatus = "pending"
+    detail: str = ""
+    error_kind: str | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+    done_ts: float | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status != "pending"
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """Proof that a host is fenced: by its BMC, or by its self-fence deadline passing."""
+
+    method: str  # FenceMethod, or what a `fenced` entry from outside said
+    detail: str
+    ts: float
+    episode: int  # the host's failure episode it was fenced in
+
+
+@dataclass(frozen=True, slots=True)
+class Maintenance:
+    reason: str
+    since: float
+    operator: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    """One server of an inventory: what evacuation planning needs."""
+
+    id: str
+    vcpus: int
+    ram_mb: int
+    disk_gb: int
+    ha: bool = True
+    priority: Priority = "medium"
+
+    @staticmethod
+    def from_row(row: Mapping[str, Any]) -> Server:
+        return Server(
+            row["id"],
+            row["vcpus"],
+            row["ram_mb"],
+            row["disk_gb"],
+            row.get("ha", True),
+            row.get("priority", "medium"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HostFacts:
+    """One host's free capacity, as Nova's placement reported it to an inventory."""
+
+    host: str
+    vcpus_free: int
+    ram_mb_free: int
+    disk_gb_free: int
+    running_vms: int = 0
+
+    @staticmethod
+    def from_row(row: Mapping[str, Any]) -> HostFacts:
+        return HostFacts(
+            row["host"],
+            row["vcpus_free"],
+            row["ram_mb_free"],
+            row["disk_gb_free"],
+            row.get("running_vms", 0),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Inventory:
+    """The servers of a host and the segment's free capacity, taken in a failure episode
+    for a purpose (evacuate | live_migrate), at `ts` (the executor's clock)."""
+
+    episode: int
+    purpose: str
+    ts: float
+    servers: tuple[Server, ...]
+    facts: tuple[HostFacts, ...]
+
+    @staticmethod
+    def from_data(episode: int, purpose: str, data: Mapping[str, Any]) -> Inventory:
+        return Inventory(
+            episode,
+            purpose,
+            data.get("ts", 0),
+            tuple(Server.from_row(s) for s in data.get("servers", [])),
+            tuple(HostFacts.from_row(f) for f in data.get("facts", [])),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class VmFailure:
+    """The latest failure of a VM, and the HA policy its host knew for it then."""
+
+    host: str
+    event: str
+    detail: str
+    ha: bool
+    on_vm_failure: str | None
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessFailure:
+    outcome: ProcessOutcome
+    detail: str
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class Brake:
+    """The mass-failure brake: while on, nothing is fenced."""
+
+    on: bool = False
+    hosts: tuple[str, ...] = ()
+    reason: str = ""
+    since: float = 0.0
+
+
+__all__ = [
+    "HEALTHY",
+    "Brake",
+    "Evidence",
+    "Fence",
+    "FenceMethod",
+    "HostFacts",
+    "Intent",
+    "IntentStatus",
+    "Inventory",
+    "Maintenance",
+    "Outcome",
+    "ProcessFailure",
+    "ProcessOutcome",
+    "Server",
+    "Verdict",
+    "VerdictKind",
+    "VmFailure",
+]

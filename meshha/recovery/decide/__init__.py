@@ -1,0 +1,80 @@
+"""Recovery decisions: from committed state to the entries the leader proposes.
+
+Pure: `decide(segment, state, now, me)` returns entries (verdict changes, intents, fence
+proofs, brake changes) and does nothing itself. The leader proposes them; once committed,
+the executor carries out the intents and commits their results; the next call of
+`decide` sees those results and takes the next step. So every step is logged before it
+is acted on, and a new leader resumes from the state alone: intent ids are keys
+(`meshha.raft.intent_key`: action, host, failure episode, VM, attempt) and re-proposing
+one is a no-op.
+
+By failure kind, one module each, all sharing one `Context` (segment, state, now, me):
+  host      verdict changes, the mass-failure brake, the fence ─▶ disable ─▶ inventory
+            chain, the self-fence proof, per-network on_loss
+  evacuate  placing a fenced host's VMs, retries, the report, replacing used reserve
+  process   nova-compute / libvirtd that could not be restarted
+  vm        VM crashes on live hosts
+  steps     the step/retry bookkeeping (attempts, backoff, alerts sent once)
+  check     the decision invariants, checked on every batch `decide` returns
+Safety checks here (planning) and again in SegmentState.apply (commit):
+  never evacuate from a host that is not fenced; nothing touches a host in maintenance;
+  nothing is fenced while the mass-failure brake holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from meshha.config.model import Segment
+from meshha.raft.entries import Entry
+from meshha.raft.records import Intent
+from meshha.raft.state import SegmentState
+from meshha.recovery.decide.check import Audit, check_decisions, decision_problems
+from meshha.recovery.decide.host import brake, failing, host_recovery, needs_fence, verdict_entry
+from meshha.recovery.decide.steps import Context
+from meshha.recovery.decide.vm import vm_recovery
+from meshha.recovery.verdicts import compute
+
+__all__ = [
+    "Audit",
+    "Context",
+    "check_decisions",
+    "decide",
+    "decision_problems",
+    "failing",
+    "needs_fence",
+    "pending_intents",
+]
+
+
+def decide(segment: Segment, state: SegmentState, now: float, me: str) -> list[Entry]:
+    ctx = Context(segment, state, now, me)
+    out: list[Entry] = []
+    computed = compute(segment, state, now)
+    for host, v in computed.items():
+        if not v.same_as(state.verdicts[host]):
+            out.append(verdict_entry(ctx, host, v))
+    braking = brake(ctx, computed)
+    out += braking
+    engaging = any(e["kind"] == "brake" and e["on"] for e in braking)
+    for host in segment.host_names:
+        if state.in_maintenance(host):
+            continue
+        steps = host_recovery(ctx, host)
+        if engaging:  # the brake being proposed holds every fence in the same batch
+            steps = [e for e in steps if not _is_fence(e)]
+        out += steps
+    out += vm_recovery(ctx)
+    check_decisions(state, out)
+    return out
+
+
+def _is_fence(e: Entry) -> bool:
+    return e["kind"] in ("intent", "fenced") and e.get("action", "fence") == "fence"
+
+
+def pending_intents(state: SegmentState) -> Iterable[Intent]:
+    """What the executor should be doing now, in commit order."""
+    return sorted(
+        (i for i in state.intents.values() if not i.done), key=lambda i: (i.created_index, i.order)
+    )

@@ -1,0 +1,257 @@
+"""Host failures: the fence ─▶ disable ─▶ inventory ─▶ evacuate chain, the self-fence
+proof when the BMC cannot fence, per-network `on_loss` for a degraded host, and
+re-enabling a host that is back.
+
+The chain, per failure episode of host H:
+  fence H (BMC, confirmed off) ─ or, if the BMC cannot do it, the self-fence deadline
+  ─▶ force-down + disable nova-compute ─▶ inventory (servers, policy, capacity)
+  ─▶ evacuate each HA VM onto reserved capacity, by priority (decide/evacuate.py).
+Nothing here fences while the mass-failure brake holds: more than
+`brake.max_failed_fraction` of the segment failing inside `brake.window_s` is more likely
+our network than their hosts, so the brake holds all fencing, alerts, and lets a human
+decide. Suspects count, so it trips before the first of many hosts is fenced (their
+losses are detected a few probes apart).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from meshha.config.model import Segment
+from meshha.raft import entries as E
+from meshha.raft.entries import Entry
+from meshha.raft.intent_key import alert, host_step, inventory, vm_move
+from meshha.raft.records import Intent, Inventory, Verdict
+from meshha.recovery.decide.evacuate import evacuations
+from meshha.recovery.decide.process import process_recovery
+from meshha.recovery.decide.steps import Context
+from meshha.recovery.verdicts import last_heard
+
+# -- verdicts and the brake --------------------------------------------------------------
+
+
+def verdict_entry(ctx: Context, host: str, v: Verdict) -> Entry:
+    return E.verdict(
+        ts=ctx.now,
+        by=ctx.me,
+        host=host,
+        verdict=v.kind,
+        networks=list(v.networks),
+        reason=v.reason,
+        evidence=[list(x) for x in v.evidence],
+    )
+
+
+def needs_fence(segment: Segment, v: Verdict) -> bool:
+    """A failed host is fenced; so is one degraded on a network whose on_loss says so."""
+    if v.kind == "failed":
+        return True
+    return v.kind == "degraded" and any(
+        segment.network(n).on_loss == "fence_evacuate" for n in v.networks
+    )
+
+
+def failing(segment: Segment, v: Verdict) -> bool:
+    """Counts toward the brake: suspected, failed, or degraded on a fencing network."""
+    return v.kind == "suspect" or needs_fence(segment, v)
+
+
+def brake(ctx: Context, computed: Mapping[str, Verdict]) -> list[Entry]:
+    """Once on, the brake holds while more than the limit are still failing; it releases
+    itself when enough are back and none of the braked hosts is still half-way
+    (suspect), so a host coming back is not fenced (the ones that stay failed are then
+    fenced as usual), and `meshctl brake release` releases it by hand (hosts failing
+    since before the release do not count toward tripping it again)."""
+    segment, state, now = ctx.segment, ctx.state, ctx.now
+    b = segment.brake
+    limit = b.max_failed_fraction * len(segment.hosts)
+    now_failing = sorted(
+        h for h, v in computed.items() if failing(segment, v) and not state.in_maintenance(h)
+    )
+    if state.brake.on:
+        still = [h for h in now_failing if not state.is_fenced(h)]
+        moving = [h for h in state.brake.hosts if computed[h].kind == "suspect"]
+        if len(still) <= limit and not moving:
+            reason = f"{len(still)} hosts failing now, within the limit of {limit:g}"
+            return [E.brake(ts=now, by=ctx.me, on=False, hosts=[], reason=reason)]
+        return []
+    floor = max(now - b.window_s, state.brake.since)
+    recent = [
+        h
+        for h in now_failing
+        if not failing(segment, state.verdicts[h]) or state.verdict_since[h] >= floor
+    ]
+    if len(recent) <= limit:
+        return []
+    reason = (
+        f"{len(recent)} of {len(segment.hosts)} hosts failing within {b.window_s:g}s "
+        f"(limit {b.max_failed_fraction:.0%}): likely a network fault, fencing held"
+    )
+    return [
+        E.brake(ts=now, by=ctx.me, on=True, hosts=recent, reason=reason),
+        ctx.alert(
+            alert("brake", count=state.brake_count + 1),
+            None,
+            "critical",
+            "mass-failure brake engaged",
+            reason,
+        ),
+    ]
+
+
+# -- the host chain ----------------------------------------------------------------------
+
+
+def host_recovery(ctx: Context, host: str) -> list[Entry]:
+    state = ctx.state
+    v = state.verdicts[host]
+    ep = state.episode[host]
+    if needs_fence(ctx.segment, v):
+        return fence_chain(ctx, host, ep)
+    if v.kind == "degraded":
+        return degraded(ctx, host, v, ep)
+    fence = state.fenced.get(host)
+    if v.kind == "healthy" and fence is not None:
+        # It is back (powered on by someone, agent rejoined): re-enable nova-compute.
+        return ctx.step(
+            host_step("enable", host, fence.episode),
+            "enable_compute",
+            host,
+            reason="host is back and healthy after a fence",
+        )
+    return process_recovery(ctx, host)
+
+
+def fence_chain(ctx: Context, host: str, ep: int) -> list[Entry]:
+    state = ctx.state
+    if not state.is_fenced(host):
+        if state.brake.on:
+            return []  # the brake holds every new fence, not only those it counted
+        settle = ctx.segment.brake.settle_s
+        if settle is None:
+            settle = ctx.segment.timings.suspect_after_s
+        if ctx.now < state.verdict_since[host] + settle:
+            return []  # let hosts failing together show up before the first is fenced
+        return fence(ctx, host, ep)
+    disable = host_step("disable", host, ep)
+    out = ctx.step(
+        disable,
+        "disable_compute",
+        host,
+        reason=f"{host} is fenced: force-down and disable its nova-compute service",
+    )
+    last = ctx.latest(disable)
+    if out or last is None or last.status != "ok":
+        return out
+    # An inventory of its own, taken after the fence: one taken earlier in the episode
+    # (to live-migrate off a degraded host) is stale by now.
+    reason = f"list the servers of {host} and the reserved capacity"
+    out, inv = take_inventory(ctx, host, ep, "evacuate", reason)
+    if inv is None:
+        return out
+    return evacuations(ctx, host, ep, inv)
+
+
+def fence(ctx: Context, host: str, ep: int) -> list[Entry]:
+    """Fence through the BMC; if it cannot, wait for the self-fence deadline, or ask a
+    human when that proof is not allowed or does not apply."""
+    step = host_step("fence", host, ep)
+    v = ctx.state.verdicts[host]
+    out = ctx.step(step, "fence", host, reason=f"{v.kind}: {v.reason}")
+    if out:
+        return out
+    last = ctx.latest(step)
+    if last is None or last.status != "failed":
+        return []
+    # The BMC could not do it. A host that lost the majority kills its own VMs within
+    # the self-fence deadline; once that has provably passed, that is a fence too.
+    heard = last_heard(ctx.state, host)
+    # Only a host lost on every network has isolated itself; one that is merely
+    # degraded, or failed for a process, still reaches the majority and runs its VMs.
+    isolated = v.kind == "failed" and not any(n.startswith("process:") for n in v.networks)
+    if ctx.segment.recovery.allow_self_fence_proof and heard is not None and isolated:
+        return self_fence_proof(ctx, host, ep, last, heard)
+    return ctx.once(
+        alert("fence-failed", host=host, episode=ep),
+        host,
+        "critical",
+        f"cannot fence {host}: manual action needed",
+        f"{last.error_kind}: {last.detail}. Its VMs are not evacuated until it is fenced.",
+    )
+
+
+def self_fence_proof(ctx: Context, host: str, ep: int, last: Intent, heard: float) -> list[Entry]:
+    """The host's self-fence deadline has passed since it was last heard: that proves it
+    fenced. Until then, alert that evacuation waits for it."""
+    t = ctx.segment.timings
+    deadline = heard + t.self_fence_deadline_s + t.max_clock_skew_s
+    if ctx.now >= deadline:
+        return [
+            E.fenced(
+                ts=ctx.now,
+                by=ctx.me,
+                host=host,
+                method="self_fence_deadline",
+                reason=(
+                    f"BMC fence failed ({last.error_kind}: {last.detail}); last heard at "
+                    f"{heard:.3f}, self-fence deadline {t.self_fence_deadline_s:g}s + skew "
+                    f"{t.max_clock_skew_s:g}s passed at {deadline:.3f}"
+                ),
+                evidence={"last_heard": heard, "deadline": deadline, "fence_intent": last.id},
+            )
+        ]
+    return ctx.once(
+        alert("fence-wait", host=host, episode=ep),
+        host,
+        "critical",
+        f"cannot fence {host} through its BMC",
+        f"{last.error_kind}: {last.detail}. No evacuation until the self-fence "
+        f"deadline passes at {deadline:.3f}.",
+    )
+
+
+def take_inventory(
+    ctx: Context, host: str, ep: int, purpose: str, reason: str
+) -> tuple[list[Entry], Inventory | None]:
+    """The inventory step for `purpose` in episode `ep`, or, once it is taken, the
+    inventory it took."""
+    out = ctx.step(
+        inventory(host, ep, purpose), "inventory", host, reason=reason, params={"purpose": purpose}
+    )
+    inv = ctx.state.inventory.get(host)
+    if out or inv is None or inv.episode != ep or inv.purpose != purpose:
+        return out, None
+    return out, inv
+
+
+def degraded(ctx: Context, host: str, v: Verdict, ep: int) -> list[Entry]:
+    """A host lost on some networks: each network's `on_loss` says what to do (alert,
+    live-migrate its VMs away; fencing is `needs_fence`'s business)."""
+    out: list[Entry] = []
+    actions = {ctx.segment.network(n).on_loss for n in v.networks}
+    nets = ",".join(v.networks)
+    if "alert" in actions or "live_migrate" in actions:
+        out += ctx.once(
+            alert("degraded", host=host, episode=ep),
+            host,
+            "warning",
+            f"{host} lost {nets}",
+            v.reason,
+        )
+    if "live_migrate" not in actions:
+        return out
+    reason = f"{host} lost {nets}: list its servers to live-migrate them"
+    listing, inv = take_inventory(ctx, host, ep, "live_migrate", reason)
+    out += listing
+    if inv is None:
+        return out
+    for s in inv.servers:
+        if s.ha:
+            out += ctx.step(
+                vm_move("live_migrate", host, ep, s.id),
+                "live_migrate",
+                host,
+                vm=s.id,
+                reason=f"{host} lost {nets} (on_loss=live_migrate)",
+            )
+    return out
