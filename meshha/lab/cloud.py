@@ -503,11 +503,14 @@ class Cloud:
         for h in self.hosts:
             sim = self.bmc(h)
             sim.write_config()
-            off = [["ip", "link", "set", net.veth(h, n), "down"] for n in NETWORKS]
+            # ipmi_sim runs in the bmc namespace: what its chassis program runs must
+            # first get back to the root namespaces (the switch ports live there), those
+            # of the lab daemon (PID 1's may not be open to us in a container).
+            root = ["nsenter", "-t", str(self.desc["labd_pid"]), "-m", "-n", "--"]
+            off = [[*root, "ip", "link", "set", net.veth(h, n), "down"] for n in NETWORKS]
             (sim.state_dir / "off-commands").write_text(json.dumps(off))
-            sim.boot_with(
-                [sys.executable, "-m", "meshha.lab.cloud", "boot", "--state", str(self.state), h]
-            )
+            boot = [sys.executable, "-m", "meshha.lab.cloud", "boot", "--state", str(self.state), h]
+            sim.boot_with([*root, *boot])
             self.start_bmc(h)
         for h in self.hosts:
             addr, port = self.desc["bmcs"][h]["address"], self.desc["bmcs"][h]["port"]
