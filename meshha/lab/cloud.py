@@ -49,7 +49,7 @@ from typing import Any, TypeVar
 
 from meshha.agent.control import ControlError, call
 from meshha.lab.bmc import BmcSim
-from meshha.lab.labd import API_PORT, LIFELINE_PORT
+from meshha.lab.labd import ALERT_PORT, API_PORT, LIFELINE_PORT
 from meshha.lab.libvirt_setup import (
     PRIVATE_LIBVIRTD_CONF,
     PRIVATE_QEMU_CONF,
@@ -369,6 +369,8 @@ class Cloud:
             bmcs[h] = {"address": addr, "port": BMC_PORT}
         self.desc["bmcs"] = bmcs
         extra = POLICY_TOML + PROCESSES_TOML.format(python=sys.executable, sock=INIT_SOCK)
+        extra += f'\n[alerts]\nwebhooks = ["http://127.0.0.1:{ALERT_PORT}/alerts"]\n'
+
         config = write_segment(
             self.state / "config",
             [(h, net.addresses(h)) for h in hosts],
@@ -621,6 +623,13 @@ class Cloud:
                 return None
             seen.add(st["leader"])
         return seen.pop() if len(seen) == 1 and None not in seen else None
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """Every alert the lab's webhook sink received: {"from": host, "alert": body}."""
+        path = self.state / "alerts.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def ledger(self, host: str) -> list[tuple[int, dict[str, Any]]]:
         path = self.ledger_path(host)

@@ -8,6 +8,8 @@ Per lab host (network namespace) it listens, *inside that namespace*, on
   namespace's 127.0.0.1. The host's /etc/openstack/clouds.yaml points there, so the
   agent reaches Nova with a plain clouds.yaml and the lab's addresses stay inside the
   lab (no route out of any namespace).
+- 127.0.0.1:ALERT_PORT: a webhook sink for the agents' alerts (`POST /alerts`): each
+  body is appended, with the host it came from, to STATE/alerts.jsonl.
 - 127.0.0.1:LIFELINE_PORT: the lifeline of the host's nova-compute stand-in
   (meshha.lab.lab_host). A connection says `HOST boot` or `HOST restart`; labd starts
   that nova-compute in the box (a fresh hypervisor after a boot, the same guests after a
@@ -37,6 +39,8 @@ from meshha.lab.nova_client import NovaBox
 
 API_PORT = 8774
 LIFELINE_PORT = 8775
+ALERT_PORT = 8776
+MAX_ALERT_BYTES = 65536
 RELAY_BUFFER = 65536
 
 
@@ -108,6 +112,41 @@ class Lifelines:
                 await self.control("stop_compute", host=host)
 
 
+class AlertSink:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    async def serve(self, stream: trio.SocketStream, host: str) -> None:
+        async with stream:
+            data = b""
+            with trio.move_on_after(10):
+                while b"\r\n\r\n" not in data and len(data) < MAX_ALERT_BYTES:
+                    chunk = await stream.receive_some(4096)
+                    if not chunk:
+                        return
+                    data += chunk
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = min(int(value.strip() or 0), MAX_ALERT_BYTES)
+                while len(body) < length:
+                    chunk = await stream.receive_some(4096)
+                    if not chunk:
+                        break
+                    body += chunk
+            try:
+                alert = json.loads(body or b"{}")
+            except ValueError:
+                alert = {"raw": body.decode(errors="replace")}
+            with self.path.open("a") as f:
+                f.write(json.dumps({"from": host, "alert": alert}) + "\n")
+            await stream.send_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+            )
+
+
 async def serve_listener(sock: socket.socket, handler, *args: object) -> None:  # type: ignore[no-untyped-def]
     tsock = trio.socket.from_stdlib_socket(sock)
     async with trio.open_nursery() as nursery:
@@ -121,11 +160,13 @@ async def amain(state: Path) -> None:
     box = NovaBox(lab["hosts"])
     box.ready = {"port": lab["nova"]["port"], "control_port": lab["nova"]["control_port"]}
     lifelines = Lifelines(box)
+    alerts = AlertSink(state / "alerts.jsonl")
     listeners: list[tuple[socket.socket, Any, Any]] = []
     for host in lab["hosts"]:
         ns = lab["namespaces"][host]
         listeners.append((listener(ns, API_PORT), relay, lab["nova"]["port"]))
         listeners.append((listener(ns, LIFELINE_PORT), lifelines.serve, host))
+        listeners.append((listener(ns, ALERT_PORT), alerts.serve, host))
     async with trio.open_nursery() as nursery:
         for sock, handler, arg in listeners:
             nursery.start_soon(serve_listener, sock, handler, arg)
