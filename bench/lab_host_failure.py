@@ -55,7 +55,7 @@ def boot_on(cloud: Cloud, host: str, n: int) -> list[str]:
     conn = cloud.connect()
     flavor = next(f.id for f in conn.compute.flavors() if f.name == "m1.ha")
     ids = []
-    for k in range(n):
+    for _ in range(n):
         name = f"bench{len(cloud.desc['vms']) + 1:03d}"
         s = conn.compute.create_server(
             name=name, flavor_id=flavor, image_id=IMAGE_ID, networks="none", host=host
@@ -91,9 +91,9 @@ def one_run(cloud: Cloud, victim: str, ids: list[str]) -> dict[str, Any]:
     def moved() -> bool:
         doms = cloud.domains()
         for v in cloud.vms():
-            if v.id in ids and v.id not in active_at and v.host != victim:
-                if v.status == "ACTIVE" and v.task_state is None and doms.get(v.id) == [v.host]:
-                    active_at[v.id] = time.time()
+            new = v.id in ids and v.id not in active_at and v.host != victim
+            if new and v.status == "ACTIVE" and v.task_state is None and doms.get(v.id) == [v.host]:
+                active_at[v.id] = time.time()
         return len(active_at) == len(ids)
 
     wait_until(moved, 600, f"{len(ids)} VMs ACTIVE elsewhere", poll_s=0.2)
