@@ -214,5 +214,29 @@ def demo(state: Path, hosts: int, reserved: int, vms: int, keep: bool) -> None:
     sys.exit(0 if ok else 1)
 
 
+@main.command()
+@STATE
+@click.option("--runs", default=3, show_default=True, help="Fault schedules to run.")
+@click.option("--seed", default=1, show_default=True, help="Run r uses seed + r.")
+@click.option("--vms", default=8, show_default=True, help="VMs, when the lab is built here.")
+@click.option("--keep", is_flag=True, help="Leave a lab built here up at the end.")
+def nemesis(state: Path, runs: int, seed: int, vms: int, keep: bool) -> None:
+    """Seeded fault schedules on the lab (built here unless one is up), each followed by
+    the safety checks (see meshha.lab.nemesis). Exit 1 if any run violated one."""
+    from meshha.lab.nemesis import nemesis as run_nemesis
+
+    cloud = _cloud(state, must_exist=False)
+    built = False
+    if not cloud.exists:
+        cloud.up(LabSpec(vms=vms), say=click.echo)
+        built = True
+    try:
+        reports = run_nemesis(cloud, runs, seed, click.echo)
+    finally:
+        if built and not keep:
+            cloud.down(say=click.echo)
+    sys.exit(1 if any(r.violations for r in reports) else 0)
+
+
 if __name__ == "__main__":
     main()
