@@ -144,7 +144,12 @@ class Nemesis:
         run(["nft", "delete", "table", "bridge", net.table], check=False)
         run(["nft", "-f", "-"], input=script.encode())
 
-    def heal_all(self, rep: RunReport) -> None:
+    def heal_all(self, rep: RunReport, before: int) -> None:
+        """Network healed, hosts thawed, BMCs back, links up; then, once the segment has
+        finished what it started (every action since the run began has its result), the
+        powered-off hosts are powered on: a repaired host comes back after its recovery,
+        not in the middle of it (Nova refuses to force a host up while evacuations from
+        it are unfinished, see the report)."""
         c = self.cloud
         c.heal()
         rep.partitions = [(a, b or time.time(), m) for a, b, m in rep.partitions]
@@ -154,6 +159,18 @@ class Nemesis:
                 for n in c.net.networks:
                     c.restore_net(h, n)
             c.bmc_alive(h)
+
+        def quiet() -> bool:
+            self.sample(rep)
+            reader = next((h for h in c.hosts if c.try_status(h, 1.0)), None)
+            if reader is None:
+                return False
+            rows = [e for i, e in c.ledger(reader) if i > before]
+            done = {e["intent"] for e in rows if e["kind"] == "result"}
+            return all(e["intent"] in done for e in rows if e["kind"] == "intent")
+
+        with contextlib.suppress(LabTimeout):
+            wait_until(quiet, 120, "every action since the run began has a result", poll_s=0.5)
         for h in c.hosts:
             if not c.powered_on(h):
                 c.power_on(h)
@@ -185,7 +202,7 @@ class Nemesis:
             self.hold(rep, t0 + f.at_s)
             self.apply(f, rep, t0)
         self.hold(rep, end)
-        self.heal_all(rep)
+        self.heal_all(rep, before)
         self.say(f"  +{time.time() - t0:5.1f}s  healed; waiting for the lab to converge")
         try:
             self.converge(rep)
@@ -212,7 +229,11 @@ class Nemesis:
             svcs = [s for s in conn.compute.services() if s.binary == "nova-compute"]
             return all(s.status == "enabled" and not s.is_forced_down for s in svcs)
 
-        wait_until(step(in_service), 180, "every nova-compute enabled", poll_s=0.5)
+        try:
+            wait_until(step(in_service), 120, "every nova-compute enabled", poll_s=0.5)
+        except LabTimeout as e:
+            rep.violations.append(f"did not converge: {e}")
+            self.repair(rep)
 
         def ha_running() -> bool:
             doms = c.domains()
@@ -233,6 +254,38 @@ class Nemesis:
                 rep.violations.append(
                     f"HA VM {v.name} not running: nova {v.status} on {v.host}, qemu on {doms.get(v.id)}"
                 )
+
+    def repair(self, rep: RunReport) -> None:
+        """What an operator does for a host left disabled, so the next run starts clean:
+        restart its nova-compute (its start-up cleans up evacuated instances), then force
+        it up and enable it in Nova."""
+        from openstack.exceptions import SDKException
+
+        c = self.cloud
+        conn = c.connect()
+        stuck = [
+            s
+            for s in conn.compute.services()
+            if s.binary == "nova-compute" and (s.status != "enabled" or s.is_forced_down)
+        ]
+        for s in stuck:
+            self.say(f"  repair: restart nova-compute on {s.host}, force it up, enable it")
+            c.kill_process(s.host, "nova-compute")
+
+        def fixed() -> bool:
+            for s in stuck:
+                with contextlib.suppress(SDKException):  # retried until the deadline
+                    conn.compute.update_service_forced_down(s, s.host, s.binary, False)
+                    conn.compute.enable_service(s, s.host, s.binary)
+            fresh = {x.id: x for x in conn.compute.services()}
+            return all(
+                fresh[s.id].status == "enabled" and not fresh[s.id].is_forced_down for s in stuck
+            )
+
+        try:
+            wait_until(fixed, 120, "stuck nova-computes repaired", poll_s=2.0)
+        except LabTimeout as e:
+            rep.violations.append(f"repair failed: {e}")
 
     def check_ledgers(self, rep: RunReport, before: int) -> None:
         c = self.cloud
