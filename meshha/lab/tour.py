@@ -189,6 +189,13 @@ def power_off_host(cloud: Cloud, host: str, say: Say, *, timeout_s: float = 180.
         return all(any(i in d for d in done) for i in ha)
 
     tl.until(results_committed, 30, "every evacuation's result committed")
+    why = {}
+    for e in tl.rows:
+        if e["kind"] == "result" and e["intent"].startswith(f"inventory:{host}:"):
+            for srv in e.get("data", {}).get("servers", []):
+                why[srv["id"]] = dict(srv.get("decided_by", [])).get("ha", "?")
+    for i in non_ha:
+        tl.note(f"left      {names[i]} not HA ({why.get(i, '?')}): stays on {host}, off with it")
     rows = tl.rows
     times = {
         "failed": _first(
@@ -313,9 +320,13 @@ def run_demo(cloud: Cloud, spec: LabSpec, say: Say, *, keep: bool = False) -> bo
         say(f"lab up in {times['total']:.1f}s")
         say("")
         print_status(cloud, say)
-        victim = max(
-            cloud.computes, key=lambda h: sum(1 for v in cloud.vms() if v.host == h and v.ha)
-        )
+        vms = cloud.vms()
+
+        def interest(h: str) -> tuple[bool, int]:  # a host with HA and non-HA VMs first
+            mine = [v for v in vms if v.host == h]
+            return any(not v.ha for v in mine), sum(v.ha for v in mine)
+
+        victim = max(cloud.computes, key=interest)
         say("")
         say(f"== 2. a host loses power: {victim} ==")
         outcomes.append(power_off_host(cloud, victim, say))
