@@ -624,6 +624,21 @@ class Cloud:
             seen.add(st["leader"])
         return seen.pop() if len(seen) == 1 and None not in seen else None
 
+    def agreed_ledger(self, hosts: Iterable[str]) -> list[dict[str, Any]] | None:
+        """The entries every ledger of `hosts` holds, in index order, when they agree: no
+        index with two different entries, and each holds every index up to the shortest
+        one's last (ledgers are read one after the other while the segment commits, so
+        "identical" is checked on the common prefix). None while they do not."""
+        books = [dict(self.ledger(h)) for h in hosts]
+        if not books or not all(books):
+            return None
+        upto = min(max(b) for b in books)
+        ref = {i: e for b in books for i, e in b.items() if i <= upto}
+        for b in books:
+            if {i: e for i, e in b.items() if i <= upto} != ref:
+                return None
+        return [ref[i] for i in sorted(ref)]
+
     def alerts(self) -> list[dict[str, Any]]:
         """Every alert the lab's webhook sink received: {"from": host, "alert": body}."""
         path = self.state / "alerts.jsonl"

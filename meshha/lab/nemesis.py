@@ -208,7 +208,7 @@ class Nemesis:
             self.converge(rep)
         except LabTimeout as e:
             rep.violations.append(f"did not converge: {e}")
-        self.check_ledgers(rep, before)
+        self.check_ledgers(rep, t0)
         rep.seconds = round(time.time() - t0, 1)
         return rep
 
@@ -287,14 +287,12 @@ class Nemesis:
         except LabTimeout as e:
             rep.violations.append(f"repair failed: {e}")
 
-    def check_ledgers(self, rep: RunReport, before: int) -> None:
+    def check_ledgers(self, rep: RunReport, t0: float) -> None:
         c = self.cloud
 
         def same() -> list[dict[str, Any]] | None:
-            books = [dict(c.ledger(h)) for h in c.hosts]
-            if all(b == books[0] for b in books):
-                return [books[0][i] for i in sorted(books[0]) if i > before]
-            return None
+            rows = c.agreed_ledger(c.hosts)
+            return [e for e in rows if e["ts"] >= t0] if rows else None
 
         try:
             rows = wait_until(same, 60, "every ledger identical", poll_s=0.5)

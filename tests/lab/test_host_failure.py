@@ -54,15 +54,12 @@ def entries(cloud: Cloud, host: str) -> list[dict[str, Any]]:
 
 
 def wait_ledgers_equal(
-    cloud: Cloud, hosts: list[str], timeout_s: float = 20.0
+    cloud: Cloud, hosts: list[str], timeout_s: float = 30.0
 ) -> list[dict[str, Any]]:
-    def same() -> list[dict[str, Any]] | None:
-        books = [dict(cloud.ledger(h)) for h in hosts]
-        return (
-            [books[0][i] for i in sorted(books[0])] if all(b == books[0] for b in books) else None
-        )
-
-    return wait_until(same, timeout_s, f"ledgers of {hosts} identical", poll_s=0.2)
+    """The ledgers of `hosts` agree (Cloud.agreed_ledger): their common entries."""
+    return wait_until(
+        lambda: cloud.agreed_ledger(hosts), timeout_s, f"ledgers of {hosts} agree", poll_s=0.3
+    )
 
 
 def results(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -242,6 +239,19 @@ def test_partition_2_3_only_the_majority_acts(cloud: Cloud) -> None:
                 for v in ha_minority
             )
 
+        def fenced() -> bool:
+            rows = cloud.agreed_ledger(majority) or []
+            done = results([e for e in rows if e["ts"] >= t0])
+            return all(
+                any(
+                    e["intent"] in done and done[e["intent"]]["outcome"] == "ok"
+                    for e in intents(rows, "fence", h)
+                    if e["ts"] >= t0
+                )
+                for h in minority
+            )
+
+        sampler.until(fenced, 120, "the majority fenced both minority hosts")
         sampler.until(moved, 180, "the minority's HA VMs ACTIVE on the majority")
         doms = sampler.check()
         for v in ha_minority:
