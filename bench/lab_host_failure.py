@@ -16,10 +16,10 @@ over the repetitions.
 
 Masakari's strategy and defaults on the same run: its chain is detect -> disable the
 service -> wait `wait_period_after_service_update` (180 s) -> evacuate 3 at a time
-(`host_failure_recovery_threads`). Its time is COMPUTED from the step times measured here:
-our fence-confirmed time (a floor for its detection + fence), plus our disable time, plus
-180 s, plus ceil(N / 3) times the median single-VM evacuation time measured here (intent
-to ACTIVE, from the ledger). Never slept. The ratio is printed.
+(`host_failure_recovery_threads`). Its time is COMPUTED, as a floor, from the step times
+measured here: our fence-confirmed time (its detection + fence cannot be faster), plus
+our disable step, plus 180 s, plus our own evacuation span (3 at a time is not faster
+than 10 at a time). Never slept. The ratio is printed.
 
     python bench/lab_host_failure.py [--reps 5] [--vms 20] [--quick]
 
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
@@ -47,7 +46,6 @@ from meshha.lab.cloud import IMAGE_ID, Cloud, LabSpec, wait_until  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 MASAKARI_WAIT_S = 180.0
-MASAKARI_PARALLEL = 3
 TARGET_ALL_S = 15.0
 
 
@@ -156,11 +154,15 @@ def summarise(runs: list[dict[str, Any]], n: int) -> dict[str, Any]:
         vals = [r[key] for r in runs]
         out[key] = {"median": round(statistics.median(vals), 2), "min": min(vals), "max": max(vals)}
     per_vm = statistics.median(r["per_vm_evacuation_median_s"] for r in runs)
+    # A floor: Masakari's chain with our measured detection+fence and disable steps, its
+    # 180 s wait, and evacuations no slower than ours (3 at a time cannot beat 10 at a
+    # time; the per-VM times measured here under 10-way load would overstate it).
+    evac_span = statistics.median(r["all_active_s"] - r["disabled_s"] for r in runs)
     masakari = (
         out["fenced_s"]["median"]
         + statistics.median(r["disable_step_s"] for r in runs)
         + MASAKARI_WAIT_S
-        + math.ceil(n / MASAKARI_PARALLEL) * per_vm
+        + evac_span
     )
     out["masakari_model_all_active_s"] = round(masakari, 1)
     out["masakari_over_meshha"] = round(masakari / out["all_active_s"]["median"], 1)
@@ -201,7 +203,7 @@ def main() -> int:
         "runs": runs,
         "summary": summarise(runs, n),
         "target_all_active_s": TARGET_ALL_S,
-        "masakari_model": f"fenced + disable + {MASAKARI_WAIT_S:g} s + ceil(N/{MASAKARI_PARALLEL}) x per-VM evacuation",
+        "masakari_model": f"floor: fenced + disable step + {MASAKARI_WAIT_S:g} s + our evacuation span",
         "wall_s": round(time.monotonic() - t, 1),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -215,7 +217,42 @@ def main() -> int:
         f"  masakari model   {s['masakari_model_all_active_s']:7.1f}  (x{s['masakari_over_meshha']})"
     )
     print(f"wrote {out}")
+    write_markdown(res, quick=a.quick)
     return 0
+
+
+def write_markdown(res: dict[str, Any], *, quick: bool) -> None:
+    """This benchmark's section of bench/RESULTS.md (between its markers), as a table."""
+    s = res["summary"]
+    rows = [
+        ("power-off -> `failed` committed", s["failed_s"]),
+        ("power-off -> fence confirmed (BMC off)", s["fenced_s"]),
+        ("power-off -> first HA VM ACTIVE elsewhere", s["first_active_s"]),
+        (f"power-off -> all {res['vms']} HA VMs ACTIVE", s["all_active_s"]),
+    ]
+    lines = [
+        f"<!-- lab_host_failure{'_quick' if quick else ''} -->",
+        f"### Host power-off on the real lab ({res['vms']} HA VMs, {res['reps']} runs"
+        f"{', quick' if quick else ''}; bench/lab_host_failure.py)",
+        "",
+        "| step | median s | min-max s |",
+        "|---|---:|---:|",
+        *[f"| {name} | {v['median']:.2f} | {v['min']:.2f}-{v['max']:.2f} |" for name, v in rows],
+        f"| Masakari floor (same run's steps + its 180 s wait) | "
+        f"{s['masakari_model_all_active_s']:.1f} | x{s['masakari_over_meshha']} |",
+        "",
+        f"Target: all HA VMs ACTIVE within {res['target_all_active_s']:g} s. Per-VM evacuation "
+        f"(intent to ACTIVE) median {s['per_vm_evacuation_median_s']:.2f} s.",
+        f"<!-- /lab_host_failure{'_quick' if quick else ''} -->",
+    ]
+    md = REPO / "bench" / "RESULTS.md"
+    text = md.read_text() if md.exists() else "# Benchmark results\n\n"
+    start, end = lines[0], lines[-1]
+    if start in text and end in text:
+        text = text[: text.index(start)] + "\n".join(lines) + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n"
+    md.write_text(text)
 
 
 if __name__ == "__main__":
