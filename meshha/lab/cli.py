@@ -32,6 +32,15 @@ STATE = click.option(
 )
 
 
+PROFILE = click.option(
+    "--profile",
+    type=click.Choice(["lan-safe", "lan-fast"]),
+    default="lan-safe",
+    show_default=True,
+    help="The agents' timing profile (lan-safe is the shipped example's).",
+)
+
+
 def _cloud(state: Path, *, must_exist: bool = True) -> Cloud:
     if os.geteuid() != 0:
         raise click.ClickException("the lab needs root (network namespaces, libvirtd, ipmi_sim)")
@@ -52,12 +61,15 @@ def main() -> None:
 @click.option("--hosts", default=5, show_default=True, help="Hosts in the segment.")
 @click.option("--reserved", default=1, show_default=True, help="How many of them are reserved.")
 @click.option("--vms", default=20, show_default=True, help="VMs to boot over the compute hosts.")
-def up(state: Path, hosts: int, reserved: int, vms: int) -> None:
+@PROFILE
+def up(state: Path, hosts: int, reserved: int, vms: int, profile: str) -> None:
     """Build the lab and leave it running."""
     cloud = _cloud(state, must_exist=False)
     click.echo(f"meshha-lab up: {hosts} hosts ({reserved} reserved), {vms} VMs, state {state}")
     try:
-        times = cloud.up(LabSpec(hosts=hosts, reserved=reserved, vms=vms), say=click.echo)
+        times = cloud.up(
+            LabSpec(hosts=hosts, reserved=reserved, vms=vms, profile=profile), say=click.echo
+        )
     except (LabError, AssertionError) as e:
         raise click.ClickException(str(e)) from e
     click.echo(f"lab up in {times['total']:.1f}s. Try: meshha-lab status")
@@ -200,7 +212,8 @@ def _fault(cloud: Cloud, kind: str, args: tuple[str, ...]) -> str:
     help="VMs to boot (fewer than `up`'s 20 so the demo fits in a few minutes on 2 cores).",
 )
 @click.option("--keep", is_flag=True, help="Leave the lab up at the end.")
-def demo(state: Path, hosts: int, reserved: int, vms: int, keep: bool) -> None:
+@PROFILE
+def demo(state: Path, hosts: int, reserved: int, vms: int, keep: bool, profile: str) -> None:
     """Up, a guided tour of failures and recoveries with a live timeline, a summary, down."""
     from meshha.lab.tour import run_demo
 
@@ -220,7 +233,8 @@ def demo(state: Path, hosts: int, reserved: int, vms: int, keep: bool) -> None:
 @click.option("--seed", default=1, show_default=True, help="Run r uses seed + r.")
 @click.option("--vms", default=8, show_default=True, help="VMs, when the lab is built here.")
 @click.option("--keep", is_flag=True, help="Leave a lab built here up at the end.")
-def nemesis(state: Path, runs: int, seed: int, vms: int, keep: bool) -> None:
+@PROFILE
+def nemesis(state: Path, runs: int, seed: int, vms: int, keep: bool, profile: str) -> None:
     """Seeded fault schedules on the lab (built here unless one is up), each followed by
     the safety checks (see meshha.lab.nemesis). Exit 1 if any run violated one."""
     from meshha.lab.nemesis import nemesis as run_nemesis
@@ -228,7 +242,7 @@ def nemesis(state: Path, runs: int, seed: int, vms: int, keep: bool) -> None:
     cloud = _cloud(state, must_exist=False)
     built = False
     if not cloud.exists:
-        cloud.up(LabSpec(vms=vms), say=click.echo)
+        cloud.up(LabSpec(vms=vms, profile=profile), say=click.echo)
         built = True
     try:
         reports = run_nemesis(cloud, runs, seed, click.echo)

@@ -152,7 +152,11 @@ class LabSpec:
     vms: int = 20
     prefix: str = DEFAULT_PREFIX
     subnet: str = DEFAULT_SUBNET
-    profile: str = "lan-fast"
+    # The shipped example's profile (config/segment.example.toml): the lab runs the agent
+    # as shipped. "lan-fast" detects in about a second, but assumes agents are never
+    # CPU-starved; on a loaded 2-core machine it re-fenced hosts that had just come back
+    # (see meshha.lab.nemesis).
+    profile: str = "lan-safe"
     timings_toml: str = ""
 
     def host_names(self) -> list[str]:

@@ -24,7 +24,8 @@ waits for the lab to converge and checks:
    majority side;
 4. every ledger complete and identical (all hosts, after heal);
 5. every HA VM running somewhere at the end: ACTIVE in Nova, its QEMU on Nova's host only;
-6. no healthy host fenced: only hosts the schedule faulted were fenced.
+6. no healthy host fenced: only hosts the schedule faulted were fenced, and none again
+   once it was repaired and powered on.
 
 A violation prints the seed and the schedule. The fault durations are the schedule's
 (a fault lasts that long while sampling); every other wait is for a condition with a
@@ -73,6 +74,7 @@ class RunReport:
     seconds: float = 0.0
     faulted: set[str] = field(default_factory=set)
     partitions: list[tuple[float, float, list[str]]] = field(default_factory=list)
+    healed_at: float = 0.0  # every faulted host powered on again
 
     def describe(self) -> str:
         return json.dumps([asdict(f) for f in self.schedule])
@@ -174,6 +176,7 @@ class Nemesis:
         for h in c.hosts:
             if not c.powered_on(h):
                 c.power_on(h)
+        rep.healed_at = time.time()
 
     # -- one run ---------------------------------------------------------------------------
 
@@ -306,6 +309,11 @@ class Nemesis:
                 fence_intents[e["intent"]] = e["host"]
                 if e["host"] not in rep.faulted:
                     rep.violations.append(f"healthy host {e['host']} fenced: {e['intent']}")
+                elif rep.healed_at and e["ts"] > rep.healed_at + 1.0:
+                    rep.violations.append(
+                        f"{e['host']} fenced again after it was repaired: {e['intent']} "
+                        f"({e['ts'] - rep.healed_at:.1f}s after the heal)"
+                    )
             if e["kind"] == "result" and e["intent"] in fence_intents and e["outcome"] == "ok":
                 fenced.add(fence_intents[e["intent"]])
             if e["kind"] == "fenced":
