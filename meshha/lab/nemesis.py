@@ -188,9 +188,13 @@ class Nemesis:
                 rep.violations.append(f"VM {vm} running on {hosts} at {time.time():.2f}")
 
     def hold(self, rep: RunReport, until: float) -> None:
-        while time.time() < until:
+        """Keep the faults on until `until` (the schedule's duration), sampling."""
+
+        def over() -> bool:
             self.sample(rep)
-            time.sleep(0.2)  # noqa: TID251  # the schedule's fault duration, sampled
+            return time.time() >= until
+
+        wait_until(over, max(until - time.time(), 0) + 30, "the fault's duration", poll_s=0.2)
 
     def run(self, seed: int) -> RunReport:
         c = self.cloud
