@@ -147,6 +147,11 @@ class Outcome:
     ok: bool = True
 
 
+def last_index(cloud: Cloud) -> int:
+    """The highest ledger index any host holds now (what a new timeline starts after)."""
+    return max((i for h in cloud.hosts for i, _ in cloud.ledger(h)), default=0)
+
+
 def _first(rows: list[dict[str, Any]], pred: Callable[[dict[str, Any]], bool]) -> float | None:
     return next((e["ts"] for e in rows if pred(e)), None)
 
@@ -163,7 +168,7 @@ def power_off_host(cloud: Cloud, host: str, say: Say, *, timeout_s: float = 180.
         f"{len(non_ha)} not ({', '.join(names[i] for i in non_ha) or '-'})"
     )
     tl = Timeline(cloud, say, time.time(), {host})
-    tl.seen = max((i for i, _ in cloud.ledger(cloud.leader() or cloud.computes[0])), default=0)
+    tl.seen = last_index(cloud)
     t0 = cloud.power_off(host)
     tl.t0 = t0
     tl.note(f"FAULT     {host} powered off through its BMC (ipmitool chassis power off)", t0)
@@ -228,7 +233,7 @@ def power_off_host(cloud: Cloud, host: str, say: Say, *, timeout_s: float = 180.
 def crash_vm(cloud: Cloud, host: str, say: Say, *, timeout_s: float = 60.0) -> Outcome:
     vm = cloud.pick_vm(host)
     tl = Timeline(cloud, say, time.time(), set())
-    tl.seen = max((i for i, _ in cloud.ledger(cloud.leader() or cloud.computes[0])), default=0)
+    tl.seen = last_index(cloud)
     _, t0 = cloud.crash_vm(host, vm.id)
     tl.t0 = t0
     tl.note(f"FAULT     QEMU of {vm.name} on {host} killed (kill -9)", t0)
@@ -262,7 +267,7 @@ def crash_vm(cloud: Cloud, host: str, say: Say, *, timeout_s: float = 60.0) -> O
 
 def power_on_host(cloud: Cloud, host: str, say: Say, *, timeout_s: float = 90.0) -> Outcome:
     tl = Timeline(cloud, say, time.time(), set())
-    tl.seen = max((i for i, _ in cloud.ledger(cloud.leader() or cloud.computes[0])), default=0)
+    tl.seen = last_index(cloud)
     t0 = cloud.power_on(host)
     tl.t0 = t0
     tl.note(f"REPAIR    {host} powered on through its BMC", t0)
