@@ -43,6 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from meshha.lab.cloud import IMAGE_ID, Cloud, LabSpec, wait_until  # noqa: E402
+from meshha.lab.netns import LabError  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 MASAKARI_WAIT_S = 180.0
@@ -88,7 +89,11 @@ def one_run(cloud: Cloud, victim: str, ids: list[str]) -> dict[str, Any]:
 
     def moved() -> bool:
         doms = cloud.domains()
-        for v in cloud.vms():
+        vms = cloud.vms()
+        errors = [v.name for v in vms if v.id in ids and v.status == "ERROR"]
+        if errors:
+            raise LabError(f"evacuated VMs in ERROR: {', '.join(errors)}", kind="state")
+        for v in vms:
             new = v.id in ids and v.id not in active_at and v.host != victim
             if new and v.status == "ACTIVE" and v.task_state is None and doms.get(v.id) == [v.host]:
                 active_at[v.id] = time.time()
