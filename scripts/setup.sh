@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # meshha: install everything on a fresh Debian 12 / Ubuntu machine (as root), then run
-#   demo  - the main job: a simulated 5-host segment losing a host, as a timeline
+#   demo  - the main job: `meshha-lab demo`, a real 5-host lab (namespaces, ipmi_sim BMCs,
+#           libvirt/QEMU VMs, real Nova, one meshha agent per host) losing a host and a
+#           VM, as a live timeline; then the lab is taken down
 #   test  - lint, then the whole test suite (unit, simulation, contract, integration)
 # Idempotent: safe to run again. Everything it installs is listed here or in the
 # scripts it calls; nothing is assumed to be on the machine beforehand.
@@ -19,7 +21,7 @@ if [ "$MODE" = test ]; then
     # systemd-analyze verifies the unit file (config/meshha-agent.service); PID 1 is untouched.
     apt-get install -y -qq --no-install-recommends systemd >/dev/null
 fi
-if [ "$MODE" = test ] && [ -f scripts/install-lab-system.sh ]; then
+if { [ "$MODE" = test ] || [ "$MODE" = demo ]; } && [ -f scripts/install-lab-system.sh ]; then
     echo "== lab components (libvirtd, QEMU, OpenIPMI, iproute2, nftables)"
     bash scripts/install-lab-system.sh
 fi
@@ -30,16 +32,16 @@ echo "== python environment in $VENV ($($PYTHON --version))"
 "$VENV/bin/pip" install -q --upgrade pip >/dev/null
 "$VENV/bin/pip" install -q -e ".[test]"
 
-if [ "$MODE" = test ] && [ -f scripts/install-nova-venv.sh ]; then
-    echo "== real Nova in its own virtualenv (for integration tests)"
+if { [ "$MODE" = test ] || [ "$MODE" = demo ]; } && [ -f scripts/install-nova-venv.sh ]; then
+    echo "== real Nova in its own virtualenv (for the lab and the integration tests)"
     MESHHA_NOVA_PYTHON="$PYTHON" bash scripts/install-nova-venv.sh
 fi
 
 export PATH="$VENV/bin:$PATH"
 case "$MODE" in
 demo)
-    echo "== demo: a 5-host segment, host2 loses power (simulated time)"
-    meshctl sim --hosts 5 --scenario host-power-off --seed 1 --no-observations
+    echo "== demo: a real 5-host lab; a host loses power, a VM crashes, the host comes back"
+    meshha-lab demo
     ;;
 test)
     echo "== lint"

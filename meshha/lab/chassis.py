@@ -18,6 +18,8 @@ Everything lives in files under DIR, so the lab and the tests steer it by writin
     kill-pidfiles  globs, one a line: every file matching holds a pid to SIGKILL
                    (e.g. a libvirt root's run/qemu/*.pid: the host's VMs die with it)
     on-command     a JSON argv list run detached on power on and on reset (the host boots)
+    off-commands   a JSON list of argv lists run in order, each waited for (a few seconds at
+                   most), after the kills on power off and reset (e.g. its links go down)
     delay-s        a float: sleep this long before answering (a slow BMC)
     stuck          present: accept `set power` but change nothing (a BMC that lies)
     broken         present: fail every call (completion code 0xFF)
@@ -76,6 +78,18 @@ def _kill_everything(state_dir: str) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
+def _halt(state_dir: str) -> None:
+    import contextlib
+    import json
+    import subprocess
+
+    text = _read(os.path.join(state_dir, "off-commands"))
+    for argv in json.loads(text) if text else []:
+        # the power is off whatever a link command says
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=5)
+
+
 def _boot(state_dir: str) -> None:
     import json
     import subprocess
@@ -102,18 +116,21 @@ def _set(state_dir: str, name: str, value: str) -> None:
         if value == "0":
             _write_atomic(power_file, "0\n")
             _kill_everything(state_dir)
+            _halt(state_dir)
         elif value == "1":
             _write_atomic(power_file, "1\n")
             if not was_on:
                 _boot(state_dir)
     elif name == "reset" and value == "1":
         _kill_everything(state_dir)
+        _halt(state_dir)
         _write_atomic(power_file, "1\n")
         _boot(state_dir)
     elif name == "shutdown" and value == "1":
         # A soft power-off asks the OS to shut down; the lab host has no OS to ask.
         _write_atomic(power_file, "0\n")
         _kill_everything(state_dir)
+        _halt(state_dir)
     elif name == "boot":
         _write_atomic(os.path.join(state_dir, "boot"), value + "\n")
 

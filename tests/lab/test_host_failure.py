@@ -1,0 +1,277 @@
+"""User-story cases end to end on the real lab (5 hosts, host5 reserved, 10 real QEMU VMs).
+
+Each test injects a real fault (a BMC power-off through ipmitool, a kill -9 of a QEMU, a
+switch-level partition) and asserts the outcome three ways: in Nova (server host, status,
+instance actions, the compute service), in libvirt (the QEMU processes that really run,
+on every host, sampled throughout the test: no VM is ever in two places) and in the
+ledger of every surviving host (identical, with the verdict, the fence and every action
+and its result). Each test puts the lab back as it found it (hosts on, network healed).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import pytest
+
+from meshha.lab.cloud import Cloud, LabSpec, Vm, wait_until
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.lab,
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+]
+LAB_SPEC = LabSpec(hosts=5, reserved=1, vms=10)
+T = TypeVar("T")
+
+
+class Sampler:
+    """Lists every lab QEMU on every host at each poll; fails on a VM in two places."""
+
+    def __init__(self, cloud: Cloud) -> None:
+        self.cloud = cloud
+        self.samples = 0
+
+    def check(self) -> dict[str, list[str]]:
+        doms = self.cloud.domains()
+        twice = {vm: hosts for vm, hosts in doms.items() if len(hosts) > 1}
+        assert not twice, f"VMs running in two places: {twice}"
+        self.samples += 1
+        return doms
+
+    def until(self, cond: Callable[[], T | None], timeout_s: float, what: str) -> T:
+        def step() -> T | None:
+            self.check()
+            return cond()
+
+        return wait_until(step, timeout_s, what, poll_s=0.2)
+
+
+def entries(cloud: Cloud, host: str) -> list[dict[str, Any]]:
+    return [e for _, e in cloud.ledger(host)]
+
+
+def wait_ledgers_equal(
+    cloud: Cloud, hosts: list[str], timeout_s: float = 30.0
+) -> list[dict[str, Any]]:
+    """The ledgers of `hosts` agree (Cloud.agreed_ledger): their common entries."""
+    return wait_until(
+        lambda: cloud.agreed_ledger(hosts), timeout_s, f"ledgers of {hosts} agree", poll_s=0.3
+    )
+
+
+def results(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {e["intent"]: e for e in rows if e["kind"] == "result"}
+
+
+def intents(rows: list[dict[str, Any]], action: str, host: str) -> list[dict[str, Any]]:
+    return [
+        e for e in rows if e["kind"] == "intent" and e["action"] == action and e["host"] == host
+    ]
+
+
+def action_names(cloud: Cloud, conn: Any, vm: str) -> list[str]:
+    return [a.action for a in conn.compute.server_actions(vm)]
+
+
+def back_in_service(cloud: Cloud, sampler: Sampler, hosts: list[str], since: float) -> None:
+    """Power `hosts` on again and wait until each is healthy and enabled in Nova."""
+    for h in hosts:
+        if not cloud.powered_on(h):
+            cloud.power_on(h)
+    cloud.wait_agents(cloud.hosts, timeout_s=90)
+    conn = cloud.connect()
+
+    def enabled() -> bool:
+        svcs = {s.host: s for s in conn.compute.services() if s.binary == "nova-compute"}
+        return all(svcs[h].status == "enabled" and not svcs[h].is_forced_down for h in hosts)
+
+    sampler.until(enabled, 60, f"{hosts} enabled in Nova again")
+
+
+def by_host(vms: list[Vm]) -> dict[str, list[Vm]]:
+    out: dict[str, list[Vm]] = {}
+    for v in vms:
+        out.setdefault(v.host or "-", []).append(v)
+    return out
+
+
+def test_host_power_off_fenced_and_ha_vms_active_on_reserved(cloud: Cloud) -> None:
+    sampler = Sampler(cloud)
+    conn = cloud.connect()
+    vms = cloud.vms()
+    groups = by_host(vms)
+    victim = next(h for h in cloud.computes if any(not v.ha for v in groups.get(h, [])))
+    reserved = cloud.reserved[0]
+    ha = [v for v in groups[victim] if v.ha]
+    non_ha = [v for v in groups[victim] if not v.ha]
+    assert ha and non_ha, groups
+    live = [h for h in cloud.hosts if h != victim]
+    elsewhere = {v.id: v.host for v in vms if v.host != victim}
+
+    t0 = cloud.power_off(victim)
+
+    def evacuated() -> bool:
+        servers = {s.id: s for s in cloud.vms()}
+        return all(
+            servers[v.id].host == reserved
+            and servers[v.id].status == "ACTIVE"
+            and servers[v.id].task_state is None
+            for v in ha
+        )
+
+    sampler.until(evacuated, 120, f"HA VMs of {victim} ACTIVE on {reserved}")
+    took_s = time.time() - t0
+
+    # Nova: evacuated once each, the non-HA VMs left, the service forced down + disabled.
+    for v in ha:
+        assert action_names(cloud, conn, v.id).count("evacuate") == 1
+    servers = {s.id: s for s in cloud.vms()}
+    for v in non_ha:
+        assert servers[v.id].host == victim
+        assert "evacuate" not in action_names(cloud, conn, v.id)
+    svc = next(
+        s for s in conn.compute.services() if s.host == victim and s.binary == "nova-compute"
+    )
+    assert svc.is_forced_down and svc.status == "disabled", svc
+
+    # libvirt on every host: the HA VMs run on the reserved host only, nothing runs on the
+    # powered-off host, every other VM where it was.
+    doms = sampler.check()
+    for v in ha:
+        assert doms.get(v.id) == [reserved], (v.name, doms.get(v.id))
+    for v in non_ha:
+        assert v.id not in doms
+    assert not [vm for vm, hosts in doms.items() if victim in hosts]
+    for vm, host in elsewhere.items():
+        assert doms.get(vm) == [host], (vm, doms.get(vm))
+
+    # The BMC: the victim is off, nobody else was fenced.
+    assert not cloud.powered_on(victim)
+    assert "off" in cloud.ipmitool(victim, "chassis", "power", "status")
+    assert all(cloud.powered_on(h) for h in live)
+
+    # Every surviving ledger: identical, the verdict, the fence, every evacuation and result.
+    def complete() -> list[dict[str, Any]] | None:
+        rows = wait_ledgers_equal(cloud, live)
+        evac = intents(rows, "evacuate", victim)
+        done = results(rows)
+        return rows if len(evac) >= len(ha) and all(e["intent"] in done for e in evac) else None
+
+    rows = wait_until(complete, 30, "every evacuation's result in every live ledger")
+    done = results(rows)
+    assert any(
+        e["kind"] == "verdict" and e["host"] == victim and e["verdict"] == "failed" for e in rows
+    )
+    (fence,) = intents(rows, "fence", victim)
+    assert done[fence["intent"]]["outcome"] == "ok"
+    assert done[fence["intent"]]["data"]["method"] == "bmc"
+    evac = intents(rows, "evacuate", victim)
+    assert sorted(e["vm"] for e in evac) == sorted(v.id for v in ha)
+    assert {e["target"] for e in evac} == {reserved}
+    assert all(done[e["intent"]]["outcome"] == "ok" for e in evac)
+    fence_ok = done[fence["intent"]]["ts"]
+    assert min(e["ts"] for e in evac) >= fence_ok  # no evacuation before a confirmed fence
+    assert {e["host"] for e in rows if e["kind"] == "intent" and e["ts"] >= t0} <= {victim}
+    print(f"power-off -> all {len(ha)} HA VMs ACTIVE on {reserved}: {took_s:.1f}s")
+
+    back_in_service(cloud, sampler, [victim], t0)
+    assert not [vm for vm, hosts in sampler.check().items() if victim in hosts]
+
+
+def test_vm_crash_restarted_on_the_same_host(cloud: Cloud) -> None:
+    sampler = Sampler(cloud)
+    host = cloud.computes[-1]
+    vm, t0 = cloud.crash_vm(host)
+    sampler.until(lambda: vm.id not in cloud.domains() or None, 10, f"{vm.name}'s QEMU gone")
+
+    def running_again() -> bool:
+        return sampler.check().get(vm.id) == [host]
+
+    sampler.until(running_again, 60, f"{vm.name}'s QEMU running again on {host}")
+    took_s = time.time() - t0
+
+    def active() -> bool:  # Nova says so a moment after the QEMU runs (power_on returns)
+        server = next(s for s in cloud.vms() if s.id == vm.id)
+        return (server.host, server.status, server.task_state) == (host, "ACTIVE", None)
+
+    sampler.until(active, 30, f"{vm.name} ACTIVE on {host} in Nova")
+    assert sampler.check().get(vm.id) == [host]
+
+    def restarted() -> list[dict[str, Any]] | None:
+        rows = wait_ledgers_equal(cloud, cloud.hosts)
+        restart = [
+            e for e in rows if e["kind"] == "intent" and e.get("vm") == vm.id and e["ts"] >= t0
+        ]
+        return rows if restart and restart[0]["intent"] in results(rows) else None
+
+    rows = wait_until(restarted, 30, "the restart and its result in every ledger")
+    (failure,) = [
+        e for e in rows if e["kind"] == "vm_failure" and e["vm"] == vm.id and e["ts"] >= t0
+    ]
+    assert failure["host"] == host and failure["event"] == "crashed"
+    (restart,) = [
+        e for e in rows if e["kind"] == "intent" and e.get("vm") == vm.id and e["ts"] >= t0
+    ]
+    assert restart["action"] == "restart_vm"
+    assert results(rows)[restart["intent"]]["outcome"] == "ok"
+    print(f"VM crash -> running again: {took_s:.1f}s")
+
+
+def test_partition_2_3_only_the_majority_acts(cloud: Cloud) -> None:
+    sampler = Sampler(cloud)
+    minority, majority = cloud.hosts[:2], cloud.hosts[2:]
+    before = {h: max((i for i, _ in cloud.ledger(h)), default=0) for h in minority}
+    vms = cloud.vms()
+    ha_minority = [v for v in vms if v.host in minority and v.ha]
+    t0 = time.time()
+    cloud.partition([minority, majority])
+    try:
+
+        def moved() -> bool:
+            servers = {s.id: s for s in cloud.vms()}
+            return all(
+                servers[v.id].host in majority
+                and servers[v.id].status == "ACTIVE"
+                and servers[v.id].task_state is None
+                for v in ha_minority
+            )
+
+        def fenced() -> bool:
+            rows = cloud.agreed_ledger(majority) or []
+            done = results([e for e in rows if e["ts"] >= t0])
+            return all(
+                any(
+                    e["intent"] in done and done[e["intent"]]["outcome"] == "ok"
+                    for e in intents(rows, "fence", h)
+                    if e["ts"] >= t0
+                )
+                for h in minority
+            )
+
+        sampler.until(fenced, 120, "the majority fenced both minority hosts")
+        sampler.until(moved, 180, "the minority's HA VMs ACTIVE on the majority")
+        doms = sampler.check()
+        for v in ha_minority:
+            (where,) = doms[v.id]
+            assert where in majority
+        rows = wait_ledgers_equal(cloud, majority)
+        new = [e for e in rows if e["ts"] >= t0]
+        done = results(rows)
+        for h in minority:
+            (fence,) = intents(new, "fence", h)
+            assert done[fence["intent"]]["outcome"] == "ok", done[fence["intent"]]
+        # Nothing is done by the minority: every intent since the partition was proposed
+        # by a majority host, and the minority's ledgers gained no action while cut off.
+        assert {e["by"] for e in new if e["kind"] == "intent"} <= set(majority)
+        assert not {e["host"] for e in new if e["kind"] == "intent"} & set(majority)
+        for h in minority:
+            late = [e for i, e in cloud.ledger(h) if i > before[h] and e["kind"] == "intent"]
+            assert all(e["by"] in majority for e in late), late
+        assert all(cloud.powered_on(h) for h in majority)
+    finally:
+        cloud.heal()
+    back_in_service(cloud, sampler, minority, t0)
+    print(f"{sampler.samples} samples of every host's QEMUs, no VM in two places")
