@@ -3,7 +3,8 @@
 #   demo  - the main job: `meshha-lab demo`, a real 5-host lab (namespaces, ipmi_sim BMCs,
 #           libvirt/QEMU VMs, real Nova, one meshha agent per host) losing a host and a
 #           VM, as a live timeline; then the lab is taken down
-#   test  - lint, then the whole test suite (unit, simulation, contract, integration)
+#   test  - lint (ruff), types (mypy; strict for the pure core), then the whole test suite
+#           (unit, simulation, contract, integration, lab)
 # Idempotent: safe to run again. Everything it installs is listed here or in the
 # scripts it calls; nothing is assumed to be on the machine beforehand.
 set -euo pipefail
@@ -47,6 +48,8 @@ test)
     echo "== lint"
     ruff check .
     ruff format --check .
+    echo "== types"
+    mypy meshha
     echo "== tests"
     set +e
     python -m pytest -p no:cacheprovider --durations=15 tests
