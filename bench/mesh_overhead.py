@@ -11,10 +11,20 @@ host healthy, over a window of `--window-s` seconds (at least 30):
 A 15-host segment runs `--voters` (5) voters and 10 non-voting members, as the example
 config recommends (more voters only slow commits).
 
+The agents check their processes as on a compute host ([processes] defaults:
+nova-compute, libvirtd): a stand-in of each (`sleep` under that name) runs for the whole
+measurement, so the checks find them alive. Without them every agent fails, "restarts"
+and reports nova-compute every few seconds, and the segment is no longer idle.
+
+`--profile PY_SPY`: also sample the leader and one other agent with py-spy during the
+window and say what their busy time went to (categories in `CATEGORIES`, first match
+along the stack wins); the raw stacks are kept beside the JSON (mesh_overhead_profile/).
+
 Writes bench/results/mesh_overhead.json and prints a table against the targets
 (<= 80 MB RSS, <= 1 % of a core per agent). Needs root.
 
     python bench/mesh_overhead.py [--quick] [--window-s S] [--profiles lan-fast,lan-safe]
+        [--profile /path/to/py-spy]
 
 --quick: the lan-fast profile only, 30 s windows (under 3 minutes).
 """
@@ -27,13 +37,14 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from meshha.config.model import TIMING_PROFILES
+from meshha.config.model import TIMING_PROFILES, Processes
 from meshha.lab import netns
 from meshha.lab.mesh import Mesh, MeshTimeout
 
@@ -42,6 +53,27 @@ NETWORKS = ("admin", "storage", "tenant")
 TARGETS = {"rss_mb": 80.0, "cpu_pct": 1.0}
 COUNT_TABLE = "mhbcount"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+PROFILE_RATE_HZ = 100
+# Stacks that end here are a thread waiting, not working (py-spy does not always tell).
+IDLE_LEAVES = ("PollPoller.poll (", "EpollIOManager.get_events (", "WorkerThread._work (")
+# What a sampled stack is counted as: the first category with a frame (function or file
+# name) in the stack. Order matters: the specific before the general.
+CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("process checks (/proc)", ("find_pids", "processes.py")),
+    ("raft: journal sync", ("_durable ", "journal.py")),
+    ("raft: heartbeats out", ("__sendAppendEntries", "_send_keepalives")),
+    ("raft: messages in", ("__onMessageReceived", "processReceive", "__onIncomingMessage")),
+    ("raft: status publishing", ("_compute_status", "_publish ")),
+    ("raft: socket send/poll", ("tcp_connection.py", "connections.py", "poller.py")),
+    ("raft: tick, other", ("_tick_loop",)),
+    ("ledger / apply", ("ledger", "sink.py", "_apply_loop", "state.py")),
+    ("probes: encode/verify", ("wire.py",)),
+    ("probes: prober", ("swim.py", "_probe_loop", "_report_observations")),
+    ("probes: UDP socket", ("udp.py",)),
+    ("leader: decide", ("_lead_loop", "decide")),
+    ("isolation check", ("_isolation_loop",)),
+    ("trio scheduler / other", ("",)),
+)
 
 
 def cpu_ticks(pid: int) -> int:
@@ -93,6 +125,48 @@ def read_counters() -> dict[tuple[str, str], int]:
     return got
 
 
+def start_standins(work: Path) -> list[subprocess.Popen[bytes]]:
+    """One idle process per supervised name (comm = the name): what a compute host runs."""
+    sleep = shutil.which("sleep")
+    assert sleep is not None
+    (work / "standins").mkdir()
+    procs = []
+    for name in Processes().names:
+        exe = work / "standins" / name
+        exe.symlink_to(sleep)
+        procs.append(subprocess.Popen([str(exe), "infinity"]))
+    return procs
+
+
+def start_profile(py_spy: str, pid: int, out: Path, duration_s: int) -> subprocess.Popen[bytes]:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    argv = [py_spy, "record", "--nonblocking", "-d", str(duration_s), "-r", str(PROFILE_RATE_HZ)]
+    argv += ["--pid", str(pid), "-f", "raw", "-o", str(out)]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def summarise_profile(path: Path, duration_s: float) -> dict[str, Any]:
+    """Busy samples per category (py-spy leaves idle threads out), and what share of one
+    core that is."""
+    counts = dict.fromkeys((c for c, _ in CATEGORIES), 0)
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit() or stack.rpartition(";")[2].startswith(IDLE_LEAVES):
+            continue
+        for category, keys in CATEGORIES:
+            if any(k in stack for k in keys):
+                counts[category] += int(n)
+                break
+    busy = sum(counts.values())
+    return {
+        "busy_samples": busy,
+        "busy_pct_of_core": round(100 * busy / PROFILE_RATE_HZ / duration_s, 2),
+        "by_category_pct": {
+            c: round(100 * n / busy, 1) for c, n in sorted(counts.items(), key=lambda x: -x[1]) if n
+        },
+    }
+
+
 def all_healthy(mesh: Mesh) -> bool:
     if mesh.leader() is None:
         return False
@@ -103,12 +177,18 @@ def all_healthy(mesh: Mesh) -> bool:
     return True
 
 
-def measure(size: int, profile: str, voters: int, window_s: float) -> dict[str, Any]:
+def measure(
+    size: int, profile: str, voters: int, window_s: float, py_spy: str | None, profile_dir: Path
+) -> dict[str, Any]:
     hosts = [f"host{i}" for i in range(1, size + 1)]
     lab = netns.Lab(hosts, NETWORKS, prefix="mhb")
     work = Path(tempfile.mkdtemp(prefix="mesh-overhead-"))
     mesh: Mesh | None = None
+    standins: list[subprocess.Popen[bytes]] = []
+    profiled: dict[str, tuple[Path, subprocess.Popen[bytes]]] = {}
+    profile_s = int(window_s)
     try:
+        standins = start_standins(work)
         lab.setup()
         mesh = Mesh(
             work,
@@ -124,6 +204,14 @@ def measure(size: int, profile: str, voters: int, window_s: float) -> dict[str, 
         pids = {h: mesh.pid(h) for h in hosts}
         links0 = {h: sum(lab.link_bytes(h, n)[0] for n in NETWORKS) for h in hosts}
         ticks0 = {h: cpu_ticks(p) for h, p in pids.items()}
+        index0 = max((mesh.try_status(h) or {}).get("index", 0) for h in hosts)
+        if py_spy is not None:
+            leader = mesh.leader()
+            assert leader is not None
+            other = next(h for h in hosts if h != leader)
+            for role, h in (("leader", leader), ("follower", other)):
+                out = profile_dir / f"{profile}-{size}-{role}.txt"
+                profiled[role] = (out, start_profile(py_spy, pids[h], out, profile_s))
         t0 = time.monotonic()
         rss: dict[str, list[float]] = {h: [] for h in hosts}
         while time.monotonic() - t0 < window_s:
@@ -136,11 +224,17 @@ def measure(size: int, profile: str, voters: int, window_s: float) -> dict[str, 
         links = {h: sum(lab.link_bytes(h, n)[0] for n in NETWORKS) - links0[h] for h in hosts}
         assert all(mesh.running(h) for h in hosts), "an agent died while measured"
         healthy_after = all_healthy(mesh)
+        committed = max((mesh.try_status(h) or {}).get("index", 0) for h in hosts) - index0
+        for _, spy in profiled.values():
+            spy.wait(timeout=60)
     finally:
         netns.run(["nft", "delete", "table", "bridge", COUNT_TABLE], check=False)
         if mesh is not None:
             mesh.close()
         lab.teardown()
+        for p in standins:
+            p.kill()
+            p.wait()
         shutil.rmtree(work, ignore_errors=True)
     per_host = {
         h: {
@@ -170,6 +264,11 @@ def measure(size: int, profile: str, voters: int, window_s: float) -> dict[str, 
         "probe_bps": agg("probe_bps"),
         "raft_bps": agg("raft_bps"),
         "link_bps": agg("link_bps"),
+        "entries_committed": committed,  # during the window: an idle segment commits none
+        "profile_s": profile_s if profiled else None,
+        "where_the_time_went": {
+            role: summarise_profile(out, profile_s) for role, (out, _) in profiled.items()
+        },
         "per_host": per_host,
     }
 
@@ -203,6 +302,7 @@ def main() -> int:
     ap.add_argument("--profiles", default=None, help="default lan-fast,lan-safe (quick: lan-fast)")
     ap.add_argument("--voters", type=int, default=5)
     ap.add_argument("--out", type=Path, default=RESULTS / "mesh_overhead.json")
+    ap.add_argument("--profile", metavar="PY_SPY", default=None, help="py-spy to sample with")
     a = ap.parse_args()
     window = a.window_s or (30.0 if a.quick else 60.0)
     if window < 30:
@@ -218,7 +318,8 @@ def main() -> int:
         for profile in profiles:
             for size in (int(s) for s in a.sizes.split(",")):
                 print(f"{profile}, {size} agents, {window:g} s ...", flush=True)
-                results.append(measure(size, profile, a.voters, window))
+                profile_dir = a.out.with_name(a.out.stem + "_profile")
+                results.append(measure(size, profile, a.voters, window, a.profile, profile_dir))
     except MeshTimeout as e:
         print(f"mesh_overhead: {e}", file=sys.stderr)
         return 1
@@ -241,6 +342,14 @@ def main() -> int:
     a.out.write_text(json.dumps(res, indent=1) + "\n")
     print()
     print(table(results))
+    for r in results:
+        for role, summary in r["where_the_time_went"].items():
+            print(
+                f"\n{r['profile']}, {r['hosts']} hosts, {role}: busy {summary['busy_pct_of_core']}"
+                " % of a core (py-spy samples)"
+            )
+            for c, pct in summary["by_category_pct"].items():
+                print(f"  {pct:5.1f} %  {c}")
     print(f"\nwritten: {a.out}")
     return 0
 

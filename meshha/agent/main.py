@@ -8,7 +8,9 @@ executor, isolation response, local monitors), and the control socket. SIGTERM o
 SIGINT drain and exit cleanly; SIGKILL at any point loses nothing committed (the Raft
 journal is on disk and the ledger replays from it, idempotently).
 
-Exit codes: 0 clean stop, 2 configuration or start-up error (message says what and where).
+Exit codes: 0 clean stop, 2 configuration or start-up error (message says what and where:
+a data dir that cannot be written or a Raft journal that cannot be read names its path
+and errno, a port in use its address).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +41,7 @@ from meshha.errors import ConfigError, MeshhaError
 from meshha.ledger.sink import LedgerReader, LedgerSink
 from meshha.ledger.sink import limiter as ledger_limiter
 from meshha.ledger.store import Ledger
+from meshha.raft.journal import JournalError
 from meshha.raft.pysyncobj_log import PysyncobjLog, RaftLogConfig
 from meshha.recovery.executor import Drivers
 from meshha.recovery.ports import VmEvent
@@ -64,21 +68,46 @@ def read_secret(path: Path, what: str) -> bytes:
 
 
 def raft_config(segment: Segment, me: str, password: bytes, data_dir: Path) -> RaftLogConfig:
+    """The Raft member's settings from the segment's timings (election timeout `e`).
+
+    Heartbeats every 0.1 e: 4 per shortest election timeout (0.4 e), so a follower
+    stands only after 4 heartbeats in a row were lost or late; more often buys no faster
+    failover (that is the election timeout) and costs every member a wakeup, a Fernet
+    decrypt and an answer per heartbeat. Non-voting members connect from their admin
+    address, and the voters trust those addresses (exempt from the port's accept rate).
+    """
     e = segment.timings.election_timeout_s
     voters = {v: f"{segment.host(v).address('admin')}:{segment.raft.port}" for v in segment.voters}
     bind = segment.host(me).address("admin")
+    non_voters = {a for h in segment.hosts if h.name not in voters if (a := h.address("admin"))}
     return RaftLogConfig(
         me=me if me in voters else f"{bind}:{segment.raft.port}",
         voters=voters,
         password=password,
         data_dir=data_dir,
         bind_address=f"{bind}:{segment.raft.port}" if me in voters else None,
+        source_ip=None if me in voters else bind,
+        trusted_ips=frozenset(non_voters),
         election_timeout_min_s=0.4 * e,
         election_timeout_max_s=1.4 * e,
-        heartbeat_interval_s=min(0.1, 0.1 * e),
+        heartbeat_interval_s=0.1 * e,
         leader_fallback_timeout_s=max(1.5 * e, 1.0),
         connection_timeout_s=max(3.5, 1.4 * e),
     )
+
+
+def writable_data_dir(data_dir: Path) -> None:
+    """Create the data dir (journal, ledger) and make sure files can be written in it,
+    or raise JournalError naming the path and the errno: at start, a data dir on a
+    read-only or full file system is a start-up error (exit 2), not a traceback from
+    whichever of the ledger or the journal opens first."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with tempfile.TemporaryFile(dir=data_dir):
+            pass
+    except OSError as e:
+        where = Path(e.filename) if e.filename else data_dir
+        raise JournalError.from_os(e, where, "write in the directory of") from None
 
 
 def real_drivers(segment: Segment) -> Drivers | None:
@@ -127,7 +156,7 @@ async def run_agent(
     key = read_secret(segment.probe_key_file, "probe key")
     password = read_secret(segment.raft.password_file, "raft password")
     data_dir = opts.data_dir / me
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    writable_data_dir(data_dir)
     raft = PysyncobjLog(raft_config(segment, me, password, data_dir))
     ledger = Ledger(data_dir / "ledger.sqlite")
     transport = UdpTransport(segment, me, key, now=time.time)

@@ -8,6 +8,11 @@ answers getLibVersion is dead for our purposes).
 
 A name matches a process whose comm is the name (the kernel keeps 15 bytes of it), or
 whose argv[0] or argv[1] has the name as its basename (`python3 /usr/bin/nova-compute`).
+The checker remembers the pid it found (with its start time and comm, so a reused pid
+or an exec into something else is not taken for it) and next time reads only
+/proc/<pid>/stat; it scans /proc again only when that process is gone. A scan reads
+every process's stat and cmdline (about 2 ms for 300 processes); a check of a known
+pid, one small file.
 
 Restarting runs `systemctl restart NAME` when the host runs systemd (/run/systemd/system
 exists), else the configured `restart_command` template with "{name}" replaced, split
@@ -77,6 +82,40 @@ def find_pids(name: str, proc_root: Path = Path("/proc")) -> list[int]:
     return sorted(pids)
 
 
+@dataclass(frozen=True)
+class _Known:
+    """A process found by a scan: still it while pid, start time and comm agree."""
+
+    pid: int
+    start: bytes  # /proc/<pid>/stat field 22, clock ticks after boot
+    comm: bytes
+
+
+def _stat_fields(proc_root: Path, pid: int) -> tuple[bytes, list[bytes]] | None:
+    """(comm, the fields after it: state first), or None when the pid is gone."""
+    try:
+        stat = Path(proc_root, str(pid), "stat").read_bytes()
+    except OSError:
+        return None
+    head, _, rest = stat.rpartition(b")")
+    return head[head.find(b"(") + 1 :], rest.split()
+
+
+def _identify(proc_root: Path, pid: int) -> _Known | None:
+    got = _stat_fields(proc_root, pid)
+    if got is None or len(got[1]) < 20:
+        return None
+    return _Known(pid, got[1][19], got[0])
+
+
+def _still_running(proc_root: Path, known: _Known) -> bool:
+    got = _stat_fields(proc_root, known.pid)
+    if got is None or len(got[1]) < 20:
+        return False
+    comm, fields = got
+    return fields[0] not in (b"Z", b"X") and fields[19] == known.start and comm == known.comm
+
+
 def host_runs_systemd() -> bool:
     """sd_booted(): the host was booted with systemd as PID 1."""
     return Path("/run/systemd/system").is_dir()
@@ -115,9 +154,25 @@ class ProcessChecker:
         self._confirm_timeout_s = confirm_timeout_s
         self._max_retry_pause_s = max_retry_pause_s
         self._proc_root = proc_root
+        self._known: dict[str, _Known] = {}  # name -> the process last found for it
+        self.scans = 0  # full /proc scans since start
+
+    def running(self, name: str) -> bool:
+        """Is a live process called `name` running here (the pid cache, then a scan)?"""
+        known = self._known.get(name)
+        if known is not None and _still_running(self._proc_root, known):
+            return True
+        self._known.pop(name, None)
+        self.scans += 1
+        for pid in find_pids(name, self._proc_root):
+            found = _identify(self._proc_root, pid)
+            if found is not None:
+                self._known[name] = found
+                return True
+        return False
 
     async def is_alive(self, name: str) -> bool:
-        if not find_pids(name, self._proc_root):
+        if not self.running(name):
             return False
         probe = self._health.get(name)
         if probe is None:

@@ -1,8 +1,11 @@
 """The log port over pysyncobj: Raft between the agents of a segment, over TCP.
 
 How it is driven. pysyncobj runs with `autoTick=False`; one thread, owned by `run()`,
-calls `doTick(tick_s)` in a loop (a tick waits at most `tick_s` for socket events, and a
-proposal wakes it at once through pysyncobj's pipe notifier). Everything pysyncobj does -
+calls `doTick(wait)` in a loop. A tick waits for socket events until pysyncobj next has
+something to do by the clock - the leader's next heartbeat, a follower's election
+deadline, this member's next keepalive - and at most `tick_s`; a message or a proposal
+(pysyncobj's pipe notifier) wakes it sooner. An idle follower so wakes about once per
+heartbeat it receives, not every `tick_s`. Everything pysyncobj does -
 elections, replication, applying committed entries, compaction - happens in that thread.
 After each tick the thread publishes an immutable `LogStatus` (one reference assignment,
 so trio reads it without a lock) and, if anything changed, wakes trio with
@@ -156,7 +159,7 @@ class RaftLogConfig:
     connection_timeout_s: float = 3.5
     reconnect_interval_s: float = 1.0
     keepalive_interval_s: float | None = None  # default: connection_timeout_s / 3
-    tick_s: float = 0.05
+    tick_s: float = 0.25  # the longest a tick waits (see _tick_wait_s)
     retain_entries: int = 100_000
     compaction_min_entries: int = 5000
     compaction_min_time_s: float = 300.0
@@ -164,6 +167,9 @@ class RaftLogConfig:
     persist_retry_s: float = 1.0
     port_limits: PortLimits = field(default_factory=PortLimits)
     trusted_ips: frozenset[str] = frozenset()  # non-voting members' addresses
+    # A non-voting member (no bind address): the address its connections leave from, so
+    # that voters find it in their `trusted_ips`. None: the kernel's choice.
+    source_ip: str | None = None
 
     @property
     def voter(self) -> bool:
@@ -453,7 +459,7 @@ class PysyncobjLog:
             others,
             limits=c.port_limits,
             trusted_ips=frozenset(voter_ips | set(c.trusted_ips)),
-            source_ip=bind.rpartition(":")[0] if bind else None,
+            source_ip=bind.rpartition(":")[0] if bind else c.source_ip,
             is_durable=lambda: not journal.dirty,
         )
         return self._transport
@@ -501,8 +507,10 @@ class PysyncobjLog:
             ) from e
         install_journal(syncobj, journal)
         syncobj.addOnTickCallback(self._durable)
-        # Read in _leader_caught_up; fail here, loudly, if a pysyncobj upgrade renames it.
-        assert hasattr(syncobj, "_SyncObj__noopIDx"), "pysyncobj internals changed"
+        # Read in _leader_caught_up and _tick_wait_s; fail here, loudly, if a pysyncobj
+        # upgrade renames them.
+        for name in _SYNCOBJ_INTERNALS:
+            assert hasattr(syncobj, name), f"pysyncobj internals changed: no {name}"
         log.info("raft member started", me=c.me, voter=c.voter, addr=self_addr, peers=others)
         return syncobj
 
@@ -519,7 +527,7 @@ class PysyncobjLog:
                     self._publish(self._compute_status(syncobj))
                     self._stop.wait(self.config.persist_retry_s)  # frozen: not voting
                     continue
-                syncobj.doTick(self.config.tick_s)
+                syncobj.doTick(self._tick_wait_s(syncobj, next_keepalive))
                 if time.monotonic() >= next_keepalive:
                     self._send_keepalives(syncobj)
                     next_keepalive = time.monotonic() + self.config.keepalive_s
@@ -529,6 +537,25 @@ class PysyncobjLog:
             self._publish(replace(self._status, is_leader=False, has_quorum=False, running=False))
 
     # ---- the tick thread's side --------------------------------------------------------
+
+    def _tick_wait_s(self, syncobj: SyncObj, next_keepalive: float) -> float:
+        """How long the next tick may wait for socket events: until pysyncobj has work by
+        the clock (the leader's next heartbeat, a voter's election deadline) or a
+        keepalive is due, and at most `tick_s`. pysyncobj acts first and then waits, so
+        a deadline reached now is met by this tick; one that stays in the past (a
+        follower connected to nobody cannot stand) is retried every heartbeat interval
+        rather than in a busy loop."""
+        c = self.config
+        if syncobj._isLeader():
+            due = syncobj._SyncObj__newAppendEntriesTime
+        elif c.voter:
+            due = syncobj._SyncObj__raftElectionDeadline
+        else:
+            due = next_keepalive
+        wait = min(due, next_keepalive) - time.monotonic()
+        if wait <= 0:
+            return min(c.tick_s, c.heartbeat_interval_s)
+        return min(c.tick_s, wait)
 
     def _on_apply(self) -> None:
         self._applied = True
@@ -555,8 +582,11 @@ class PysyncobjLog:
         peer's node id).
         """
         assert self._transport is not None
+        if syncobj._isLeader():
+            return  # its heartbeats, and the answers to them, keep its connections busy
+        leader = syncobj._getLeader()
         for node in syncobj.otherNodes | syncobj.readonlyNodes:
-            if syncobj.isNodeConnected(node):
+            if node != leader and syncobj.isNodeConnected(node):
                 self._transport.send(node, _KEEPALIVE)
 
     def _compute_status(self, syncobj: SyncObj) -> LogStatus:
@@ -613,6 +643,13 @@ class PysyncobjLog:
 # and calls it for every dump it writes (a compaction's, or a snapshot received from the
 # leader). Ours does the same rename, durably (meshha.raft.journal.durable_replace).
 pysyncobj.serializer.atomicReplace = durable_replace  # type: ignore[attr-defined]
+
+
+_SYNCOBJ_INTERNALS = (
+    "_SyncObj__noopIDx",
+    "_SyncObj__newAppendEntriesTime",
+    "_SyncObj__raftElectionDeadline",
+)
 
 
 def _leader_caught_up(syncobj: SyncObj) -> bool:

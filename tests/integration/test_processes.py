@@ -254,3 +254,46 @@ async def test_killed_libvirtd_is_restarted_and_the_monitor_sees_it(
     finally:
         libvirtd.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_a_found_process_is_checked_by_its_pid_not_by_a_scan(dummy: Dummy) -> None:
+    process = await trio.lowlevel.open_process([str(dummy.binary), "600"])
+    try:
+        checker = ProcessChecker(config(dummy), use_systemd=False)
+        for _ in range(5):
+            assert await checker.is_alive(dummy.name)
+        assert checker.scans == 1  # the first check found it; the rest read /proc/<pid>/stat
+        os.kill(process.pid, signal.SIGKILL)
+        await wait_for(lambda: proc_state(process.pid) == "Z")
+        assert not await checker.is_alive(dummy.name)  # a zombie is dead, cache or not
+        assert checker.scans == 2
+    finally:
+        with trio.fail_after(5):
+            await process.wait()
+
+
+def fake_proc(root: Path, pid: int, comm: str, start: int, state: str = "S") -> None:
+    """/proc/<pid>/stat and cmdline as the kernel writes them (fields 3..22 matter)."""
+    (root / str(pid)).mkdir(parents=True, exist_ok=True)
+    rest = [state, *["0"] * 18, str(start), "0"]  # field 22 (start time) at index 19
+    (root / str(pid) / "stat").write_text(f"{pid} ({comm}) " + " ".join(rest) + "\n")
+    (root / str(pid) / "cmdline").write_bytes(comm.encode() + b"\0")
+
+
+async def test_a_reused_pid_is_not_taken_for_the_process_it_replaced(tmp_path: Path) -> None:
+    checker = ProcessChecker(
+        Processes(names=("nova-compute",)), use_systemd=False, proc_root=tmp_path
+    )
+    fake_proc(tmp_path, 4242, "nova-compute", start=1000)
+    assert checker.running("nova-compute") and checker.scans == 1
+    assert checker.running("nova-compute") and checker.scans == 1
+    # The process died and its pid went to a process of another name, then of the same
+    # name started later: each time the cache misses and a scan decides.
+    fake_proc(tmp_path, 4242, "bash", start=2000)
+    assert not checker.running("nova-compute") and checker.scans == 2
+    fake_proc(tmp_path, 4242, "nova-compute", start=3000)
+    assert checker.running("nova-compute") and checker.scans == 3
+    fake_proc(tmp_path, 4242, "nova-compute", start=4000)  # same name, newer start
+    assert checker.running("nova-compute") and checker.scans == 4
+    shutil.rmtree(tmp_path / "4242")
+    assert not checker.running("nova-compute") and checker.scans == 5
