@@ -579,7 +579,8 @@ class PysyncobjLog:
         connection instead of being counted, costing a reconnect and another election
         round. Unknown message types are ignored by pysyncobj; send only on connections
         whose handshake is done (a message there before it would be taken for the
-        peer's node id).
+        peer's node id). Not between the leader and its followers: heartbeats and their
+        answers keep those busy (every member, non-voting ones too, answers each one).
         """
         assert self._transport is not None
         if syncobj._isLeader():
