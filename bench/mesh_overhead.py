@@ -206,8 +206,7 @@ def measure(
         ticks0 = {h: cpu_ticks(p) for h, p in pids.items()}
         index0 = max((mesh.try_status(h) or {}).get("index", 0) for h in hosts)
         if py_spy is not None:
-            leader = mesh.leader()
-            assert leader is not None
+            leader = mesh.wait_leader(30)  # an election may be under way on a loaded machine
             other = next(h for h in hosts if h != leader)
             for role, h in (("leader", leader), ("follower", other)):
                 out = profile_dir / f"{profile}-{size}-{role}.txt"
