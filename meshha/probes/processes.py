@@ -11,8 +11,9 @@ whose argv[0] or argv[1] has the name as its basename (`python3 /usr/bin/nova-co
 The checker remembers the pid it found (with its start time and comm, so a reused pid
 or an exec into something else is not taken for it) and next time reads only
 /proc/<pid>/stat; it scans /proc again only when that process is gone. A scan reads
-every process's stat and cmdline (about 2 ms for 300 processes); a check of a known
-pid, one small file.
+every process's stat and cmdline (7 ms of CPU for 170 processes on the test machine:
+with two names every 2 s, 0.7 % of a core); a check of a known pid reads one small file
+(20 us).
 
 Restarting runs `systemctl restart NAME` when the host runs systemd (/run/systemd/system
 exists), else the configured `restart_command` template with "{name}" replaced, split
