@@ -18,7 +18,7 @@ and reports nova-compute every few seconds, and the segment is no longer idle.
 
 `--profile PY_SPY`: also sample the leader and one other agent with py-spy during the
 window and say what their busy time went to (categories in `CATEGORIES`, first match
-along the stack wins); the raw stacks are kept beside the JSON (mesh_overhead_profile/).
+along the stack wins); the raw stacks are left beside the JSON (mesh_overhead_profile/, not committed).
 
 Writes bench/results/mesh_overhead.json and prints a table against the targets
 (<= 80 MB RSS, <= 1 % of a core per agent). Needs root.
@@ -146,8 +146,10 @@ def start_profile(py_spy: str, pid: int, out: Path, duration_s: int) -> subproce
 
 
 def summarise_profile(path: Path, duration_s: float) -> dict[str, Any]:
-    """Busy samples per category (py-spy leaves idle threads out), and what share of one
-    core that is."""
+    """Active samples per category (threads waiting in poll are left out). A thread that
+    is runnable but waits for a CPU counts as active too, so on a loaded machine
+    `active_pct` (active samples per sampling tick) is far above the CPU use measured from
+    /proc: read the categories as shares of where the agent was, not as CPU time."""
     counts = dict.fromkeys((c for c, _ in CATEGORIES), 0)
     for line in path.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
@@ -159,8 +161,8 @@ def summarise_profile(path: Path, duration_s: float) -> dict[str, Any]:
                 break
     busy = sum(counts.values())
     return {
-        "busy_samples": busy,
-        "busy_pct_of_core": round(100 * busy / PROFILE_RATE_HZ / duration_s, 2),
+        "active_samples": busy,
+        "active_pct": round(100 * busy / PROFILE_RATE_HZ / duration_s, 2),
         "by_category_pct": {
             c: round(100 * n / busy, 1) for c, n in sorted(counts.items(), key=lambda x: -x[1]) if n
         },
@@ -348,8 +350,8 @@ def main() -> int:
     for r in results:
         for role, summary in r["where_the_time_went"].items():
             print(
-                f"\n{r['profile']}, {r['hosts']} hosts, {role}: busy {summary['busy_pct_of_core']}"
-                " % of a core (py-spy samples)"
+                f"\n{r['profile']}, {r['hosts']} hosts, {role}: {summary['active_samples']} active"
+                " py-spy samples, by category"
             )
             for c, pct in summary["by_category_pct"].items():
                 print(f"  {pct:5.1f} %  {c}")
