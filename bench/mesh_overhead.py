@@ -17,8 +17,9 @@ measurement, so the checks find them alive. Without them every agent fails, "res
 and reports nova-compute every few seconds, and the segment is no longer idle.
 
 `--profile PY_SPY`: also sample the leader and one other agent with py-spy during the
-window and say what their busy time went to (categories in `CATEGORIES`, first match
-along the stack wins); the raw stacks are left beside the JSON (mesh_overhead_profile/, not committed).
+window and say where their active time went (categories in `CATEGORIES`, first match
+along the stack wins; shares of the samples, not CPU time: see summarise_profile); the
+raw stacks are left beside the JSON (mesh_overhead_profile/, not committed).
 
 Writes bench/results/mesh_overhead.json and prints a table against the targets
 (<= 80 MB RSS, <= 1 % of a core per agent). Needs root.
