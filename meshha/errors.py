@@ -46,6 +46,12 @@ class HypervisorError(MeshhaError):
     kind = "hypervisor"
 
 
+class WatchdogError(MeshhaError):
+    """kind: missing | busy | unsupported | failed"""
+
+    kind = "watchdog"
+
+
 class ProcessError(MeshhaError):
     kind = "process"
 

@@ -28,7 +28,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from meshha.config import checks, sections
+from meshha.config import checks, fencing, sections
 from meshha.config.model import (
     Alerts,
     Bmc,
@@ -45,6 +45,7 @@ from meshha.config.model import (
     Recovery,
     Segment,
     Smtp,
+    Watchdog,
 )
 from meshha.config.read import Findings, Problems, Table, parse_toml
 from meshha.config.sections import HOST_POLICY_REFUSED
@@ -90,9 +91,12 @@ def _load(path: Path) -> tuple[Segment | None, list[str]]:
     nova = sections.nova(root, out)
     processes = sections.processes(root, out)
     metrics = sections.metrics(root, declared)
+    uri = fencing.hypervisor(root, out)
+    segment_watchdog = fencing.watchdog(root)
     root.done()
     checks.check_hosts(host_tables, hosts, recovery, out)
     checks.check_secrets(read, out)
+    fencing.check_self_fence(root, host_tables, hosts, segment_watchdog, uri, timings, out)
     if out.lines:
         return None, out.lines
     assert declared is not None and timings is not None and brake and raft
@@ -104,7 +108,7 @@ def _load(path: Path) -> tuple[Segment | None, list[str]]:
         cell=segment["cell"],
         probe_key_file=segment["probe_key_file"],
         networks=tuple(Network(**n) for n in nets),
-        hosts=tuple(_build_host(h, declared) for h in hosts),
+        hosts=tuple(_build_host(h, declared, uri, segment_watchdog) for h in hosts),
         timings=timings,
         brake=Brake(**brake),
         policy=Policy(**policy, rules=tuple(PolicyRule(**r) for r in rules)),
@@ -119,8 +123,10 @@ def _load(path: Path) -> tuple[Segment | None, list[str]]:
     return built, []
 
 
-def _build_host(h: dict[str, Any], declared: list[str]) -> Host:
-    bmc, cap = h["bmc"], h["capacity"]
+def _build_host(
+    h: dict[str, Any], declared: list[str], uri: str | None, watchdog: dict[str, Any] | None
+) -> Host:
+    bmc, cap, wd = h["bmc"], h["capacity"], h["watchdog"] or watchdog
     return Host(
         name=h["name"],
         addresses=tuple((net, h["addresses"][net]) for net in declared),
@@ -128,4 +134,6 @@ def _build_host(h: dict[str, Any], declared: list[str]) -> Host:
         role=h["role"],
         voter=h["voter"],
         capacity=None if cap is None else Capacity(**cap),
+        hypervisor_uri=uri,
+        watchdog=None if wd is None else Watchdog(**wd),
     )

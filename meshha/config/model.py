@@ -71,6 +71,26 @@ class Capacity:
     disk_gb: int
 
 
+DEFAULT_HYPERVISOR_URI = "qemu:///system"
+# `[hypervisor] uri = "none"`: this host's agent watches no VMs and cannot self-fence.
+NO_HYPERVISOR = "none"
+# An isolated agent stops feeding its watchdog this long before the latest moment that
+# still lets it fire before the self-fence deadline (covers the feeding period).
+WATCHDOG_MARGIN_S = 1.0
+
+
+@dataclass(frozen=True)
+class Watchdog:
+    """A watchdog device the agent feeds: it resets (or powers off) the host when the agent
+    stops feeding it, which it does when its loops stall or, isolated from the majority,
+    once stopping still lets the watchdog fire before the self-fence deadline. A char
+    device is driven by the Linux watchdog API; a unix socket by meshha's user-space
+    watchdog protocol (the lab's chassis watchdog, meshha/lab/watchdog.py)."""
+
+    device: Path = Path("/dev/watchdog")
+    timeout_s: int = 5  # whole seconds, as WDIOC_SETTIMEOUT takes them
+
+
 @dataclass(frozen=True)
 class Host:
     """A compute hypervisor; `name` equals its nova-compute service host name."""
@@ -81,6 +101,10 @@ class Host:
     role: Role
     voter: bool
     capacity: Capacity | None = None
+    # The libvirt URI of this host's hypervisor (VM events, libvirtd health, self-fence);
+    # None: no hypervisor (`uri = "none"`).
+    hypervisor_uri: str | None = DEFAULT_HYPERVISOR_URI
+    watchdog: Watchdog | None = None  # [hosts.watchdog], else the segment's [watchdog]
 
     def address(self, network: str) -> str | None:
         for net, addr in self.addresses:
@@ -164,7 +188,9 @@ class Recovery:
     # or "fence_evacuate" (treat the host as failed).
     process_restart_failure: Literal["disable", "fence_evacuate"] = "disable"
     # Accept "the host's self-fence deadline has provably passed" as a fence when the BMC
-    # cannot be reached. Needs the agent's isolation response (and ideally a watchdog).
+    # cannot be reached; used only for a host whose config declares a watchdog and a
+    # hypervisor URI (`self_fence_provable`). The loader refuses an explicit true when a
+    # host lacks either.
     allow_self_fence_proof: bool = True
     # N+k: how many of the largest hosts the segment must be able to lose.
     reserve_k: int = 1
@@ -261,6 +287,16 @@ class Segment:
     @property
     def network_names(self) -> tuple[str, ...]:
         return tuple(n.name for n in self.networks)
+
+
+def self_fence_provable(segment: Segment, host: str) -> bool:
+    """May the majority take "the self-fence deadline of `host` has passed" as a fence?
+    Only when allowed, and when the host's config declares a hypervisor (so its agent
+    destroys its VMs when isolated) and a watchdog (so a hung host is reset anyway)."""
+    if not segment.recovery.allow_self_fence_proof:
+        return False
+    h = next((x for x in segment.hosts if x.name == host), None)
+    return h is not None and h.hypervisor_uri is not None and h.watchdog is not None
 
 
 def majority(n: int) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from meshha.config.checks import check_timings
+from meshha.config.fencing import watchdog
 from meshha.config.model import (
     ON_LOSS_VALUES,
     POLICY_LEVELS,
@@ -149,6 +150,7 @@ def host(t: Table, declared: list[str] | None, read: Findings) -> dict[str, Any]
             "disk_gb": cap.integer("disk_gb", required=True, at_least=0),
         }
         cap.done()
+    kw["watchdog"] = watchdog(t)
     t.done()
     return kw
 

@@ -1,5 +1,8 @@
 """Synthetic segments: N generic hosts named host1..hostN with made-up addresses, for the
 simulator and the pure-core tests. Pure; never used by the agent (which loads a file).
+
+Like the shipped example config, every host declares a hypervisor and (unless
+`watchdog=False`) a watchdog, whose timeout is half of the most the loader accepts.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from pathlib import Path
 
 from meshha.config.model import (
     TIMING_PROFILES,
+    WATCHDOG_MARGIN_S,
     Brake,
     Capacity,
     Host,
@@ -18,6 +22,7 @@ from meshha.config.model import (
     Recovery,
     Segment,
     Timings,
+    Watchdog,
 )
 
 DEFAULT_NETWORKS: Mapping[str, str] = {
@@ -40,6 +45,7 @@ def synthetic_segment(
     brake_window_s: float = 30.0,
     policy: Policy | None = None,
     recovery: Recovery | None = None,
+    watchdog: bool = True,
 ) -> Segment:
     """A segment of `hosts` hosts; `voters` defaults to every host up to 7, else 5, and
     `reserved` to the last host. Networks map a name to its on_loss, in probe-port order."""
@@ -50,6 +56,10 @@ def synthetic_segment(
         Network(n, on_loss, 7946 + i)  # type: ignore[arg-type]
         for i, (n, on_loss) in enumerate(networks.items())
     )
+    t = dict(TIMING_PROFILES[profile])
+    t.update(timings or {})
+    longest = t["self_fence_deadline_s"] - t["isolation_after_s"] - WATCHDOG_MARGIN_S
+    wd = Watchdog(timeout_s=max(1, int(longest / 2))) if watchdog else None
     host_values = tuple(
         Host(
             name=h,
@@ -60,11 +70,10 @@ def synthetic_segment(
             role="reserved" if h in reserved_names else "compute",
             voter=k < n_voters,
             capacity=Capacity(*host_size),
+            watchdog=wd,
         )
         for k, h in enumerate(names)
     )
-    t = dict(TIMING_PROFILES[profile])
-    t.update(timings or {})
     return Segment(
         name="sim",
         networks=nets,

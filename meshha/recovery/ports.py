@@ -138,6 +138,24 @@ class HypervisorPort(Protocol):
     async def resume(self, vm: str) -> None: ...
 
 
+class WatchdogPort(Protocol):
+    """A watchdog that resets this host unless fed (Linux /dev/watchdog semantics).
+
+    `open` starts it, as opening the device does; from then on it fires `timeout` seconds
+    after the last keepalive. `close(magic=True)` stops it (the magic close of a clean
+    stop); `close(magic=False)`, like a process that dies with the device open, leaves it
+    running. Only one opener at a time (WatchdogError kind "busy")."""
+
+    async def open(self, timeout_s: int) -> int:
+        """Start it with `timeout_s`; returns the timeout the device really uses (read
+        back: hardware may round it)."""
+
+    async def keepalive(self) -> None: ...
+
+    def close(self, *, magic: bool) -> None:
+        """Synchronous, so a `finally` under cancellation can run it."""
+
+
 class ProcessPort(Protocol):
     async def is_alive(self, name: str) -> bool: ...
 

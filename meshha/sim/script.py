@@ -117,7 +117,7 @@ SEGMENT_KEYS = {
     "watchdog": "watchdog",
     "fanout": "fanout",
 }
-SIM_ONLY = frozenset({"vms_per_host", "flavor", "watchdog", "fanout"})
+SIM_ONLY = frozenset({"vms_per_host", "flavor", "fanout"})
 
 
 class ScriptError(Exception):

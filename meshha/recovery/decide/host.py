@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from meshha.config.model import Segment
+from meshha.config.model import Segment, self_fence_provable
 from meshha.raft import entries as E
 from meshha.raft.entries import Entry
 from meshha.raft.intent_key import alert, host_step, inventory, vm_move
@@ -169,7 +169,7 @@ def fence(ctx: Context, host: str, ep: int) -> list[Entry]:
     # Only a host lost on every network has isolated itself; one that is merely
     # degraded, or failed for a process, still reaches the majority and runs its VMs.
     isolated = v.kind == "failed" and not any(n.startswith("process:") for n in v.networks)
-    if ctx.segment.recovery.allow_self_fence_proof and heard is not None and isolated:
+    if self_fence_provable(ctx.segment, host) and heard is not None and isolated:
         return self_fence_proof(ctx, host, ep, last, heard)
     return ctx.once(
         alert("fence-failed", host=host, episode=ep),
