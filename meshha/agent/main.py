@@ -15,6 +15,7 @@ and errno, a port in use its address).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import sys
@@ -33,10 +34,11 @@ from meshha import logs
 from meshha.agent import control, metrics
 from meshha.agent.node import Node, NodePorts
 from meshha.agent.preflight import check_nova
+from meshha.agent.sd_notify import SdNotifier
 from meshha.agent.service import ControlHandler
 from meshha.agent.udp import UdpTransport
 from meshha.config.load import load_segment
-from meshha.config.model import Segment
+from meshha.config.model import Processes, Segment
 from meshha.errors import ConfigError, MeshhaError
 from meshha.ledger.sink import LedgerReader, LedgerSink
 from meshha.ledger.sink import limiter as ledger_limiter
@@ -47,6 +49,7 @@ from meshha.recovery.executor import Drivers
 from meshha.recovery.ports import VmEvent
 
 log = structlog.get_logger("meshha.agent")
+LIBVIRT_DAEMONS = ("libvirtd", "virtqemud")  # monolithic, modular (QEMU driver)
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,16 @@ def read_secret(path: Path, what: str) -> bytes:
     if not data:
         raise ConfigError(f"{what} file {path} is empty", where=str(path))
     return data
+
+
+def libvirt_daemon_names(procs: Processes, run_dir: Path = Path("/run/libvirt")) -> Processes:
+    """On a host with modular libvirt daemons (virtqemud's socket exists), watch virtqemud
+    where the config says libvirtd (the default), so the shipped config works on both."""
+    if "libvirtd" not in procs.names or not (run_dir / "virtqemud-sock").exists():
+        return procs
+    names = tuple(dict.fromkeys("virtqemud" if n == "libvirtd" else n for n in procs.names))
+    log.info("libvirt_modular", watching="virtqemud", instead_of="libvirtd")
+    return dataclasses.replace(procs, names=names)
 
 
 def raft_config(segment: Segment, me: str, password: bytes, data_dir: Path) -> RaftLogConfig:
@@ -168,18 +181,28 @@ async def run_agent(
     log_port = metrics.MeteredLog(raft, meters)
     probe_port = metrics.MeteredTransport(transport, meters)
     drivers = None if opts.dry_run else real_drivers(segment)
-    hypervisor = monitor = vm_events = vm_send = processes = None
-    if opts.libvirt_uri and not opts.dry_run:
+    hypervisor = monitor = vm_events = vm_send = processes = watchdog = None
+    uri = opts.libvirt_uri or segment.host(me).hypervisor_uri
+    if uri and not opts.dry_run:
         from meshha.probes.libvirt_events import LibvirtEventMonitor, LibvirtHypervisor
 
-        hypervisor = LibvirtHypervisor(opts.libvirt_uri)
-        monitor = LibvirtEventMonitor(opts.libvirt_uri)
+        hypervisor = LibvirtHypervisor(uri)
+        monitor = LibvirtEventMonitor(uri)
         vm_send, vm_events = trio.open_memory_channel[VmEvent](256)
     if segment.processes.names and not opts.dry_run:
         from meshha.probes.processes import ProcessChecker, libvirt_probe
 
-        health = {"libvirtd": libvirt_probe(opts.libvirt_uri)} if opts.libvirt_uri else {}
-        processes = ProcessChecker(segment.processes, health=health)
+        procs = libvirt_daemon_names(segment.processes)
+        # Monolithic libvirtd or modular virtqemud: whichever is watched gets the probe.
+        daemons = [n for n in LIBVIRT_DAEMONS if n in procs.names]
+        health = {n: libvirt_probe(uri) for n in daemons} if uri else {}
+        processes = ProcessChecker(procs, health=health)
+    declared = segment.host(me).watchdog
+    if declared is not None and not opts.dry_run:
+        from meshha.agent.watchdog import open_watchdog
+
+        watchdog = open_watchdog(declared.device)  # missing: exit 2, the config promised one
+    notifier = SdNotifier.from_env()
     node = Node(
         segment,
         me,
@@ -192,6 +215,8 @@ async def run_agent(
             hypervisor=hypervisor,
             vm_events=vm_events,
             processes=processes,
+            watchdog=watchdog,
+            notifier=notifier,
         ),
     )
     restored, rows = await trio.to_thread.run_sync(
@@ -232,13 +257,18 @@ async def run_agent(
                 control=str(opts.control_path),
                 dry_run=drivers is None,
                 metrics=metrics.url(metrics_addr),
+                hypervisor=uri,
+                watchdog=str(declared.device) if watchdog is not None and declared else None,
             )
             if drivers is not None and segment.nova.cloud is not None:
                 nursery.start_soon(check_nova, nova_connector(segment), me)
+            if notifier is not None:
+                notifier.ready()
             task_status.started({"node": node, "raft": raft, "ledger": ledger})
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for sig in signals:
                     log.info("agent_stopping", signal=signal.Signals(sig).name)
+                    node.keepalive.clean_stop()
                     nursery.cancel_scope.cancel()
                     break
     finally:
@@ -266,7 +296,9 @@ async def run_agent(
     help="Override [raft] data_dir (journal, ledger).",
 )
 @click.option(
-    "--libvirt-uri", default=None, help="Watch VMs and self-fence through this libvirt URI."
+    "--libvirt-uri",
+    default=None,
+    help="Override [hypervisor] uri (a lab host's private libvirtd); not needed otherwise.",
 )
 @click.option("--dry-run", is_flag=True, help="Decide and log, never act.")
 @click.option(

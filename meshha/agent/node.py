@@ -12,6 +12,7 @@ Tasks (all in the node's one nursery):
 - isolation: no contact with a majority on any network for isolation_after_s ->
              destroy the local VMs (the self-fence the majority relies on).
 - monitors:  local VM events and process checks -> proposed failures.
+- keepalive: the watchdog and systemd's, fed while the loops above run (agent/keepalive.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any, Protocol
 import structlog
 import trio
 
+from meshha.agent.keepalive import Keepalive, Notifier
 from meshha.config.model import Segment, majority
 from meshha.errors import MeshhaError
 from meshha.probes.swim import Prober
@@ -34,7 +36,7 @@ from meshha.raft.log import LogPort
 from meshha.raft.state import Intent, SegmentState
 from meshha.recovery.decide import decide, pending_intents
 from meshha.recovery.executor import Drivers, Executor, Guard
-from meshha.recovery.ports import HypervisorPort, ProcessPort, VmEvent
+from meshha.recovery.ports import HypervisorPort, ProcessPort, VmEvent, WatchdogPort
 
 log = structlog.get_logger("meshha.node")
 
@@ -61,6 +63,8 @@ class NodePorts:
     vm_events: trio.abc.ReceiveChannel[VmEvent] | None = None
     processes: ProcessPort | None = None
     guard: Guard | None = None
+    watchdog: WatchdogPort | None = None  # only for a host whose config declares one
+    notifier: Notifier | None = None  # systemd's sd_notify
 
 
 @dataclass
@@ -98,6 +102,9 @@ class Node:
         self.stats = NodeStats()
         self.isolated = False
         self._last_contact = -math.inf
+        self.contact_m = -math.inf  # when a majority was last counted (trio time)
+        self.beats: dict[str, float] = {}  # loop -> when it last ran (trio time)
+        self.keepalive = Keepalive(self, ports.watchdog, ports.notifier)
         self._isolation_reported = True
         self._in_flight: set[Any] = set()
         self._running: dict[str, trio.CancelScope] = {}
@@ -120,6 +127,8 @@ class Node:
                 nursery.start_soon(self._vm_event_loop)
             if self.p.processes is not None:
                 nursery.start_soon(self._process_loop)
+            if self.p.watchdog is not None or self.p.notifier is not None:
+                nursery.start_soon(self.keepalive.run)
             task_status.started()
 
     def restore(self, rows: Any) -> int:
@@ -184,6 +193,7 @@ class Node:
             for s in self.prober.tick(now):
                 self.p.transport.send(s.network, s.to, s.msg)
             self._report_observations()
+            self.beats["probe"] = trio.current_time()
             await trio.sleep(self.prober.poll_interval_s)
 
     def _report_observations(self) -> None:
@@ -301,11 +311,12 @@ class Node:
         while True:
             await trio.sleep(self.prober.poll_interval_s)
             now_m = trio.current_time()
+            self.beats["isolation"] = now_m
             reached = self.prober.voters_reached(self.p.now(), t.isolation_after_s)
             if self.me in voters:
                 reached = reached | {self.me}
             if self.p.log.has_quorum or len(reached) >= need:
-                self._last_contact = now_m
+                self._last_contact = self.contact_m = now_m
                 if self.isolated:
                     self.isolated = False
                     self.propose(

@@ -29,9 +29,13 @@ def write_segment(
     probe_port0: int = 7946,
     bmcs: Mapping[str, tuple[str, int]] | None = None,
     nova_cloud: str | None = None,
+    hypervisor_uri: str = "none",
     extra: str = "",
 ) -> Path:
-    """`hosts`: (name, {network: address}). Returns the path of segment.toml."""
+    """`hosts`: (name, {network: address}). Returns the path of segment.toml.
+
+    `hypervisor_uri` defaults to "none", not to the config's qemu:///system: a lab agent
+    must never watch (or, isolated, destroy) the domains of this machine's own libvirtd."""
     directory.mkdir(parents=True, exist_ok=True)
     nets = dict(
         networks or {"admin": "alert", "storage": "fence_evacuate", "tenant": "live_migrate"}
@@ -94,6 +98,7 @@ def write_segment(
     ]
     if nova_cloud:
         lines += ["[nova]", f'cloud = "{nova_cloud}"', ""]
+    lines += ["[hypervisor]", f'uri = "{hypervisor_uri}"', ""]
     path = directory / "segment.toml"
     path.write_text("\n".join(lines) + extra)
     return path

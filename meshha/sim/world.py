@@ -33,6 +33,7 @@ from meshha.recovery.ports import Flavor
 from meshha.sim.fakes import FakeAlerts, FakeBmc, FakeCloud, FakeHypervisor, FakeNova, FakeProcesses
 from meshha.sim.network import SimNetwork, SimTransport
 from meshha.sim.raft_standin import SimLog, SimRaft
+from meshha.sim.watchdog import FakeWatchdog
 
 EPOCH = 1_800_000_000.0  # simulated wall clock = EPOCH + trio time
 FLAVORS = {
@@ -62,9 +63,11 @@ class SimSpec:
     fanout: int = 1
     policy: Policy = field(default_factory=Policy)
     recovery: Recovery = field(default_factory=Recovery)
-    # Every host's agent arms a watchdog that resets a hung host well before the
-    # self-fence deadline; the self-fence proof is only sound with it.
-    watchdog: bool = True
+    # Does every host's config declare a watchdog? Its agent then feeds a FakeWatchdog,
+    # which powers the machine off when not fed (hung, or isolated past its deadline), and
+    # only then may the majority use the self-fence deadline as a proof. As the config:
+    # no watchdog unless declared.
+    watchdog: bool = False
 
 
 def build_segment(spec: SimSpec) -> Segment:
@@ -80,6 +83,7 @@ def build_segment(spec: SimSpec) -> Segment:
         brake_window_s=spec.brake_window_s,
         policy=spec.policy,
         recovery=spec.recovery,
+        watchdog=spec.watchdog,
     )
 
 
@@ -102,12 +106,13 @@ class Sim:
         self.segment = build_segment(spec)
         self.cloud = FakeCloud(clock=self.clock)
         nets = self.segment.network_names
-        watchdog_s = self.segment.timings.self_fence_deadline_s / 2 if spec.watchdog else None
         for h in self.segment.hosts:
             vcpus, ram, disk = spec.host_size
-            self.cloud.add_host(
-                h.name, nets, vcpus=vcpus, ram_mb=ram, disk_gb=disk, watchdog_s=watchdog_s
-            )
+            self.cloud.add_host(h.name, nets, vcpus=vcpus, ram_mb=ram, disk_gb=disk)
+        # What each host's config declares; a watchdog outlives its agent, like hardware.
+        self.watchdogs = {
+            h.name: FakeWatchdog(self.clock, h.name) for h in self.segment.hosts if h.watchdog
+        }
         self.net = SimNetwork(self.cloud, nets, random.Random(f"net:{seed}"))
         self.raft = SimRaft(
             self.segment,
@@ -165,10 +170,13 @@ class Sim:
             ledger=self.ledgers[host],
             now=self.wall,
             drivers=drivers,
-            hypervisor=FakeHypervisor(self.cloud, host),
+            hypervisor=FakeHypervisor(self.cloud, host)
+            if self.segment.host(host).hypervisor_uri
+            else None,
             vm_events=self.cloud.events_for(host),
             processes=FakeProcesses(self.cloud, host),
             guard=self._guard(host),
+            watchdog=self.watchdogs.get(host),
         )
         node = Node(
             self.segment,
@@ -196,18 +204,16 @@ class Sim:
     async def _lifecycle(self) -> None:
         """Machines that stop stop their agent; machines that come back boot it again."""
         while True:
-            now = trio.current_time()
             for h, m in self.cloud.machines.items():
-                if m.hung and m.watchdog_s is not None:
-                    if m.hung_since is None:
-                        m.hung_since = now
-                    elif now - m.hung_since >= m.watchdog_s:
-                        # Configured to power off, not reboot: a rebooted host would
-                        # come back without its VMs, and nothing restarts them yet.
-                        self.fault(f"watchdog powers off {h}")
-                        self.cloud.power_off(h)
-                if not m.hung:
-                    m.hung_since = None
+                wd = self.watchdogs.get(h)
+                if wd is not None and not m.powered:
+                    wd.armed = False  # power loss stops the timer too
+                elif wd is not None and wd.due():
+                    # Configured to power off, not reboot: a rebooted host would
+                    # come back without its VMs, and nothing restarts them yet.
+                    self.fault(f"watchdog powers off {h}")
+                    wd.fire()
+                    self.cloud.power_off(h)
                 if m.alive and h not in self.scopes:
                     self._start_node(h)
                 elif not m.alive and h in self.scopes:
