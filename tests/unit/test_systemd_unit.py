@@ -101,3 +101,21 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     )
     complaints = [line for line in (p.stdout + p.stderr).splitlines() if unit.name in line]
     assert p.returncode == 0 and not complaints, p.stdout + p.stderr
+
+
+def test_notify_with_a_watchdog_and_no_extra_flags() -> None:
+    assert one("Service", "Type") == "notify"
+    assert one("Service", "NotifyAccess") == "main"
+    watchdog_s = int(one("Service", "WatchdogSec"))
+    # The agent pings every second at most (meshha.agent.keepalive.MAX_INTERVAL_S) and
+    # counts its loops stalled after 5 s: the unit must give it more than that.
+    assert watchdog_s > 5
+    argv = shlex.split(one("Service", "ExecStart"))
+    assert "--libvirt-uri" not in argv and "--dry-run" not in argv  # all from the config
+    assert "virtqemud.service" in one("Unit", "After").split()
+
+
+def test_says_where_the_nova_credentials_go() -> None:
+    text = UNIT.read_text()
+    assert "/etc/openstack/clouds.yaml" in text and "ProtectHome" in text
+    assert "OS_CLIENT_CONFIG_FILE" in text
