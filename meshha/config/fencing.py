@@ -1,7 +1,8 @@
 """The self-fence sections of the segment TOML and their checks.
 
-`[hypervisor] uri` (default qemu:///system, "none" for no hypervisor) is what the agent
-watches VMs through and destroys them through when it is isolated; `[watchdog]` (for
+`[hypervisor] uri` (default qemu:///system, "none" for no hypervisor; `[hosts.hypervisor]`
+for one host) is what the agent watches VMs through and destroys them through when it is
+isolated; `[watchdog]` (for
 every host) or `[hosts.watchdog]` (for one) is the device that resets a host whose agent
 stops feeding it. The majority may take "the self-fence deadline has passed" as a fence
 only for a host that declares both (`model.self_fence_provable`); an explicit
@@ -27,10 +28,32 @@ _URI = re.compile(r"^[a-z][a-z0-9+.-]*://")
 
 
 def hypervisor(root: Table, out: Problems) -> str | None:
-    """The hypervisor URI of every host; None for "none" (and when wrong: recorded)."""
+    """The segment's hypervisor URI; None for "none" (and when wrong: recorded)."""
     t = root.sub("hypervisor") or Table({}, "hypervisor", out, root.base)
-    uri = t.text("uri", default=DEFAULT_HYPERVISOR_URI)
+    uri = _uri(t, DEFAULT_HYPERVISOR_URI)
     t.done()
+    return uri
+
+
+def host_hypervisor(host: Table) -> tuple[bool, str | None]:
+    """A `[hosts.hypervisor]` table: (present, its URI or None for "none")."""
+    t = host.sub("hypervisor")
+    if t is None:
+        return False, None
+    uri = _uri(t, None)
+    if not t.has("uri"):
+        t.problem("uri", "missing (required)")
+    t.done()
+    return True, uri
+
+
+def effective_uri(h: dict[str, Any], segment_uri: str | None) -> str | None:
+    present, uri = h.get("hypervisor", (False, None))
+    return uri if present else segment_uri
+
+
+def _uri(t: Table, default: str | None) -> str | None:
+    uri = t.text("uri", default=default)
     if uri is None or uri == NO_HYPERVISOR:
         return None
     if not _URI.match(uri):
@@ -73,10 +96,8 @@ def check_self_fence(
         label = repr(h["name"]) if h["name"] else t.path
         if wd is None:
             lacking.setdefault("watchdog ([watchdog] or [hosts.watchdog])", []).append(label)
-        if uri is None:
-            lacking.setdefault(f'hypervisor ([hypervisor] uri = "{NO_HYPERVISOR}")', []).append(
-                label
-            )
+        if effective_uri(h, uri) is None:
+            lacking.setdefault(f'hypervisor (uri = "{NO_HYPERVISOR}")', []).append(label)
         if h.get("watchdog") is not None:
             _check_timeout(f"{t.path}.watchdog.timeout_s", h["watchdog"], timings, out)
     if segment_watchdog is not None:

@@ -134,6 +134,6 @@ def _build_host(
         role=h["role"],
         voter=h["voter"],
         capacity=None if cap is None else Capacity(**cap),
-        hypervisor_uri=uri,
+        hypervisor_uri=fencing.effective_uri(h, uri),
         watchdog=None if wd is None else Watchdog(**wd),
     )

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from meshha.config.checks import check_timings
-from meshha.config.fencing import watchdog
+from meshha.config.fencing import host_hypervisor, watchdog
 from meshha.config.model import (
     ON_LOSS_VALUES,
     POLICY_LEVELS,
@@ -151,6 +151,7 @@ def host(t: Table, declared: list[str] | None, read: Findings) -> dict[str, Any]
         }
         cap.done()
     kw["watchdog"] = watchdog(t)
+    kw["hypervisor"] = host_hypervisor(t)
     t.done()
     return kw
 

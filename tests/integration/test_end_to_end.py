@@ -10,7 +10,11 @@ host2 dies (its agent SIGKILLed, its nova-compute stopped for real). Proves:
   it is ACTIVE with no task state; the non-HA server stays where it was; the three live
   ledgers hold the same entries, intents and their ok results included;
 - with a dead BMC: the fence fails, "cannot fence host2" is alerted, nothing is evacuated
-  before the self-fence deadline has passed, and everything is evacuated after it.
+  before the self-fence deadline has passed, and everything is evacuated after it. The
+  deadline is a proof only because host2's config declares a hypervisor (its own private
+  libvirtd) and a watchdog (meshha.lab.watchdog on its chassis, which works without the
+  BMC, as a mainboard watchdog does): the dead agent stops feeding it, and it powers
+  host2 off before the deadline.
 
 Skipped, with the reason, where ipmi_sim, ipmitool or the nova venv are missing.
 """
@@ -21,6 +25,9 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +36,7 @@ import pytest
 import trio
 
 from meshha.lab.bmc import BmcSim, free_udp_port
+from meshha.lab.libvirt_setup import PrivateLibvirtd
 from meshha.lab.mesh import NETWORKS, ON_LOSS, Mesh
 from meshha.lab.nova_client import NovaBox, venv_missing_reason
 from meshha.lab.segment_files import write_segment
@@ -68,6 +76,7 @@ class NovaMesh(Mesh):
         bmc_ports: dict[str, int],
         clouds_yaml: Path,
         timings: str = "",
+        host_toml: dict[str, str] | None = None,
     ) -> None:
         super().__init__(workdir, HOSTS, reserved=[RESERVED])
         self.config = write_segment(
@@ -87,6 +96,10 @@ class NovaMesh(Mesh):
             profile = 'profile = "lan-fast"\n'
             assert text.count(profile) == 1
             text = text.replace(profile, profile + timings.strip() + "\n")
+        for host, tables in (host_toml or {}).items():  # before the next [[hosts]]
+            start = text.index(f'[[hosts]]\nname = "{host}"')
+            end = text.index("[[hosts]]", start + 1)
+            text = text[:end] + tables + "\n" + text[end:]
         self.config.write_text(text)
         self.bmc_password_file = self.workdir / "config" / "secrets" / "bmc.pw"
         self.env = {**os.environ, "OS_CLIENT_CONFIG_FILE": str(clouds_yaml)}
@@ -112,11 +125,17 @@ class Lab:
 
 @contextlib.contextmanager
 def running_lab(
-    workdir: Path, *, dead_bmcs: tuple[str, ...] = (), timings: str = ""
+    workdir: Path,
+    *,
+    dead_bmcs: tuple[str, ...] = (),
+    timings: str = "",
+    self_fence: tuple[str, ...] = (),
 ) -> Iterator[Lab]:
     """Nova box, BMCs (those in `dead_bmcs` point at a port nothing listens on) and the
-    four agents; everything is stopped on the way out, whatever happened."""
+    four agents; the hosts in `self_fence` declare a hypervisor (a private libvirtd) and
+    a lab watchdog on their chassis. Everything is stopped on the way out."""
     with contextlib.ExitStack() as stack:
+        host_toml = {h: _self_fence_kit(stack, workdir, h) for h in self_fence}
         box = NovaBox(
             list(HOSTS), size=HOST_SIZE, tmpdir=workdir / "nova", log_path=workdir / "nova.log"
         )
@@ -125,7 +144,13 @@ def running_lab(
         clouds = workdir / "clouds.yaml"
         clouds.write_text(box.clouds_yaml(CLOUD))
         ports = {h: free_udp_port() for h in HOSTS}
-        mesh = NovaMesh(workdir / "mesh", bmc_ports=ports, clouds_yaml=clouds, timings=timings)
+        mesh = NovaMesh(
+            workdir / "mesh",
+            bmc_ports=ports,
+            clouds_yaml=clouds,
+            timings=timings,
+            host_toml=host_toml,
+        )
         stack.callback(mesh.close)
         sims = {}
         for h in HOSTS:
@@ -142,7 +167,53 @@ def running_lab(
         mesh.start(timeout_s=40)
         for h, sim in sims.items():
             sim.kill_on_power_off(pids=[mesh.pid(h)])  # the agent process is the host
+        for h in self_fence:
+            with open(workdir / "bmc" / h / "kill-pids", "a") as f:
+                f.write(f"{mesh.pid(h)}\n")
         yield Lab(mesh, box, box.connect(compute_api_version="2.95"), sims)
+
+
+WATCHDOG_TIMEOUT_S = 5
+
+
+def _self_fence_kit(stack: contextlib.ExitStack, workdir: Path, host: str) -> str:
+    """A private libvirtd and a lab watchdog (its own process, firing the chassis program
+    in workdir/bmc/HOST, which works whether or not its ipmi_sim runs) for `host`; the
+    [hosts.*] tables that declare them."""
+    short = Path(tempfile.mkdtemp(prefix="mh-e2e-", dir="/tmp"))  # unix socket paths
+    stack.callback(shutil.rmtree, short, ignore_errors=True)
+    lv = PrivateLibvirtd(short / "lv")
+    stack.callback(lv.stop)
+    lv.start()
+    trio.run(lv.wait_ready)
+    chassis = workdir / "bmc" / host
+    chassis.mkdir(parents=True, exist_ok=True)
+    (chassis / "power").write_text("1\n")
+    (chassis / "kill-pidfiles").write_text(lv.qemu_pidfile_glob + "\n")
+    sock = short / "wd.sock"
+    argv = [sys.executable, "-m", "meshha.lab.watchdog", "--socket", str(sock)]
+    argv += ["--chassis-dir", str(chassis)]
+    wd = subprocess.Popen(argv, start_new_session=True)
+    stack.callback(wd.wait, 10)
+    stack.callback(wd.terminate)
+    deadline = time.monotonic() + 20
+    while not sock.exists():
+        assert time.monotonic() < deadline and wd.poll() is None, "lab watchdog did not start"
+        time.sleep(0.05)  # noqa: TID251 - polling for another process's socket
+    return (
+        f'[hosts.hypervisor]\nuri = "{lv.uri}"\n'
+        f'[hosts.watchdog]\ndevice = "{sock}"\ntimeout_s = {WATCHDOG_TIMEOUT_S}\n'
+    )
+
+
+def watchdog_fired_at(workdir: Path, host: str) -> float | None:
+    """When `host`'s chassis was powered off (chassis.log), or None."""
+    log = workdir / "bmc" / host / "chassis.log"
+    for line in log.read_text().splitlines() if log.exists() else []:
+        t, op, name, *value = line.split()
+        if (op, name, value) == ("set", "power", ["0"]):
+            return float(t)
+    return None
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -303,7 +374,12 @@ def test_host_power_loss_fenced_by_bmc_and_evacuated_once(tmp_path: Path) -> Non
 
 def test_dead_bmc_waits_for_the_self_fence_deadline_before_evacuating(tmp_path: Path) -> None:
     timings = f"self_fence_deadline_s = {DEAD_BMC_SELF_FENCE_DEADLINE_S}"
-    with running_lab(tmp_path, dead_bmcs=(VICTIM,), timings=timings) as lab:
+    with running_lab(tmp_path, dead_bmcs=(VICTIM,), timings=timings, self_fence=(VICTIM,)) as lab:
+        lab.mesh.wait_until(
+            lambda: "watchdog_armed" in lab.mesh.log_path(VICTIM).read_text(),
+            20,
+            "host2 arms its watchdog",
+        )
         ha, non_ha = boot_workload(lab)
 
         kill_host(lab, VICTIM)
@@ -339,6 +415,9 @@ def test_dead_bmc_waits_for_the_self_fence_deadline_before_evacuating(tmp_path: 
         for i in ha:  # Nova agrees: no evacuation request before the deadline
             (act,) = [a for a in lab.conn.compute.server_actions(i) if a.action == "evacuate"]
             assert _unix(act.start_time) >= deadline - 1.0, (act.start_time, deadline)
+        # What made the deadline a proof: host2's watchdog powered it off before it.
+        fired = watchdog_fired_at(tmp_path, VICTIM)
+        assert fired is not None and fired < deadline, (fired, deadline)
 
 
 def _unix(iso: str) -> float:

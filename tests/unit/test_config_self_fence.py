@@ -126,3 +126,17 @@ def test_meshctl_config_check_refuses_the_proof_without_watchdog(
     path = write(tmp_path, BASE + WATCHDOG + PROOF_ON)
     res = subprocess.run([meshctl, "config", "check", str(path)], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_host_hypervisor_overrides_the_segment(tmp_path: Path) -> None:
+    own = '[hosts.hypervisor]\nuri = "qemu+unix:///system?socket=/run/h1/libvirt-sock"\n'
+    text = edit(BASE, '[[hosts]]\nname = "host2"', own + '\n[[hosts]]\nname = "host2"')
+    text += '\n[hypervisor]\nuri = "none"\n' + WATCHDOG
+    seg = load_segment(write(tmp_path, text))
+    uris = [h.hypervisor_uri for h in seg.hosts]
+    assert uris == ["qemu+unix:///system?socket=/run/h1/libvirt-sock", None, None]
+    assert [self_fence_provable(seg, h) for h in seg.host_names] == [True, False, False]
+    msg = only(tmp_path, text + PROOF_ON, "recovery.allow_self_fence_proof", "no hypervisor")
+    assert "'host2', 'host3'" in msg and "'host1'" not in msg
+    empty = edit(text, own, "[hosts.hypervisor]\n")
+    only(tmp_path, empty, "hosts[0].hypervisor.uri", "missing (required)")
