@@ -308,6 +308,18 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], indent: str
     return table(headers, rows, indent)
 
 
+def _this_host_line(r: dict) -> str:  # type: ignore[type-arg]
+    wd = r.get("watchdog") or {}
+    if not wd.get("declared"):
+        watchdog = "none declared (no self-fence deadline proof for this host)"
+    elif not wd.get("armed"):
+        watchdog = "not armed yet (armed at the first contact with a majority)"
+    else:
+        fed = "fed" if wd.get("feeding") else "NOT FED: it will reset this host"
+        watchdog = f"{fed} (timeout {wd.get('timeout_s')} s)"
+    return f"this host's watchdog: {watchdog}"
+
+
 @main.command()
 @CONTROL
 @click.option("--json", "as_json", is_flag=True, help="The whole answer as JSON (metrics_url too).")
@@ -323,6 +335,7 @@ def status(control_path: Path, as_json: bool) -> None:
         click.echo("ISOLATED: this host lost a majority on every network and destroyed its VMs")
     if r.get("brake", {}).get("on"):
         click.echo(f"BRAKE ON: {r['brake']['reason']} (meshctl brake release)")
+    click.echo(_this_host_line(r))
     nets = sorted({n for h in r["hosts"] for n in h["reach"]})
     rows = []
     for h in r["hosts"]:

@@ -144,6 +144,15 @@ class Keepalive:
         self.device_timeout_s, self.feeding = got, True
         log.info("watchdog_armed", host=self.node.me, timeout_s=got)
 
+    def status(self) -> dict[str, object]:
+        """For `meshctl status`: is the watchdog armed, and is it being fed?"""
+        return {
+            "declared": self.watchdog is not None,
+            "armed": self.device_timeout_s is not None,
+            "feeding": self.device_timeout_s is not None and self.feeding,
+            "timeout_s": self.device_timeout_s,
+        }
+
     def clean_stop(self) -> None:
         """SIGTERM: disarm, unless isolated (see the module doc)."""
         self.stopped = True

@@ -429,6 +429,7 @@ class Node:
             "host": self.me,
             "index": st.index,
             "isolated": self.isolated,
+            "watchdog": self.keepalive.status(),
             "verdicts": {
                 h: {"kind": v.kind, "networks": list(v.networks), "reason": v.reason}
                 for h, v in st.verdicts.items()

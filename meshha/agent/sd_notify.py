@@ -26,6 +26,7 @@ class SdNotifier:
         self.address = "\0" + address[1:] if address.startswith("@") else address
         self.watchdog_interval_s = None if watchdog_usec is None else watchdog_usec / 1e6
         self.failures = 0
+        self.readied = False  # WATCHDOG=1 only after READY=1: start-up has its own timeout
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self._sock.setblocking(False)
 
@@ -51,10 +52,12 @@ class SdNotifier:
                 log.error("sd_notify_failed", state=state, error=err.strerror or str(err))
 
     def ready(self) -> None:
+        self.readied = True
         self.notify("READY=1")
 
     def watchdog(self) -> None:
-        self.notify("WATCHDOG=1")
+        if self.readied:
+            self.notify("WATCHDOG=1")
 
     def stopping(self) -> None:
         self.notify("STOPPING=1")

@@ -129,6 +129,7 @@ class ControlHandler:
             "me": self.node.me,
             **self._view(),
             "isolated": self.node.isolated,
+            "watchdog": self.node.keepalive.status(),
             "brake": asdict(st.brake),
             "hosts": hosts,
             "pending_intents": pending[:100],

@@ -197,6 +197,8 @@ def test_isolated_agent_destroys_its_domains_then_its_watchdog_fires(short_tmp: 
             )
             time.sleep(3 * WATCHDOG_TIMEOUT_S)  # noqa: TID251 - it must not fire while fed
             assert (chassis / "power").read_text().strip() == "1", "fired while in contact"
+            wd = mesh.status("host1")["watchdog"]  # what `meshctl status` shows
+            assert wd == {"declared": True, "armed": True, "feeding": True, "timeout_s": 2}
 
             cut = time.time()
             mesh.kill("host2")

@@ -17,6 +17,7 @@ from trio.testing import MockClock
 from meshha.agent.keepalive import Keepalive, feed_until, responsive
 from meshha.agent.main import libvirt_daemon_names
 from meshha.agent.sd_notify import SdNotifier
+from meshha.cli import _this_host_line
 from meshha.config.model import Processes, Segment
 from meshha.config.synthetic import synthetic_segment
 from meshha.sim.watchdog import FakeWatchdog
@@ -149,6 +150,7 @@ def test_sd_notify_from_env_and_a_real_datagram_socket(tmp_path: Path) -> None:
         env = {"NOTIFY_SOCKET": "@" + name, "WATCHDOG_USEC": "6000000"}
         n = SdNotifier.from_env(env)
         assert n is not None and n.watchdog_interval_s == 6.0
+        n.watchdog()  # before READY=1: not sent (start-up has its own timeout)
         n.ready()
         n.watchdog()
         n.stopping()
@@ -169,3 +171,12 @@ def test_modular_libvirt_is_watched_as_virtqemud(tmp_path: Path) -> None:
     assert libvirt_daemon_names(procs, tmp_path).names == ("nova-compute", "virtqemud")
     both = Processes(names=("libvirtd", "virtqemud"))
     assert libvirt_daemon_names(both, tmp_path).names == ("virtqemud",)
+
+
+def test_status_line_says_whether_the_watchdog_is_fed() -> None:
+    none = _this_host_line({"watchdog": {"declared": False}})
+    assert "none declared" in none and "no self-fence deadline proof" in none
+    fed = {"declared": True, "armed": True, "feeding": True, "timeout_s": 15}
+    assert _this_host_line({"watchdog": fed}) == "this host's watchdog: fed (timeout 15 s)"
+    cut = _this_host_line({"isolated": True, "watchdog": {**fed, "feeding": False}})
+    assert "NOT FED: it will reset this host" in cut
