@@ -32,6 +32,7 @@ which is the point.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import stat
@@ -173,8 +174,6 @@ def open_watchdog(device: Path) -> WatchdogPort:
 
 def _error(err: Exception, where: Path) -> WatchdogError:
     if isinstance(err, OSError):
-        import errno
-
         kind = {
             errno.EBUSY: "busy",
             errno.ENOENT: "missing",

@@ -17,9 +17,11 @@ from trio.testing import MockClock
 from meshha.agent.keepalive import Keepalive, feed_until, responsive
 from meshha.agent.main import libvirt_daemon_names
 from meshha.agent.sd_notify import SdNotifier
+from meshha.agent.watchdog import LinuxWatchdog, SocketWatchdog, open_watchdog
 from meshha.cli import _this_host_line
 from meshha.config.model import Processes, Segment
 from meshha.config.synthetic import synthetic_segment
+from meshha.errors import WatchdogError
 from meshha.sim.watchdog import FakeWatchdog
 
 SEG = synthetic_segment(3)  # lan-fast: isolation 2 s, deadline 10 s; watchdog timeout 3 s
@@ -180,3 +182,23 @@ def test_status_line_says_whether_the_watchdog_is_fed() -> None:
     assert _this_host_line({"watchdog": fed}) == "this host's watchdog: fed (timeout 15 s)"
     cut = _this_host_line({"isolated": True, "watchdog": {**fed, "feeding": False}})
     assert "NOT FED: it will reset this host" in cut
+
+
+async def test_watchdog_driver_follows_the_file_type(tmp_path: Path) -> None:
+    with pytest.raises(WatchdogError) as err:
+        open_watchdog(tmp_path / "absent")
+    assert err.value.kind == "missing"
+    (tmp_path / "plain").touch()
+    with pytest.raises(WatchdogError, match="neither a character device nor a unix socket"):
+        open_watchdog(tmp_path / "plain")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+        s.bind(str(tmp_path / "wd.sock"))
+        assert isinstance(open_watchdog(tmp_path / "wd.sock"), SocketWatchdog)
+    # A character device that is no watchdog: the real kernel refuses the ioctl, and the
+    # driver says so as a typed error and leaves nothing open.
+    null = open_watchdog(Path("/dev/null"))
+    assert isinstance(null, LinuxWatchdog)
+    with pytest.raises(WatchdogError) as err:
+        await null.open(5)
+    assert err.value.kind == "unsupported"
+    assert null._fd is None
