@@ -358,11 +358,7 @@ class Cloud:
         agent = Path(sys.executable).parent / "meshha-agent"
         argv[0] = str(agent) if agent.exists() else (shutil.which("meshha-agent") or argv[0])
         argv = [host if a == "%H" else a for a in argv]
-        if "--libvirt-uri" not in argv and not _config_has_hypervisor():
-            # Until the hypervisor URI is part of the segment config (issue 8), the unit
-            # starts the agent without VM monitoring; the lab needs it.
-            argv += ["--libvirt-uri", "qemu:///system"]
-        return argv
+        return argv  # the hypervisor URI is in the segment config, as on a real host
 
     def _write_configs(self, spec: LabSpec) -> None:
         net = self.net
@@ -385,6 +381,9 @@ class Cloud:
             bmcs={h: (b["address"], b["port"]) for h, b in bmcs.items()},
             nova_cloud=CLOUD_NAME,
             extra=extra,
+            # Each lab host has its own libvirtd at the default path (its own mount
+            # namespace), so the shipped default URI is the right one.
+            hypervisor_uri="qemu:///system",
         )
         text = config.read_text().replace('data_dir = "data"', 'data_dir = "/var/lib/meshha/raft"')
         if spec.timings_toml:
@@ -897,13 +896,6 @@ class Cloud:
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def _config_has_hypervisor() -> bool:
-    """Whether the segment config carries the hypervisor URI (issue 8)."""
-    from meshha.config import model
-
-    return any(hasattr(model, n) for n in ("Hypervisor",))
 
 
 def _children(pid: int) -> list[int]:

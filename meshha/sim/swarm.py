@@ -56,6 +56,9 @@ def draw_spec(rng: random.Random) -> SimSpec:
         voters=voters,
         vms_per_host=rng.choice((1, 2, 3)),
         profile=rng.choice(("lan-fast", "lan-fast", "lan-safe")),
+        # Half the segments declare a watchdog on every host (the deadline proof is then
+        # allowed), half declare none (a host whose BMC is dead waits for an operator).
+        watchdog=rng.random() < 0.5,
     )
 
 
