@@ -10,6 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from meshha.config.model import Segment
+from meshha.config.synthetic import synthetic_segment
 from meshha.raft import entries as E
 from meshha.raft.intent_key import STEPS
 from meshha.raft.state import SegmentState
@@ -285,15 +287,22 @@ def summary(s: SegmentState) -> dict[str, Any]:
 OLD = E.unpack(LEDGERS.read_bytes())
 
 
+def segment_of(words: list[str]) -> Segment:
+    """The segment a capture names (`segment hosts=N [voters=N] [reserved=a,b] ...`):
+    the state machine reads only its hosts, voters and roles."""
+    o = dict(w.split("=", 1) for w in words[1:])
+    return synthetic_segment(
+        int(o["hosts"]),
+        voters=int(o["voters"]) if "voters" in o else None,
+        reserved=tuple(o["reserved"].split(",")) if "reserved" in o else None,
+    )
+
+
 @pytest.mark.parametrize("name", sorted(OLD))
 def test_a_schema_1_ledger_replays_into_the_same_state(name: str) -> None:
-    from tests.unit.test_decide_data import Step, build
-
     old = OLD[name]
     assert old["entries"] and all(e["v"] == 1 and E.check(e) == [] for e in old["entries"])
-    # The segment line as the scenario language writes it now (`process=` was renamed).
-    args = [w.replace("process=", "process_restart_failure=") for w in old["segment"][1:]]
-    s = SegmentState(build(Step(1, "segment", args)).seg)
+    s = SegmentState(segment_of(old["segment"]))
     for e in old["entries"]:
         s.apply(E.unpack(E.pack(e)), s.index + 1)
     assert summary(s) == old["summary"]
