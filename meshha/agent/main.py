@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import secrets
 import signal
 import sys
 import tempfile
@@ -210,14 +211,16 @@ async def run_agent(
             log=log_port,
             transport=probe_port,
             ledger=sink,
-            now=time.time,
+            now=transport.segment_now,  # commit segment time, not this host's wall clock
             drivers=drivers,
             hypervisor=hypervisor,
             vm_events=vm_events,
             processes=processes,
             watchdog=watchdog,
             notifier=notifier,
+            clock=transport,
         ),
+        seed=secrets.randbits(32),  # fresh probe challenges every run (meshha.probes.wire)
     )
     restored, rows = await trio.to_thread.run_sync(
         lambda: (node.restore(ledger.entries()), ledger.count()), limiter=limiter
@@ -228,7 +231,7 @@ async def run_agent(
         node,
         log_port,
         LedgerReader(ledger, limiter),
-        time.time,
+        transport.segment_now,
         transport,
         sink=sink,
         nova=drivers.nova if drivers is not None else None,

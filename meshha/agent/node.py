@@ -42,6 +42,7 @@ log = structlog.get_logger("meshha.node")
 
 PROPOSAL_QUEUE = 1024  # bound on proposals waiting to be sent to the leader
 OTHER_PARALLEL = 8  # bound on concurrent non-evacuation intents
+CLOCK_REALERT_S = 3600.0  # a clock still off is alerted again after this long
 
 
 class Transport(Protocol):
@@ -50,6 +51,12 @@ class Transport(Protocol):
 
 class LedgerSink(Protocol):
     def append(self, index: int, entry: Entry) -> None: ...
+
+
+class ClockPort(Protocol):
+    def skewed_hosts(self) -> dict[str, float]:
+        """Hosts whose wall clock is off segment time by more than max_clock_skew_s."""
+        ...
 
 
 @dataclass
@@ -65,6 +72,7 @@ class NodePorts:
     guard: Guard | None = None
     watchdog: WatchdogPort | None = None  # only for a host whose config declares one
     notifier: Notifier | None = None  # systemd's sd_notify
+    clock: ClockPort | None = None  # measured clock skews (meshha.probes.clock)
 
 
 @dataclass
@@ -112,6 +120,7 @@ class Node:
         self._send, self._recv = trio.open_memory_channel[tuple[Entry, Any]](PROPOSAL_QUEUE)
         self._applied = trio.Event()
         self.alive = True
+        self.skewed: dict[str, float] = {}
 
     # -- entry points ------------------------------------------------------------------
 
@@ -146,7 +155,7 @@ class Node:
 
     def on_datagram(self, network: str, sender: str, msg: dict[str, Any]) -> None:
         """An authenticated probe datagram arrived (the transport checked it)."""
-        for s in self.prober.receive(network, sender, msg, self.p.now()):
+        for s in self.prober.receive(network, sender, msg, trio.current_time()):
             self.p.transport.send(s.network, s.to, s.msg)
 
     def propose(self, entry: Entry, key: Any = None) -> None:
@@ -189,8 +198,7 @@ class Node:
 
     async def _probe_loop(self) -> None:
         while True:
-            now = self.p.now()
-            for s in self.prober.tick(now):
+            for s in self.prober.tick(trio.current_time()):
                 self.p.transport.send(s.network, s.to, s.msg)
             self._report_observations()
             self.beats["probe"] = trio.current_time()
@@ -201,6 +209,9 @@ class Node:
         if not self.p.log.has_quorum:
             return
         now = self.p.now()
+        # The prober runs on the monotonic clock (a wall clock step must not stop or
+        # hurry probing); what is committed is in the log's time, `now`.
+        lag = now - trio.current_time()
         suspects = {t for (_, t, _) in self.state.lost} - {self.me}
         self.prober.watch_extra = suspects if self.me in self.segment.voters else set()
         local = self.prober.lost()
@@ -209,7 +220,12 @@ class Node:
             if (target, net) not in committed:
                 self.propose(
                     E.observation(
-                        ts=now, by=self.me, host=target, network=net, reachable=False, since=since
+                        ts=now,
+                        by=self.me,
+                        host=target,
+                        network=net,
+                        reachable=False,
+                        since=since + lag,
                     ),
                     ("obs", target, net, False),
                 )
@@ -223,7 +239,7 @@ class Node:
                         host=target,
                         network=net,
                         reachable=True,
-                        since=pv.since or now,
+                        since=pv.since + lag if pv.since else now,
                     ),
                     ("obs", target, net, True),
                 )
@@ -235,6 +251,7 @@ class Node:
             with trio.move_on_after(self.segment.timings.probe_interval_s):
                 await self._applied.wait()
             log_ = self.p.log
+            self._watch_clocks()
             if not (log_.is_leader and log_.has_quorum):
                 self._stop_running("lost leadership")
                 continue
@@ -244,7 +261,51 @@ class Node:
             self.stats.decisions += 1
             for entry in decide(self.segment, self.state, now, self.me):
                 self.propose(entry, _key(entry))
+            self._clock_alerts(now)
             self._execute(nursery, now)
+
+    def _watch_clocks(self) -> None:
+        """Log when the set of hosts with a wrong clock changes (every host does)."""
+        if self.p.clock is None:
+            return
+        skewed = self.p.clock.skewed_hosts()
+        if set(skewed) != set(self.skewed):
+            for host, offset in sorted(skewed.items()):
+                log.warning("clock_skew", host=host, offset_s=round(offset, 3), me=self.me)
+            for host in sorted(set(self.skewed) - set(skewed)):
+                log.info("clock_skew_over", host=host, me=self.me)
+        self.skewed = skewed
+
+    def _clock_alerts(self, now: float) -> None:
+        """The leader alerts, once per host per CLOCK_REALERT_S, on a clock off segment
+        time. A clock is never evidence about a host: no verdict comes from it."""
+        for host, offset in sorted(self.skewed.items()):
+            prefix = f"alert:clock:{host}:"
+            if any(
+                i.id.startswith(prefix) and now - i.created_ts < CLOCK_REALERT_S
+                for i in self.state.intents.values()
+            ):
+                continue
+            subject = f"{host}'s clock is {offset:+.3f} s off the segment's"
+            body = (
+                f"The wall clock of {host} differs from the median of the segment's clocks "
+                f"by {offset:+.3f} s (limit max_clock_skew_s="
+                f"{self.segment.timings.max_clock_skew_s:g} s), measured from probe round "
+                "trips. meshha keeps working (probes do not depend on clocks and committed "
+                f"times are corrected to the segment's), but fix NTP on {host}."
+            )
+            self.propose(
+                E.intent(
+                    ts=now,
+                    by=self.me,
+                    intent_id=f"{prefix}{int(now)}:a1",
+                    action="alert",
+                    host=host,
+                    reason=subject,
+                    params={"severity": "warning", "subject": subject, "body": body},
+                ),
+                ("clock-alert", host),
+            )
 
     def _execute(self, nursery: trio.Nursery, now: float) -> None:
         if self.executor is None:  # dry run: say what would be done, once per intent
@@ -312,7 +373,7 @@ class Node:
             await trio.sleep(self.prober.poll_interval_s)
             now_m = trio.current_time()
             self.beats["isolation"] = now_m
-            reached = self.prober.voters_reached(self.p.now(), t.isolation_after_s)
+            reached = self.prober.voters_reached(now_m, t.isolation_after_s)
             if self.me in voters:
                 reached = reached | {self.me}
             if self.p.log.has_quorum or len(reached) >= need:

@@ -138,6 +138,7 @@ class ControlHandler:
         }
         if self.transport is not None:
             out["probe_drops"] = self.transport.drops()
+            out["clock"] = self.transport.clock_report()
         return out
 
     def _errors(self) -> dict[str, Any]:

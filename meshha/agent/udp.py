@@ -2,14 +2,20 @@
 
 Outgoing probes are encoded with the segment key (meshha.probes.wire) and sent without
 blocking; incoming datagrams are checked by the wire Decoder (MAC, sender, source address,
-age, replay window) and only then handed to the node. A bad datagram is dropped and
-counted by reason; it never reaches the prober and never raises.
+replay window of the sender's epoch) and only then handed to the node. A bad datagram is
+dropped and counted by reason; it never reaches the prober and never raises.
+
+The transport also measures the peers' clocks (meshha.probes.clock): it notes when each
+ping left (monotonic) and, when the peer's own ack to it arrives, feeds the round trip
+and the ack's timestamp to the `SegmentClock`; `segment_now` is the time the agent stamps
+on what it commits. Only direct acks count (a relayed ack carries the helper's clock).
 """
 
 from __future__ import annotations
 
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -18,30 +24,42 @@ import trio
 
 from meshha.config.model import Segment
 from meshha.probes import wire
+from meshha.probes.clock import SegmentClock
 
 log = structlog.get_logger("meshha.udp")
 RECV_BUFFER_B = 2048
+MAX_PINGS_TIMED = 4096  # bound on pings awaiting an ack for a clock sample
 
 Deliver = Callable[[str, str, dict[str, Any]], None]
 
 
 class UdpTransport:
     def __init__(
-        self, segment: Segment, me: str, key: bytes, now: Callable[[], float] = time.time
+        self,
+        segment: Segment,
+        me: str,
+        key: bytes,
+        now: Callable[[], float] = time.time,
+        mono: Callable[[], float] = time.monotonic,
     ) -> None:
         self.segment = segment
         self.me = me
         self.key = key
-        self.now = now
+        self.now = now  # this host's wall clock: sent in every datagram, never trusted
+        self.mono = mono
         self.deliver: Deliver | None = None
-        self.seq = wire.SeqCounter(now())
+        self.epoch = wire.new_epoch()
+        self.seq = wire.SeqCounter()
+        self.clock = SegmentClock(
+            me, segment.host_names, max_skew_s=segment.timings.max_clock_skew_s
+        )
+        self._pings: OrderedDict[tuple[str, str, int], float] = OrderedDict()
         self.sockets: dict[str, socket.socket] = {}
         self.decoders: dict[str, wire.Decoder] = {}
         self.peers: dict[str, dict[str, tuple[str, int]]] = {}
         self.sent = 0
         self.send_errors = 0
         me_host = segment.host(me)
-        max_age = max(wire.DEFAULT_MAX_AGE_S, 4 * segment.timings.max_clock_skew_s)
         for net in me_host.networks:
             port = segment.network(net).probe_port
             self.peers[net] = {
@@ -50,7 +68,7 @@ class UdpTransport:
                 if h.name != me and (addr := h.address(net)) is not None
             }
             senders = {name: addr for name, (addr, _) in self.peers[net].items()}
-            self.decoders[net] = wire.Decoder(key, max_age_s=max_age, senders=senders)
+            self.decoders[net] = wire.Decoder(key, senders=senders)
 
     def bind(self) -> None:
         """Open every socket now, so a port in use is reported before anything starts."""
@@ -76,12 +94,37 @@ class UdpTransport:
         dest = self.peers.get(network, {}).get(to)
         if s is None or dest is None:
             return
-        data = wire.encode(msg, key=self.key, sender=self.me, seq=self.seq.next(), now=self.now())
+        data = wire.encode(
+            msg, key=self.key, sender=self.me, epoch=self.epoch, seq=self.seq.next(), now=self.now()
+        )
         try:
             s.sendto(data, dest)
             self.sent += 1
         except OSError:  # link down, no route, buffer full: a lost probe, as on the wire
             self.send_errors += 1
+            return
+        if msg.get("t") == "ping" and isinstance(msg.get("id"), int):
+            self._pings[(network, to, msg["id"])] = self.mono()
+            while len(self._pings) > MAX_PINGS_TIMED:
+                self._pings.popitem(last=False)
+
+    def segment_now(self) -> float:
+        """Segment time (the median of the members' wall clocks, meshha.probes.clock)."""
+        return self.clock.now(self.mono(), self.now())
+
+    def skewed_hosts(self) -> dict[str, float]:
+        return self.clock.skewed(self.mono(), self.now())
+
+    def clock_report(self) -> dict[str, Any]:
+        return self.clock.report(self.mono(), self.now())
+
+    def _timed(self, network: str, got: wire.Message) -> None:
+        msg = got.msg
+        if msg.get("t") != "ack" or "via" in msg or not isinstance(msg.get("id"), int):
+            return
+        sent = self._pings.pop((network, got.sender, msg["id"]), None)
+        if sent is not None:
+            self.clock.sample(got.sender, sent, self.mono(), got.ts)
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         if not self.sockets:
@@ -99,9 +142,10 @@ class UdpTransport:
             except OSError as err:  # e.g. ICMP port unreachable surfacing on Linux
                 log.debug("recv_error", network=network, error=str(err))
                 continue
-            got = decoder.decode(data, addr, self.now())
+            got = decoder.decode(data, addr)
             if isinstance(got, wire.Drop):
                 continue
+            self._timed(network, got)
             if self.deliver is not None:
                 self.deliver(network, got.sender, got.msg)
 

@@ -81,7 +81,11 @@ class Prober:
         self.voters = tuple(v for v in segment.voters if v != me)
         self._order: dict[str, list[str]] = {n: [] for n in self.networks}
         self._voter_pos = 0
-        self._next_id = 1
+        # Ping ids are the challenges of challenge-response: an ack counts only if it
+        # echoes the id of a ping still pending, so ids start at a random 62-bit base
+        # (drawn from `seed`: the daemon passes a fresh one per run), and nothing a peer
+        # sent before this run, replayed now, answers one (meshha.probes.wire).
+        self._next_id = self.rng.getrandbits(62) + 1
         self._next_period = float("-inf")
         self.poll_interval_s = min(self.t.probe_timeout_s, self.t.probe_interval_s / 2)
         self._pending: dict[int, _Pending] = {}

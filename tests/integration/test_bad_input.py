@@ -2,8 +2,9 @@
 
 Against a running 3-agent segment on loopback:
 - UDP datagrams at every probe port of host1: random bytes of every size, the right
-  magic with junk, forged (wrong key), unknown sender, wrong source address, stale, and
-  a captured valid datagram re-sent (replay). The agent keeps running, `status` answers,
+  magic with junk, forged (wrong key), unknown sender, wrong source address, a captured
+  valid datagram re-sent (replay), and keyed datagrams stamped an hour off (accepted:
+  no check reads a clock, and they answer no probe). The agent keeps running, `status` answers,
   every drop reason counted in `probe_drops` rises, and nothing is committed: no
   observation, verdict or maintenance entry from the attack on.
 - Garbage on the control socket: not JSON, not UTF-8, a huge line, nested too deep, not
@@ -143,21 +144,25 @@ def test_garbage_forged_and_replayed_datagrams(mesh: Mesh) -> None:
         ]
         kw: dict[str, Any] = {"key": key, "now": now}
         unknown = [wire.encode({"t": "ping", "id": 1}, sender="mallory", seq=5, **kw)]
-        stale = [
+        off_clock = [
             wire.encode({"t": "ack", "id": 1}, key=key, sender=peer, seq=9, now=now - 3600),
-            wire.encode({"t": "ack", "id": 1}, key=key, sender=peer, seq=9, now=now + 3600),
+            wire.encode({"t": "ack", "id": 1}, key=key, sender=peer, seq=10, now=now + 3600),
         ]
         wrong_src = [wire.encode({"t": "ping", "id": 1}, sender=peer, seq=7, **kw)]
         send_counted(mesh, net, "127.0.0.1", junk + forged + wrong_src, dropped=True)
-        send_counted(mesh, net, peer_addr, unknown + stale, dropped=True)
+        send_counted(mesh, net, peer_addr, unknown, dropped=True)
+        send_from(peer_addr, dest, off_clock)
         # A real probe from host2 to host1, captured on the wire and sent again.
         valid = capture((peer_addr, 0), dest, timeout_s=5)
         send_counted(mesh, net, peer_addr, [valid, valid], dropped=True)
         # Keyed and fresh (a sequence number just ahead of host2's), nonsense inside:
         # the prober must shrug it off.
-        seq = wire._parse(valid[len(wire.MAGIC) + wire.MAC_B :])[1]  # type: ignore[index]
+        parsed = wire._parse(valid[len(wire.MAGIC) + wire.MAC_B :])
+        assert not isinstance(parsed, wire.Drop)
+        _, epoch, seq, _, _ = parsed
+        kw["epoch"] = epoch
         nonsense = [
-            wire.encode({"t": "ack", "id": "x"}, key=key, sender=peer, seq=seq + 50, now=now),
+            wire.encode({"t": "ack", "id": "x"}, sender=peer, seq=seq + 50, **kw),
             wire.encode({"t": "req", "id": 3, "target": 5}, sender=peer, seq=seq + 51, **kw),
             wire.encode({"t": "zap", "id": 4, "x": [1] * 50}, sender=peer, seq=seq + 52, **kw),
         ]
@@ -166,7 +171,7 @@ def test_garbage_forged_and_replayed_datagrams(mesh: Mesh) -> None:
     now = drops(mesh)
     rose = {net: {r for r in now[net] if now[net][r] > before[net].get(r, 0)} for net in NETS}
     want = {"too_short", "oversize", "malformed", "bad_mac", "unknown_sender"}
-    want |= {"bad_source", "stale", "replay"}
+    want |= {"bad_source", "replay"}
     for net in NETS:
         assert want <= rose[net], (net, now[net])
     assert mesh.running(TARGET) and mesh.pid(TARGET) == pid
