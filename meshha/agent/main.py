@@ -34,6 +34,7 @@ import trio
 from meshha import logs
 from meshha.agent import control, metrics
 from meshha.agent.node import Node, NodePorts
+from meshha.agent.persist import PersistWatch, Problem, problem_of
 from meshha.agent.preflight import check_nova
 from meshha.agent.sd_notify import SdNotifier
 from meshha.agent.service import ControlHandler
@@ -161,6 +162,61 @@ def nova_connector(segment: Segment) -> Callable[[], Any]:
     return connect
 
 
+def leaves(group: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, so a message names the cause."""
+    if isinstance(group, BaseExceptionGroup):
+        return [leaf for e in group.exceptions for leaf in leaves(e)]
+    return [group]
+
+
+class _StartedOnce:
+    """A task status that may be reported started by the task or, after it failed, by us."""
+
+    def __init__(self, status: trio.TaskStatus[None]) -> None:
+        self.status, self.done = status, False
+
+    def started(self, value: None = None) -> None:
+        if not self.done:
+            self.done = True
+            self.status.started(value)
+
+
+async def run_raft(
+    raft: PysyncobjLog,
+    persist: PersistWatch,
+    data_dir: Path,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The Raft member; if it stops on a disk error, the agent stays up without it (not
+    voting, says so: meshha.agent.persist) instead of going silent and being fenced."""
+    status = _StartedOnce(task_status)
+    problem: Problem | None = None
+    try:
+        await raft.run(task_status=status)  # type: ignore[arg-type]
+    except* (OSError, MeshhaError) as group:
+        problems = [problem_of("journal", e, str(data_dir)) for e in leaves(group)]
+        if any(p is None for p in problems):
+            raise
+        problem = problems[0]
+    if problem is not None:
+        persist.crashed["journal"] = problem
+        log.error("raft_member_stopped", error=problem.error, path=problem.path)
+    status.started()
+    await trio.sleep_forever()
+
+
+def persist_sources(raft: Any, sink: LedgerSink, data_dir: Path) -> dict[str, Any]:
+    def journal() -> Problem | None:
+        err = getattr(raft, "persist_error", None)  # a frozen member (durable journal)
+        return problem_of("journal", err, str(data_dir)) if err is not None else None
+
+    def ledger() -> Problem | None:
+        err = getattr(sink, "error", None)
+        return problem_of("ledger", err, str(sink.ledger.path)) if err is not None else None
+
+    return {"journal": journal, "ledger": ledger}
+
+
 async def run_agent(
     segment: Segment,
     me: str,
@@ -204,6 +260,12 @@ async def run_agent(
 
         watchdog = open_watchdog(declared.device)  # missing: exit 2, the config promised one
     notifier = SdNotifier.from_env()
+    alerts = None
+    if segment.alerts.webhooks or segment.alerts.smtp:
+        from meshha.recovery.alerts import AlertSender
+
+        alerts = AlertSender(segment.alerts)
+    persist = PersistWatch(segment.name, me, alerts)
     node = Node(
         segment,
         me,
@@ -236,6 +298,7 @@ async def run_agent(
         sink=sink,
         nova=drivers.nova if drivers is not None else None,
         metrics_url=metrics.url(metrics_addr),
+        persist=persist,
     )
     meters.registry.register(
         metrics.StateCollector(node, raft, transport, sink, ledger.path, rows)  # type: ignore[arg-type]
@@ -243,7 +306,8 @@ async def run_agent(
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(sink.run)
-            await nursery.start(raft.run)
+            await nursery.start(run_raft, raft, persist, data_dir)
+            await nursery.start(persist.run, persist_sources(raft, sink, data_dir))
             await nursery.start(transport.run)
             if monitor is not None:
                 await nursery.start(monitor.run, vm_send)
@@ -332,8 +396,8 @@ def main(
     try:
         trio.run(run_agent, segment, me, opts)
     except* (OSError, MeshhaError) as group:
-        for e in group.exceptions:
-            click.echo(f"meshha-agent: {e}", err=True)
+        for e in leaves(group):
+            click.echo(f"meshha-agent: {type(e).__name__}: {e}", err=True)
         sys.exit(2)
 
 

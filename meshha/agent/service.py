@@ -46,11 +46,13 @@ class ControlHandler:
         sink: Any = None,
         nova: Any = None,
         metrics_url: str | None = None,
+        persist: Any = None,
     ) -> None:
         """`ledger` is a LedgerReader (async, worker threads); `sink` the LedgerSink
         (its backlog and last error are shown); `nova` the Nova port for `capacity`."""
         self.segment, self.node, self.log, self.ledger, self.now = segment, node, log, ledger, now
         self.transport, self.sink, self.nova, self.metrics_url = transport, sink, nova, metrics_url
+        self.persist = persist
 
     async def __call__(self, req: dict[str, Any]) -> dict[str, Any]:
         op = req.get("op")
@@ -139,6 +141,8 @@ class ControlHandler:
         if self.transport is not None:
             out["probe_drops"] = self.transport.drops()
             out["clock"] = self.transport.clock_report()
+        if self.persist is not None:
+            out["persist"] = self.persist.report()
         return out
 
     def _errors(self) -> dict[str, Any]:

@@ -64,6 +64,7 @@ class LedgerSink:
         self.last_error: str = ""
         self.written = 0
         self._wake = trio.Event()
+        self.error: LedgerError | None = None  # the current write failure, typed (or None)
 
     def append(self, index: int, entry: dict[str, Any]) -> None:
         """Queue a committed entry (never blocks). Raises LedgerBacklogFull past the bound."""
@@ -105,7 +106,9 @@ class LedgerSink:
         try:
             await trio.to_thread.run_sync(self.ledger.append_many, batch, limiter=self.limiter)
         except LedgerError as err:
-            if str(err) != self.last_error:
+            same = self.error is not None and self.error.kind == err.kind
+            self.error = err
+            if not same:  # once per kind of failure, not once per entry that waits
                 log.error(
                     "ledger_write_failed",
                     kind=err.kind,
@@ -118,6 +121,7 @@ class LedgerSink:
         for _ in batch:
             self.backlog.popleft()
         self.written += len(batch)
+        self.error = None
         if self.last_error:
             log.info("ledger_write_recovered", path=str(self.ledger.path))
             self.last_error = ""

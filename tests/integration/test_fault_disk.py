@@ -1,0 +1,166 @@
+"""A full disk under an agent's data directory is an operating error, not a crash
+(issue 12, disk).
+
+Three real meshha-agent processes on loopback; host2's data directory (its Raft journal
+and its ledger) is a 4 MiB tmpfs of its own, filled with a file while the segment runs
+and entries keep being committed. Proves, with a real webhook receiving the alerts:
+- host2 stays up: its control socket answers and reports the problem (what, path,
+  ENOSPC) and that it is not voting; its peers keep hearing its probes, so no verdict
+  other than healthy is reached about it and nothing is fenced;
+- host2 itself alerts once, naming the path and the errno;
+- once the file is removed, host2 votes again and its ledger catches up: it holds every
+  entry host1's holds, nothing lost.
+
+Needs the durable Raft journal (meshha.raft.journal: a member that cannot persist freezes
+instead of dying; pysyncobj's own mmap journal turns a full disk into SIGBUS).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshha.lab.mesh import Mesh
+from meshha.raft.pysyncobj_log import PysyncobjLog
+
+HOSTS = ("host1", "host2", "host3")
+VICTIM = "host2"
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        not hasattr(PysyncobjLog, "persist_error"),
+        reason="needs the durable Raft journal (a member that cannot persist freezes)",
+    ),
+]
+
+
+class Webhook:
+    """A real HTTP endpoint on loopback that keeps every alert it is sent."""
+
+    def __init__(self) -> None:
+        received: list[dict[str, Any]] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                received.append(json.loads(body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.received = received
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def webhook() -> Iterator[Webhook]:
+    w = Webhook()
+    try:
+        yield w
+    finally:
+        w.close()
+
+
+@pytest.fixture
+def mesh(tmp_path: Path, webhook: Webhook) -> Iterator[Mesh]:
+    m = Mesh(
+        tmp_path, HOSTS, profile="lan-safe", extra_toml=f'[alerts]\nwebhooks = ["{webhook.url}"]\n'
+    )
+    data = m.data_dir(VICTIM)
+    data.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "meshha-faults-disk", str(data)],
+        check=True,
+    )
+    try:
+        m.start(timeout_s=40)
+        yield m
+    finally:
+        m.close()
+        subprocess.run(["umount", "-l", str(data)], check=False)
+
+
+def fill(path: Path) -> None:
+    subprocess.run(["dd", "if=/dev/zero", f"of={path}", "bs=64k"], capture_output=True, check=False)
+
+
+def commit_some(mesh: Mesh, n: int, tag: str) -> None:
+    """Entries committed through host1 (maintenance of host3 on and off)."""
+    for i in range(n):
+        mesh.call(
+            "host1", {"op": "maintenance", "host": "host3", "on": i % 2 == 0, "reason": f"{tag}{i}"}
+        )
+
+
+def test_full_disk_keeps_the_agent_up_alerts_and_catches_up(mesh: Mesh, webhook: Webhook) -> None:
+    mesh.wait_leader(30)
+    filler = mesh.data_dir(VICTIM) / "filler"
+    t_full = time.monotonic()
+    fill(filler)
+    commit_some(mesh, 10, "while-full-")
+
+    def persist_problem() -> dict[str, Any] | None:
+        st = mesh.try_status(VICTIM)
+        return st["persist"]["problems"][0] if st and st["persist"]["problems"] else None
+
+    problem = mesh.wait_until(persist_problem, 15, f"{VICTIM} reports it cannot write")
+    t_reported = time.monotonic() - t_full
+    assert problem["errno"] == "ENOSPC", problem
+    assert problem["path"].startswith(str(mesh.data_dir(VICTIM))), problem
+    alert = mesh.wait_until(
+        lambda: next((a for a in webhook.received if a["host"] == VICTIM), None),
+        15,
+        f"an alert from {VICTIM} about its disk",
+    )
+    t_alerted = time.monotonic() - t_full
+    assert "ENOSPC" in alert["subject"] and str(mesh.data_dir(VICTIM)) in alert["body"], alert
+    # Ride it out for a while: alive, answering, and nobody judges it.
+    deadline = time.monotonic() + 6
+    while time.monotonic() < deadline:
+        assert mesh.running(VICTIM), mesh.log_tail(VICTIM)
+        for h in HOSTS:
+            v = mesh.verdict(h, VICTIM)
+            assert v in (None, "healthy"), f"{h} sees {VICTIM} {v}\n{mesh.describe()}"
+        commit_some(mesh, 1, "still-full-")
+    st = mesh.status(VICTIM)
+    journal_frozen = any(p["what"] == "journal" for p in st["persist"]["problems"])
+    if journal_frozen:
+        assert not st["persist"]["voting"] and not st["has_quorum"]
+
+    filler.unlink()
+    commit_some(mesh, 2, "after-")
+    mesh.wait_until(
+        lambda: (
+            (s := mesh.try_status(VICTIM)) is not None and s["persist"]["ok"] and s["has_quorum"]
+        ),
+        30,
+        f"{VICTIM} writes and votes again",
+    )
+    commit_some(mesh, 1, "last-")
+    book = mesh.wait_ledgers_equal(HOSTS, timeout_s=30)
+    reasons = {e.get("reason") for e in book.values()}
+    assert {"while-full-0", "while-full-9", "still-full-0", "after-0", "last-0"} <= reasons
+    for h in HOSTS:
+        kinds = [(e["kind"], e.get("verdict")) for _, e in mesh.ledger(h) if e["kind"] == "verdict"]
+        assert all(k[1] in ("healthy", "maintenance") for k in kinds), kinds
+        assert not any(e["kind"] == "intent" and e["action"] == "fence" for e in book.values())
+    assert mesh.running(VICTIM)
+    print(f"disk full: reported after {t_reported:.2f} s, alerted after {t_alerted:.2f} s")
