@@ -281,6 +281,7 @@ async def run_agent(
             watchdog=watchdog,
             notifier=notifier,
             clock=transport,
+            kernel=transport,
         ),
         seed=secrets.randbits(32),  # fresh probe challenges every run (meshha.probes.wire)
     )

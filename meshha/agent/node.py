@@ -18,6 +18,7 @@ Tasks (all in the node's one nursery):
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -28,6 +29,7 @@ import trio
 from meshha.agent.keepalive import Keepalive, Notifier
 from meshha.config.model import Segment, majority
 from meshha.errors import MeshhaError
+from meshha.probes.liveness import StallMeter
 from meshha.probes.swim import Prober
 from meshha.raft import entries as E
 from meshha.raft.entries import Entry
@@ -43,6 +45,7 @@ log = structlog.get_logger("meshha.node")
 PROPOSAL_QUEUE = 1024  # bound on proposals waiting to be sent to the leader
 OTHER_PARALLEL = 8  # bound on concurrent non-evacuation intents
 CLOCK_REALERT_S = 3600.0  # a clock still off is alerted again after this long
+CLOCK_SKEW_HOLD_S = 1.0  # a skew must hold this long before it is logged and alerted
 
 
 class Transport(Protocol):
@@ -51,6 +54,14 @@ class Transport(Protocol):
 
 class LedgerSink(Protocol):
     def append(self, index: int, entry: Entry) -> None: ...
+
+
+class KernelPort(Protocol):
+    """The kernel-level liveness signal (meshha.probes.liveness), times on trio's clock."""
+
+    def knock(self, network: str, peer: str) -> None: ...
+
+    def kernel_stalled(self, peer: str, network: str, since: float, now: float) -> bool: ...
 
 
 class ClockPort(Protocol):
@@ -73,6 +84,7 @@ class NodePorts:
     watchdog: WatchdogPort | None = None  # only for a host whose config declares one
     notifier: Notifier | None = None  # systemd's sd_notify
     clock: ClockPort | None = None  # measured clock skews (meshha.probes.clock)
+    kernel: KernelPort | None = None  # peers' kernels answer while their agent is stopped
 
 
 @dataclass
@@ -121,6 +133,15 @@ class Node:
         self._applied = trio.Event()
         self.alive = True
         self.skewed: dict[str, float] = {}
+        self._skew_seen: dict[str, float] = {}
+        t = segment.timings
+        # A stall long enough for peers to notice is committed (self-reported).
+        self.stall_report_s = t.probe_interval_s * t.misses_before_suspect / 2
+        self.stalls = StallMeter(self.prober.poll_interval_s, t.probe_timeout_s / 2)
+        self.stalled_peers: dict[tuple[str, str], float] = {}  # (peer, net) -> silent since
+        self._resumed_at = -math.inf  # when this agent last came back from its own stall
+        self._stall_reports: deque[Entry] = deque(maxlen=16)  # waiting for a quorum
+        self._stall_reported = (-math.inf, 0.0)  # (when, how long) of the last reported
 
     # -- entry points ------------------------------------------------------------------
 
@@ -198,16 +219,58 @@ class Node:
 
     async def _probe_loop(self) -> None:
         while True:
-            for s in self.prober.tick(trio.current_time()):
+            now_m = trio.current_time()
+            stall = self.stalls.tick(now_m)
+            if stall is not None:
+                self._own_stall(stall.duration_s, now_m)
+            for s in self.prober.tick(now_m):
                 self.p.transport.send(s.network, s.to, s.msg)
+            if self.p.kernel is not None:
+                for (target, net), pv in list(self.prober.view.items()):
+                    if pv.misses > 0 or not pv.reachable:
+                        self.p.kernel.knock(net, target)
             self._report_observations()
             self.beats["probe"] = trio.current_time()
             await trio.sleep(self.prober.poll_interval_s)
+
+    def _own_stall(self, gap_s: float, now_m: float) -> None:
+        """This agent stood still for `gap_s` (meshha.probes.liveness): its prober's
+        timeouts did not run, its isolation check must look again, and a stall peers
+        could notice is committed as what it is."""
+        self.prober.pause(gap_s)
+        self._resumed_at = now_m
+        recent = self.stalls.recent(now_m)
+        log.warning("agent_stalled", stall_s=round(gap_s, 3), recent=len(recent))
+        # One entry per episode: the first stall peers could notice, then only a longer
+        # one, until a window passes without a report (repeated stalls are counted in it).
+        last_t, last_gap = self._stall_reported
+        if gap_s >= self.stall_report_s and (
+            now_m - last_t >= self.stalls.window_s or gap_s > last_gap
+        ):
+            self._stall_reported = (now_m, gap_s)
+            # Committed once this member sees a quorum again (right after a stall, its
+            # Raft member has not heard the leader yet): `_report_observations`.
+            self._stall_reports.append(
+                E.process_failure(
+                    ts=self.p.now(),
+                    by=self.me,
+                    host=self.me,
+                    process="meshha-agent",
+                    outcome="stalled",
+                    detail=(
+                        f"the agent stood still for {gap_s:.2f} s "
+                        f"({len(recent)} stall(s) in the last {self.stalls.window_s:g} s, "
+                        f"{self.stalls.total} since start); its host's kernel answered peers"
+                    ),
+                )
+            )
 
     def _report_observations(self) -> None:
         """Propose the difference between what this host sees and what is committed."""
         if not self.p.log.has_quorum:
             return
+        while self._stall_reports:
+            self.propose(self._stall_reports.popleft())
         now = self.p.now()
         # The prober runs on the monotonic clock (a wall clock step must not stop or
         # hurry probing); what is committed is in the log's time, `now`.
@@ -216,7 +279,10 @@ class Node:
         self.prober.watch_extra = suspects if self.me in self.segment.voters else set()
         local = self.prober.lost()
         committed = {(t, n): s for (o, t, n), s in self.state.lost.items() if o == self.me}
+        self._note_stalled(local, lag)
         for (target, net), since in local.items():
+            if (target, net) in self.stalled_peers:
+                continue  # its kernel answers: a stalled agent, not (yet) a lost host
             if (target, net) not in committed:
                 self.propose(
                     E.observation(
@@ -244,6 +310,25 @@ class Node:
                     ("obs", target, net, True),
                 )
 
+    def _note_stalled(self, local: dict[tuple[str, str], float], lag: float) -> None:
+        """Which lost peers are only stalled: silent, but their kernel answers, within
+        the grace (meshha.probes.liveness). Logged when it starts and ends."""
+        kernel = self.p.kernel
+        now_m = trio.current_time()
+        stalled = {
+            k: since + lag
+            for k, since in local.items()
+            if kernel is not None and kernel.kernel_stalled(k[0], k[1], since, now_m)
+        }
+        for (target, net), since in stalled.items():
+            if (target, net) not in self.stalled_peers:
+                log.warning("peer_stalled", host=target, network=net, since=round(since, 3))
+        for target, net in self.stalled_peers:
+            if (target, net) not in stalled:
+                heard = (target, net) not in local
+                log.info("peer_stall_over", host=target, network=net, heard_again=heard)
+        self.stalled_peers = stalled
+
     async def _lead_loop(self, nursery: trio.Nursery) -> None:
         while True:
             # Step as soon as something commits (each recovery step waits on the last
@@ -268,7 +353,16 @@ class Node:
         """Log when the set of hosts with a wrong clock changes (every host does)."""
         if self.p.clock is None:
             return
-        skewed = self.p.clock.skewed_hosts()
+        now_m = trio.current_time()
+        measured = self.p.clock.skewed_hosts()
+        for host in measured:
+            self._skew_seen.setdefault(host, now_m)
+        for host in set(self._skew_seen) - set(measured):
+            del self._skew_seen[host]
+        # Only a skew that holds for CLOCK_SKEW_HOLD_S counts (one odd sample is not a clock).
+        skewed = {
+            h: o for h, o in measured.items() if now_m - self._skew_seen[h] >= CLOCK_SKEW_HOLD_S
+        }
         if set(skewed) != set(self.skewed):
             for host, offset in sorted(skewed.items()):
                 log.warning("clock_skew", host=host, offset_s=round(offset, 3), me=self.me)
@@ -369,10 +463,14 @@ class Node:
         t = self.segment.timings
         voters = self.segment.voters
         need = majority(len(voters))
+        prev = trio.current_time()
         while True:
             await trio.sleep(self.prober.poll_interval_s)
             now_m = trio.current_time()
             self.beats["isolation"] = now_m
+            if now_m - prev > self.prober.poll_interval_s + self.stalls.threshold_s:
+                self._resumed_at = now_m  # whichever loop wakes first after a stall
+            prev = now_m
             reached = self.prober.voters_reached(now_m, t.isolation_after_s)
             if self.me in voters:
                 reached = reached | {self.me}
@@ -389,6 +487,14 @@ class Node:
                             reason="contact with a majority is back",
                         )
                     )
+                continue
+            resumed = now_m - self._resumed_at < 2 * t.probe_interval_s + t.probe_timeout_s
+            if resumed and now_m - self._last_contact < t.self_fence_deadline_s - (
+                t.isolation_after_s + t.max_clock_skew_s
+            ):
+                # This agent has just come back from its own stall: the silence was its
+                # own. Let probes and Raft answer first; past this bound the majority
+                # may count on our self-fence already, so then it happens at once.
                 continue
             if not self.isolated and now_m - self._last_contact >= t.isolation_after_s:
                 self.isolated = True

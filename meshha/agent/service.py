@@ -141,6 +141,9 @@ class ControlHandler:
         if self.transport is not None:
             out["probe_drops"] = self.transport.drops()
             out["clock"] = self.transport.clock_report()
+            out["knocks"] = dict(getattr(self.transport, "knocks", {}))
+        stalled = getattr(self.node, "stalled_peers", {})
+        out["stalled"] = [{"host": h, "network": n, "since": s} for (h, n), s in stalled.items()]
         if self.persist is not None:
             out["persist"] = self.persist.report()
         return out

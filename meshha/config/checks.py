@@ -33,6 +33,13 @@ def check_timings(t: Table, tm: Timings, overrides: dict[str, float]) -> None:
             f"{val('probe_interval_s')}): a probe must time out before the next one is sent, "
             "or slow replies pile up and one delay counts as several misses",
         )
+    if tm.stall_grace_s >= tm.self_fence_deadline_s:
+        t.problem(
+            "stall_grace_s",
+            f"must be less than self_fence_deadline_s ({val('stall_grace_s')}, "
+            f"{val('self_fence_deadline_s')}): the host watchdog must have reset a host "
+            "stalled that long before the majority counts on its self-fence",
+        )
     if tm.isolation_after_s >= tm.self_fence_deadline_s:
         t.problem(
             "isolation_after_s",

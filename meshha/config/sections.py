@@ -58,6 +58,7 @@ _TIMING_BOUNDS: dict[str, tuple[str, float]] = {
     "self_fence_deadline_s": ("above", 0),
     "max_clock_skew_s": ("at_least", 0),
     "election_timeout_s": ("above", 0),
+    "stall_grace_s": ("at_least", 0),
 }
 
 

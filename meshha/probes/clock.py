@@ -14,8 +14,11 @@ the round trip (error at most rtt/2, sub-millisecond on a LAN):
 
     base(peer) = peer_wall - (sent_mono + recv_mono) / 2     (peer's wall minus my monotonic)
 
-Of the last `SAMPLES` samples from a peer, the one with the shortest round trip counts
-(queueing only ever adds delay), and only while younger than `fresh_s`. This host's own
+A sample whose round trip is longer than `max_rtt_s` (the probe timeout) is not taken:
+the ack waited somewhere (a stalled peer answering its backlog of pings, a queue), and
+its error could be as large. Of the last `SAMPLES` samples from a peer, the one with the
+shortest round trip counts (queueing only ever adds delay), and only while younger than
+`fresh_s`. This host's own
 base is ``wall - monotonic``, read at the time of the question. Segment time is then
 
     segment_now = mono + median({my base} ∪ {fresh peer bases})
@@ -70,10 +73,17 @@ class SegmentClock:
     """
 
     def __init__(
-        self, me: str, hosts: Iterable[str], *, max_skew_s: float, fresh_s: float = DEFAULT_FRESH_S
+        self,
+        me: str,
+        hosts: Iterable[str],
+        *,
+        max_skew_s: float,
+        max_rtt_s: float,
+        fresh_s: float = DEFAULT_FRESH_S,
     ) -> None:
-        assert max_skew_s >= 0 and fresh_s > 0
+        assert max_skew_s >= 0 and fresh_s > 0 and max_rtt_s > 0
         self.me = me
+        self.max_rtt_s = max_rtt_s
         self.hosts = tuple(h for h in hosts if h != me)
         self.max_skew_s = max_skew_s
         self.fresh_s = fresh_s
@@ -82,7 +92,7 @@ class SegmentClock:
     def sample(self, peer: str, sent_mono: float, recv_mono: float, peer_wall: float) -> None:
         """One ping/ack round trip with `peer` (ignored for unknown peers or bad times)."""
         rtt = recv_mono - sent_mono
-        if peer not in self._samples or not rtt >= 0:
+        if peer not in self._samples or not 0 <= rtt <= self.max_rtt_s:
             return
         self._samples[peer].append(Sample(recv_mono, peer_wall - (sent_mono + rtt / 2), rtt))
 

@@ -156,6 +156,14 @@ class Prober:
         self.stats.sent += len(out)
         return out
 
+    def pause(self, gap_s: float) -> None:
+        """This host stood still for `gap_s` (meshha.probes.liveness.StallMeter): the
+        pending probes waited that much less than it seems, so their deadlines move by
+        the gap, and acks queued during the stall still count."""
+        for p in self._pending.values():
+            p.started += gap_s
+            p.deadline += gap_s
+
     # -- what the agent reads --------------------------------------------------------
 
     def peer(self, target: str, network: str) -> PeerView:

@@ -16,7 +16,7 @@ def _clock(me: str = "host1", offsets: dict[str, float] | None = None) -> Segmen
     """host1's view after one round trip (2 ms) with every peer; peers' wall clocks are
     TRUE + mono + their offset."""
     offsets = offsets or {}
-    c = SegmentClock(me, HOSTS, max_skew_s=0.5)
+    c = SegmentClock(me, HOSTS, max_skew_s=0.5, max_rtt_s=0.1)
     for k, h in enumerate(HOSTS):
         if h != me:
             sent = 10.0 + k
@@ -54,7 +54,7 @@ def test_my_wall_clock_stepped_mid_run_does_not_step_segment_time():
 
 
 def test_nobody_is_judged_before_a_majority_answered():
-    c = SegmentClock("host1", HOSTS, max_skew_s=0.5)
+    c = SegmentClock("host1", HOSTS, max_skew_s=0.5, max_rtt_s=0.1)
     c.sample("host2", 1.0, 1.002, TRUE + 1.001 + 300.0)
     assert not c.judged(2.0, TRUE + 2.0) and c.skewed(2.0, TRUE + 2.0) == {}
     assert c.now(2.0, TRUE + 2.0) > TRUE  # two votes: the mean, bounded by both
@@ -63,7 +63,7 @@ def test_nobody_is_judged_before_a_majority_answered():
 
 
 def test_the_shortest_round_trip_wins_and_samples_expire():
-    c = SegmentClock("host1", HOSTS, max_skew_s=0.5, fresh_s=5.0)
+    c = SegmentClock("host1", HOSTS, max_skew_s=0.5, max_rtt_s=1.0, fresh_s=5.0)
     c.sample("host2", 1.0, 1.9, TRUE + 1.0 + 0.85)  # delayed ack: 0.4 s error
     c.sample("host2", 2.0, 2.002, TRUE + 2.001)
     best = c.peer_base("host2", 3.0)
@@ -71,4 +71,6 @@ def test_the_shortest_round_trip_wins_and_samples_expire():
     assert c.peer_base("host2", 8.0) is None
     c.sample("host9", 1.0, 1.1, 0.0)  # not a member: ignored
     c.sample("host2", 5.0, 4.0, 0.0)  # negative round trip: ignored
+    c.sample("host2", 5.0, 6.5, 0.0)  # longer than max_rtt_s: ignored (a stalled peer)
     assert c.peer_base("host9", 1.2) is None
+    assert c.peer_base("host2", 7.1) is None  # only the ignored one would still be fresh

@@ -1,0 +1,118 @@
+"""Telling a stalled agent from a dead host, and noticing this agent's own stalls (pure).
+
+Silence of a peer's agent alone cannot tell, within a second, a dead host from an agent
+that stopped for a moment (memory pressure, a blocking call, SIGSTOP, a starved CPU). A
+second signal can: the peer's *kernel*. Beside the UDP probes every agent listens on TCP
+at its probe port on each network, and only accepts and closes what arrives; while the
+agent is stopped its kernel still completes the TCP handshake (the connection waits in
+the listen backlog), and a dead, powered-off or hung host, or one whose link on that
+network is down, completes none. A refused connection (RST) means the kernel is up but
+no agent listens: the agent is gone, which is not a stall, and counts as no answer.
+
+So, per observed peer and network (`KernelLiveness`):
+
+- the observer "knocks" (a TCP connect, `knock_timeout_s`) on every peer it is missing,
+  one knock at a time per peer and network;
+- a peer the prober holds lost whose kernel completed a knock within `window_s`, and has
+  not refused one since, is *stalled*, not lost (a knock that merely timed out does not
+  erase that: the observer may be the slow one; a dead host never completes a first
+  knock, since peers knock only once they miss it): the observer does not report the loss (and so no
+  verdict comes of it) until `stall_grace_s` after the first miss. Past the grace it is
+  reported with its real `since` (the first miss), and the verdict follows at once;
+- a peer whose kernel does not answer is reported lost exactly as before: the knock is
+  sent at the first miss, so it adds nothing to the time to detect a dead host.
+
+`stall_grace_s` is the longest stall a profile rides through (config.model
+TIMING_PROFILES). The host's watchdog is the authority on an agent stalled longer: the
+agent pets it from its event loop, so a stall longer than the watchdog's timeout resets
+the host (then its kernel stops answering). Hence, per profile: the longest stall to ride
+< watchdog timeout <= stall_grace_s < self_fence_deadline_s.
+
+This agent's own stalls (`StallMeter`) are measured from the lateness of a periodic loop
+on the monotonic clock: a loop that should wake every `interval_s` and wakes `gap`
+seconds late stood still for that long. After a stall the agent (meshha.agent.node):
+- shifts its prober's pending deadlines by the gap (the silence it "saw" was its own:
+  Lifeguard's lesson that a slow observer's accusations are worth little, applied at the
+  source, so a slow observer never reports a loss it did not observe);
+- re-checks contact with the majority before it takes itself for isolated (its own
+  stall is not the majority's silence), unless the stall was so long that the majority
+  may already count on its self-fence;
+- reports the stall, with its length and how many came in the last `window_s`, as a
+  committed event (repeated short stalls are reported as such, never as failures).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+KNOCK_ANSWERED, KNOCK_REFUSED, KNOCK_SILENT = "answered", "refused", "silent"
+
+
+class KernelLiveness:
+    """What the knocks on each (peer, network) say about a silent peer."""
+
+    def __init__(self, *, stall_grace_s: float, window_s: float) -> None:
+        assert stall_grace_s >= 0 and window_s > 0
+        self.stall_grace_s = stall_grace_s
+        self.window_s = window_s
+        self._answered: dict[tuple[str, str], float] = {}
+        self._refused: dict[tuple[str, str], float] = {}
+
+    def record(self, peer: str, network: str, at: float, outcome: str) -> None:
+        """`outcome`: KNOCK_ANSWERED (handshake done), KNOCK_REFUSED (RST: no agent
+        listens) or KNOCK_SILENT (no answer in time)."""
+        if outcome == KNOCK_ANSWERED:
+            self._answered[(peer, network)] = at
+        elif outcome == KNOCK_REFUSED:
+            self._refused[(peer, network)] = at
+
+    def answers(self, peer: str, network: str, now: float) -> bool:
+        """The peer's kernel completed a knock on `network` within `window_s`, and
+        refused none since."""
+        key = (peer, network)
+        at = self._answered.get(key)
+        return at is not None and now - at <= self.window_s and self._refused.get(key, -1e18) < at
+
+    def stalled(self, peer: str, network: str, since: float, now: float) -> bool:
+        """Silent since `since` but its kernel answers, and the grace is not over."""
+        return now - since < self.stall_grace_s and self.answers(peer, network, now)
+
+
+@dataclass(frozen=True)
+class Stall:
+    start: float
+    duration_s: float
+
+
+class StallMeter:
+    """This agent's own stalls, from the lateness of a loop that wakes every `interval_s`.
+
+    `tick(now)` once per wake-up; it returns the stall (the part of the gap beyond
+    `interval_s`) when that exceeds `threshold_s`, else None. The last `max_kept` stalls
+    within `window_s` are kept for `recent`.
+    """
+
+    def __init__(
+        self, interval_s: float, threshold_s: float, *, window_s: float = 60.0, max_kept: int = 64
+    ) -> None:
+        assert interval_s > 0 and threshold_s > 0
+        self.interval_s, self.threshold_s, self.window_s = interval_s, threshold_s, window_s
+        self._prev: float | None = None
+        self._stalls: deque[Stall] = deque(maxlen=max_kept)
+        self.total = 0
+
+    def tick(self, now: float) -> Stall | None:
+        prev, self._prev = self._prev, now
+        if prev is None:
+            return None
+        gap = now - prev - self.interval_s
+        if gap <= self.threshold_s:
+            return None
+        stall = Stall(prev + self.interval_s, gap)
+        self._stalls.append(stall)
+        self.total += 1
+        return stall
+
+    def recent(self, now: float) -> list[Stall]:
+        return [s for s in self._stalls if now - s.start <= self.window_s]

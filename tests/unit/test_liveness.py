@@ -1,0 +1,58 @@
+"""A silent peer whose kernel still completes TCP handshakes is stalled, not lost, for
+the grace; this agent's own stalls are measured from a loop's lateness (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from meshha.probes.liveness import (
+    KNOCK_ANSWERED,
+    KNOCK_REFUSED,
+    KNOCK_SILENT,
+    KernelLiveness,
+    StallMeter,
+)
+
+
+def _k() -> KernelLiveness:
+    return KernelLiveness(stall_grace_s=6.0, window_s=1.0)
+
+
+def test_a_peer_whose_kernel_answers_is_stalled_until_the_grace():
+    k = _k()
+    k.record("host2", "admin", 10.2, KNOCK_ANSWERED)
+    assert k.stalled("host2", "admin", since=10.0, now=10.5)
+    assert not k.stalled("host2", "storage", since=10.0, now=10.5)  # per network
+    k.record("host2", "admin", 15.9, KNOCK_ANSWERED)
+    assert k.stalled("host2", "admin", since=10.0, now=15.99)
+    assert not k.stalled("host2", "admin", since=10.0, now=16.0)  # grace over: lost
+
+
+def test_no_answer_or_a_refusal_is_no_evidence():
+    k = _k()
+    assert not k.stalled("host2", "admin", since=10.0, now=10.5)  # never knocked
+    k.record("host2", "admin", 10.2, KNOCK_SILENT)
+    assert not k.stalled("host2", "admin", since=10.0, now=10.5)  # a dead host
+    k.record("host2", "admin", 10.3, KNOCK_ANSWERED)
+    k.record("host2", "admin", 10.4, KNOCK_REFUSED)  # kernel up, no agent listening
+    assert not k.stalled("host2", "admin", since=10.0, now=10.5)
+
+
+def test_evidence_expires_but_a_timeout_does_not_erase_it():
+    k = _k()
+    k.record("host2", "admin", 10.2, KNOCK_ANSWERED)
+    k.record("host2", "admin", 10.9, KNOCK_SILENT)  # the observer may be the slow one
+    assert k.stalled("host2", "admin", since=10.0, now=11.1)
+    assert not k.stalled("host2", "admin", since=10.0, now=11.3)  # window passed
+
+
+def test_stall_meter_measures_the_lateness_of_a_loop():
+    m = StallMeter(0.1, 0.05)
+    assert m.tick(0.0) is None
+    assert m.tick(0.1) is None
+    assert m.tick(0.23) is None  # 30 ms late: under the threshold
+    s = m.tick(5.33)
+    assert s is not None and s.duration_s == pytest.approx(5.0) and s.start == pytest.approx(0.33)
+    assert m.tick(5.43) is None
+    assert [x.duration_s for x in m.recent(6.0)] == [pytest.approx(5.0)]
+    assert m.recent(70.0) == [] and m.total == 1
