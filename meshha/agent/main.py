@@ -33,6 +33,7 @@ import trio
 
 from meshha import logs
 from meshha.agent import control, metrics
+from meshha.agent.memlock import lock_memory
 from meshha.agent.node import Node, NodePorts
 from meshha.agent.persist import PersistWatch, Problem, problem_of
 from meshha.agent.preflight import check_nova
@@ -223,6 +224,9 @@ async def run_agent(
     opts: Options,
     task_status: trio.TaskStatus[dict[str, Any]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    unlocked = lock_memory()  # a page fault on the probe path is a stall (memlock.py)
+    if unlocked is not None:
+        log.warning("memory_not_locked", why=unlocked)
     key = read_secret(segment.probe_key_file, "probe key")
     password = read_secret(segment.raft.password_file, "raft password")
     data_dir = opts.data_dir / me
