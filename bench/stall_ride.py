@@ -209,21 +209,28 @@ def run_profile(lab: netns.Lab, profile: str, a: argparse.Namespace) -> dict[str
     mesh = UnitMesh(work, HOSTS, lab=lab, reserved=["host5"], profile=profile)
     grace = TIMING_PROFILES[profile]["stall_grace_s"]
     stalls = [1.0, 3.0, 5.0, grace - 1.0, grace + 2.0] if not a.quick else [5.0, grace + 2.0]
+    phases = a.phases.split(",")
     try:
         mesh.start(timeout_s=60)
-        print(f"{profile}: ride", flush=True)
-        res: dict[str, Any] = {"timings": TIMING_PROFILES[profile], "ride": ride(mesh, stalls)}
-        print(f"{profile}: repeated", flush=True)
-        res["repeated"] = [
-            repeated(mesh, 1.0, 3.0, a.repeat_s),
-            repeated(mesh, 2.0, 5.0, a.repeat_s),
-        ]
-        print(f"{profile}: slow observers", flush=True)
-        res["slow_observers"] = slow_observers(mesh, a.repeat_s)
-        print(f"{profile}: saturated cores", flush=True)
-        res["saturated"] = saturated(mesh, 12, 5.0)
-        print(f"{profile}: dead host", flush=True)
-        res["dead_host"] = dead_host(mesh, a.kills)
+        res: dict[str, Any] = {"timings": TIMING_PROFILES[profile]}
+        if "ride" in phases:
+            print(f"{profile}: ride", flush=True)
+            res["ride"] = ride(mesh, stalls)
+        if "repeated" in phases:
+            print(f"{profile}: repeated", flush=True)
+            res["repeated"] = [
+                repeated(mesh, 1.0, 3.0, a.repeat_s),
+                repeated(mesh, 2.0, 5.0, a.repeat_s),
+            ]
+        if "slow" in phases:
+            print(f"{profile}: slow observers", flush=True)
+            res["slow_observers"] = slow_observers(mesh, a.repeat_s)
+        if "saturated" in phases:
+            print(f"{profile}: saturated cores", flush=True)
+            res["saturated"] = saturated(mesh, 12, 5.0)
+        if "dead" in phases:
+            print(f"{profile}: dead host", flush=True)
+            res["dead_host"] = dead_host(mesh, a.kills)
         return res
     finally:
         mesh.close()
@@ -234,6 +241,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer stalls, 15 s repeats, 5 kills")
     ap.add_argument("--profiles", default="lan-fast,lan-safe")
+    ap.add_argument("--phases", default="ride,repeated,slow,saturated,dead")
     ap.add_argument("--repeat-s", type=float, default=None)
     ap.add_argument("--kills", type=int, default=None)
     ap.add_argument("--out", type=Path, default=RESULTS / "stall_ride.json")
@@ -271,7 +279,7 @@ def main() -> int:
     for name, p in out["profiles"].items():
         d = p.get("dead_host", {})
         print(
-            f"{name:9} longest stall ridden {p['ride']['longest_ridden_s']:g} s "
+            f"{name:9} longest stall ridden {p.get('ride', {}).get('longest_ridden_s')} s "
             f"(grace {p['timings']['stall_grace_s']:g} s); dead host failed p50 {d.get('p50_s')} s "
             f"p99 {d.get('p99_s')} s"
         )

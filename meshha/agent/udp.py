@@ -227,9 +227,9 @@ class UdpTransport:
         except OSError:  # unreachable: no answer from it
             outcome = KNOCK_SILENT
         finally:
-            del self._knocking[(network, peer)]
+            sent = self._knocking.pop((network, peer))
             self.knocks[outcome] += 1
-            self.kernel.record(peer, network, trio.current_time(), outcome)
+            self.kernel.record(peer, network, sent, trio.current_time(), outcome)
 
     def kernel_stalled(self, peer: str, network: str, since: float, now: float) -> bool:
         return self.kernel.stalled(peer, network, since, now)

@@ -13,10 +13,11 @@ So, per observed peer and network (`KernelLiveness`):
 
 - the observer "knocks" (a TCP connect, `knock_timeout_s`) on every peer it is missing,
   one knock at a time per peer and network;
-- a peer the prober holds lost whose kernel completed a knock within `window_s`, and has
-  not refused one since, is *stalled*, not lost (a knock that merely timed out does not
-  erase that: the observer may be the slow one; a dead host never completes a first
-  knock, since peers knock only once they miss it): the observer does not report the loss (and so no
+- a peer the prober holds lost whose kernel completed a knock *sent after its agent went
+  silent* (after the first miss), within `window_s`, and has not refused one since, is
+  *stalled*, not lost (a knock that merely timed out does not erase that: the observer
+  may be the slow one; an answer from before the silence proves nothing about a host
+  that died since): the observer does not report the loss (and so no
   verdict comes of it) until `stall_grace_s` after the first miss. Past the grace it is
   reported with its real `since` (the first miss), and the verdict follows at once;
 - a peer whose kernel does not answer is reported lost exactly as before: the knock is
@@ -43,6 +44,7 @@ seconds late stood still for that long. After a stall the agent (meshha.agent.no
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -56,27 +58,32 @@ class KernelLiveness:
         assert stall_grace_s >= 0 and window_s > 0
         self.stall_grace_s = stall_grace_s
         self.window_s = window_s
-        self._answered: dict[tuple[str, str], float] = {}
+        self._answered: dict[tuple[str, str], tuple[float, float]] = {}  # (sent, done)
         self._refused: dict[tuple[str, str], float] = {}
 
-    def record(self, peer: str, network: str, at: float, outcome: str) -> None:
-        """`outcome`: KNOCK_ANSWERED (handshake done), KNOCK_REFUSED (RST: no agent
-        listens) or KNOCK_SILENT (no answer in time)."""
+    def record(self, peer: str, network: str, sent: float, at: float, outcome: str) -> None:
+        """A knock sent at `sent`, finished at `at`. `outcome`: KNOCK_ANSWERED (handshake
+        done), KNOCK_REFUSED (RST: no agent listens) or KNOCK_SILENT (no answer in time)."""
         if outcome == KNOCK_ANSWERED:
-            self._answered[(peer, network)] = at
+            self._answered[(peer, network)] = (sent, at)
         elif outcome == KNOCK_REFUSED:
             self._refused[(peer, network)] = at
 
-    def answers(self, peer: str, network: str, now: float) -> bool:
-        """The peer's kernel completed a knock on `network` within `window_s`, and
-        refused none since."""
+    def answers(self, peer: str, network: str, now: float, since: float = -math.inf) -> bool:
+        """The peer's kernel completed a knock on `network` sent at or after `since`,
+        within `window_s`, and refused none since."""
         key = (peer, network)
-        at = self._answered.get(key)
-        return at is not None and now - at <= self.window_s and self._refused.get(key, -1e18) < at
+        got = self._answered.get(key)
+        if got is None:
+            return False
+        sent, at = got
+        return (
+            sent >= since and now - at <= self.window_s and self._refused.get(key, -math.inf) < at
+        )
 
     def stalled(self, peer: str, network: str, since: float, now: float) -> bool:
         """Silent since `since` but its kernel answers, and the grace is not over."""
-        return now - since < self.stall_grace_s and self.answers(peer, network, now)
+        return now - since < self.stall_grace_s and self.answers(peer, network, now, since)
 
 
 @dataclass(frozen=True)

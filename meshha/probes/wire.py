@@ -22,7 +22,11 @@ No check reads a clock. ``ts`` is the sender's wall clock when it sent the datag
 carried only so that a receiver can *measure* how far the sender's clock is from its own
 (meshha.probes.clock, NTP-style from ping/ack pairs), never to accept or drop anything. A
 host whose wall clock is minutes off is therefore heard exactly like any other, and its
-skew is reported as what it is: a clock to fix, not a dead host.
+skew is reported as what it is: a clock to fix, not a dead host. The self-fence deadline
+under skew (the isolated host counts its own monotonic time; the majority compares
+committed times, which are segment time): a skewed host's deadline does not move at all,
+and the majority's proof holds as long as the good clocks agree within
+``max_clock_skew_s``; the derivation is in meshha.probes.clock.
 
 Replay, without clocks. ``epoch`` is a 64-bit random nonce drawn when the sender starts
 (`new_epoch`), and ``seq`` counts from 0 in each epoch. Every epoch has its own window, and

@@ -20,10 +20,10 @@ def _k() -> KernelLiveness:
 
 def test_a_peer_whose_kernel_answers_is_stalled_until_the_grace():
     k = _k()
-    k.record("host2", "admin", 10.2, KNOCK_ANSWERED)
+    k.record("host2", "admin", 10.1, 10.2, KNOCK_ANSWERED)
     assert k.stalled("host2", "admin", since=10.0, now=10.5)
     assert not k.stalled("host2", "storage", since=10.0, now=10.5)  # per network
-    k.record("host2", "admin", 15.9, KNOCK_ANSWERED)
+    k.record("host2", "admin", 15.8, 15.9, KNOCK_ANSWERED)
     assert k.stalled("host2", "admin", since=10.0, now=15.99)
     assert not k.stalled("host2", "admin", since=10.0, now=16.0)  # grace over: lost
 
@@ -31,17 +31,23 @@ def test_a_peer_whose_kernel_answers_is_stalled_until_the_grace():
 def test_no_answer_or_a_refusal_is_no_evidence():
     k = _k()
     assert not k.stalled("host2", "admin", since=10.0, now=10.5)  # never knocked
-    k.record("host2", "admin", 10.2, KNOCK_SILENT)
+    k.record("host2", "admin", 10.1, 10.2, KNOCK_SILENT)
     assert not k.stalled("host2", "admin", since=10.0, now=10.5)  # a dead host
-    k.record("host2", "admin", 10.3, KNOCK_ANSWERED)
-    k.record("host2", "admin", 10.4, KNOCK_REFUSED)  # kernel up, no agent listening
+    k.record("host2", "admin", 10.2, 10.3, KNOCK_ANSWERED)
+    k.record("host2", "admin", 10.3, 10.4, KNOCK_REFUSED)  # kernel up, no agent listening
+    assert not k.stalled("host2", "admin", since=10.0, now=10.5)
+
+
+def test_an_answer_from_before_the_silence_proves_nothing():
+    k = _k()
+    k.record("host2", "admin", 9.8, 9.9, KNOCK_ANSWERED)  # it answered, then died at 10.0
     assert not k.stalled("host2", "admin", since=10.0, now=10.5)
 
 
 def test_evidence_expires_but_a_timeout_does_not_erase_it():
     k = _k()
-    k.record("host2", "admin", 10.2, KNOCK_ANSWERED)
-    k.record("host2", "admin", 10.9, KNOCK_SILENT)  # the observer may be the slow one
+    k.record("host2", "admin", 10.1, 10.2, KNOCK_ANSWERED)
+    k.record("host2", "admin", 10.8, 10.9, KNOCK_SILENT)  # the observer may be the slow one
     assert k.stalled("host2", "admin", since=10.0, now=11.1)
     assert not k.stalled("host2", "admin", since=10.0, now=11.3)  # window passed
 
