@@ -241,11 +241,12 @@ class Node:
         self._resumed_at = now_m
         recent = self.stalls.recent(now_m)
         log.warning("agent_stalled", stall_s=round(gap_s, 3), recent=len(recent))
-        # One entry per episode: the first stall peers could notice, then only a longer
-        # one, until a window passes without a report (repeated stalls are counted in it).
+        # One entry per episode: the first stall peers could notice, then only a much
+        # longer one (1.5 x), until a window passes without a report (repeated stalls
+        # are counted in it).
         last_t, last_gap = self._stall_reported
         if gap_s >= self.stall_report_s and (
-            now_m - last_t >= self.stalls.window_s or gap_s > last_gap
+            now_m - last_t >= self.stalls.window_s or gap_s > 1.5 * last_gap
         ):
             self._stall_reported = (now_m, gap_s)
             # Committed once this member sees a quorum again (right after a stall, its
