@@ -2,7 +2,7 @@
 (issue 12, disk).
 
 Three real meshha-agent processes on loopback; host2's data directory (its Raft journal
-and its ledger) is a 4 MiB tmpfs of its own, filled with a file while the segment runs
+and its ledger) is a 16 MiB tmpfs of its own (room for the ledger's WAL, up to 4 MB before a checkpoint), filled with a file while the segment runs
 and entries keep being committed. Proves, with a real webhook receiving the alerts:
 - host2 stays up: its control socket answers and reports the problem (what, path,
   ENOSPC) and that it is not voting; its peers keep hearing its probes, so no verdict
@@ -87,7 +87,7 @@ def mesh(tmp_path: Path, webhook: Webhook) -> Iterator[Mesh]:
     data = m.data_dir(VICTIM)
     data.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "meshha-faults-disk", str(data)],
+        ["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "meshha-faults-disk", str(data)],
         check=True,
     )
     try:
