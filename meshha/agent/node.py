@@ -33,7 +33,7 @@ from meshha.probes.liveness import StallMeter
 from meshha.probes.swim import Prober
 from meshha.raft import entries as E
 from meshha.raft.entries import Entry
-from meshha.raft.intent_key import IntentKey
+from meshha.raft.intent_key import IntentKey, ms
 from meshha.raft.log import LogPort
 from meshha.raft.state import Intent, SegmentState
 from meshha.recovery.decide import decide, pending_intents
@@ -393,7 +393,9 @@ class Node:
                 E.intent(
                     ts=now,
                     by=self.me,
-                    intent_id=f"{prefix}{int(now)}:a1",
+                    intent_id=IntentKey("alert", "clock", host=host, failure_ms=ms(now))
+                    .at(1)
+                    .format(),
                     action="alert",
                     host=host,
                     reason=subject,

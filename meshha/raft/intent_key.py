@@ -24,6 +24,7 @@ order, each present only if set, `:`-separated:
     alert:process:host2:libvirtd:1700000:a1
     alert:vm:vm-a:1700000:a1
     alert:fence-wait:host2:e1:a1            (fence-failed, unplaced, recovered, degraded)
+    alert:clock:host2:1700000:a1            host2's clock off segment time, alerted at 1700000 ms
 
 A key without an attempt names the step; `attempt(n)` names its n-th try. Names must not
 contain `:` (host names, VM ids and process names do not).
@@ -58,6 +59,7 @@ AlertTopic = Literal[
     "unplaced",
     "recovered",
     "degraded",
+    "clock",
 ]
 ALERT_TOPICS: tuple[AlertTopic, ...] = get_args(AlertTopic)
 VM_FAILURE_STEPS = ("restart_vm", "hard_reboot", "migrate_vm")
@@ -76,6 +78,7 @@ _SHAPES: dict[str, tuple[tuple[str, ...], ...]] = {
     "alert:process-brake": (("count", "failure_ms"),),
     "alert:process": (("host", "process", "failure_ms"),),
     "alert:vm": (("vm", "failure_ms"),),
+    "alert:clock": (("host", "failure_ms"),),  # a wrong clock, since (ms; agent/node.py)
     **{
         f"alert:{t}": (_HOST_EPISODE,)
         for t in ("fence-wait", "fence-failed", "unplaced", "recovered", "degraded")
