@@ -14,14 +14,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+import trio
 
 from meshha.config.model import Segment
 from meshha.errors import InvariantViolation, MeshhaError, NovaError
 from meshha.raft import entries as E
 from meshha.raft.entries import Entry
 from meshha.raft.state import Intent, SegmentState
+from meshha.recovery.evacuation import Rank, rank_of
 from meshha.recovery.policy import VmContext, resolve
-from meshha.recovery.ports import Alert, AlertPort, FencePort, NovaPort
+from meshha.recovery.ports import Alert, AlertPort, FencePort, NovaPort, Server
 
 log = structlog.get_logger("meshha.executor")
 
@@ -59,7 +61,10 @@ class Executor:
         if self.guard is not None:
             self.guard(intent.action, intent)
         try:
-            detail, data = await getattr(self, f"_do_{intent.action}")(intent, now)
+            if intent.action == "evacuate":
+                detail, data = await self._do_evacuate(intent, now, evacuation_rank(intent, state))
+            else:
+                detail, data = await getattr(self, f"_do_{intent.action}")(intent, now)
         except MeshhaError as err:
             log.warning("intent_failed", intent=intent.id, kind=err.kind, error=str(err))
             return _about(
@@ -119,8 +124,15 @@ class Executor:
     async def _do_inventory(
         self, i: Intent, now: Callable[[], float]
     ) -> tuple[str, dict[str, Any]]:
-        servers = await self.d.nova.list_servers(i.host)
-        facts = await self.d.nova.host_facts(list(self.segment.host_names))
+        got: dict[str, Any] = {}
+
+        async def servers_on_host() -> None:
+            got["servers"] = await self.d.nova.list_servers(i.host)
+
+        async with trio.open_nursery() as nursery:  # side by side: both are on the path
+            nursery.start_soon(servers_on_host)
+            facts = await self.d.nova.host_facts(list(self.segment.host_names))
+        servers: list[Server] = got["servers"]
         own = next((f for f in facts if f.host == i.host), None)
         rows = []
         for s in servers:
@@ -166,9 +178,11 @@ class Executor:
             {"ts": now(), "servers": rows, "facts": fact_rows},
         )
 
-    async def _do_evacuate(self, i: Intent, now: Callable[[], float]) -> tuple[str, dict[str, Any]]:
+    async def _do_evacuate(
+        self, i: Intent, now: Callable[[], float], rank: Rank
+    ) -> tuple[str, dict[str, Any]]:
         assert i.vm and i.target
-        s = await self.d.nova.evacuate(i.vm, i.target)
+        s = await self.d.nova.evacuate(i.vm, i.target, rank=rank)
         return f"{i.vm} rebuilt on {s.host}, {s.status}", {"host": s.host, "status": s.status}
 
     async def _do_live_migrate(
@@ -219,3 +233,11 @@ class Executor:
             )
         )
         return "alert delivered", {}
+
+
+def evacuation_rank(i: Intent, state: SegmentState) -> Rank:
+    """Where an evacuation queues in the driver: its VM's priority (from the committed
+    inventory of its host, which resolved the HA policy), then the plan's order."""
+    servers = state.inventory.get(i.host, {}).get("servers", [])
+    priority = next((s.get("priority", "medium") for s in servers if s["id"] == i.vm), "medium")
+    return rank_of(priority, i.created_index, i.order)

@@ -93,10 +93,15 @@ class NovaPort(Protocol):
 
     async def host_facts(self, hosts: list[str]) -> list[HostFacts]: ...
 
-    async def evacuate(self, server_id: str, target_host: str) -> Server:
+    async def evacuate(
+        self, server_id: str, target_host: str, *, rank: tuple[int, ...] = (1,)
+    ) -> Server:
         """Rebuild the server on `target_host` and return once Nova shows it there with
-        no task state, started (from microversion 2.95 an evacuated server ends SHUTOFF
-        and is started here). Idempotent: a server already on `target_host` is fine."""
+        no task state, in the power state it had (ACTIVE, or SHUTOFF if it was stopped).
+        Idempotent: a server already on `target_host` is fine, and one already being
+        evacuated is waited for, never evacuated again. Concurrent calls share a bounded,
+        adaptive number of evacuations in flight and start lowest `rank` first
+        (meshha.recovery.evacuation.rank_of: priority, then plan order)."""
 
     async def start(self, server_id: str) -> None: ...
 

@@ -113,5 +113,6 @@ def test_to_server_keeps_what_policy_needs() -> None:
 def test_old_microversions_are_refused() -> None:
     with pytest.raises(ValueError, match=r"2\.53"):
         NovaDriver(lambda: None, microversion="2.53")
-    assert NovaDriver(lambda: None, microversion="2.94").stops_evacuated is False
-    assert NovaDriver(lambda: None).stops_evacuated is True
+    assert NovaDriver(lambda: None, microversion="2.95").stops_evacuated is True
+    # 2.94 on purpose: evacuated servers keep their vm_state (no SHUTOFF, no second call).
+    assert NovaDriver(lambda: None).stops_evacuated is False
