@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-import trio
 
 from meshha.config.model import Segment
 from meshha.errors import InvariantViolation, MeshhaError, NovaError
@@ -23,7 +22,7 @@ from meshha.raft.entries import Entry
 from meshha.raft.state import Intent, SegmentState
 from meshha.recovery.evacuation import Rank, rank_of
 from meshha.recovery.policy import VmContext, resolve
-from meshha.recovery.ports import Alert, AlertPort, FencePort, NovaPort, Server
+from meshha.recovery.ports import Alert, AlertPort, FencePort, NovaPort
 
 log = structlog.get_logger("meshha.executor")
 
@@ -124,15 +123,8 @@ class Executor:
     async def _do_inventory(
         self, i: Intent, now: Callable[[], float]
     ) -> tuple[str, dict[str, Any]]:
-        got: dict[str, Any] = {}
-
-        async def servers_on_host() -> None:
-            got["servers"] = await self.d.nova.list_servers(i.host)
-
-        async with trio.open_nursery() as nursery:  # side by side: both are on the path
-            nursery.start_soon(servers_on_host)
-            facts = await self.d.nova.host_facts(list(self.segment.host_names))
-        servers: list[Server] = got["servers"]
+        servers = await self.d.nova.list_servers(i.host)
+        facts = await self.d.nova.host_facts(list(self.segment.host_names))
         own = next((f for f in facts if f.host == i.host), None)
         rows = []
         for s in servers:

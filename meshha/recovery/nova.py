@@ -42,8 +42,8 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,6 +98,24 @@ def to_server(raw: Any) -> Server:
         metadata=tuple(sorted((str(k), str(v)) for k, v in (raw.metadata or {}).items())),
         availability_zone=raw.availability_zone,
     )
+
+
+@asynccontextmanager
+async def side_by_side() -> AsyncIterator[trio.Nursery]:
+    """A nursery for concurrent Nova calls whose operating error stays a NovaError: the
+    first one is raised as itself (the others are cancelled), not inside an exception
+    group; anything else (a programmer error) propagates as the group."""
+    try:
+        async with trio.open_nursery() as nursery:
+            yield nursery
+    except BaseExceptionGroup as group:
+        errors, rest = group.split(NovaError)
+        if errors is None or rest is not None:
+            raise
+        first: BaseException = errors
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
 
 
 def view_of(raw: Any) -> View:
@@ -301,7 +319,7 @@ class NovaDriver:
             async def fetch(key: str, fn: Callable[[], Any]) -> None:
                 got[key] = await fn()
 
-            async with trio.open_nursery() as nursery:
+            async with side_by_side() as nursery:
                 nursery.start_soon(fetch, "services", self._services)
                 nursery.start_soon(fetch, "nodes", self._nodes_by_host)
                 nursery.start_soon(
@@ -330,7 +348,7 @@ class NovaDriver:
             async def server_count(host: str) -> None:
                 count[host] = await self._server_count(host)
 
-            async with trio.open_nursery() as nursery:
+            async with side_by_side() as nursery:
                 for host in hosts:
                     nursery.start_soon(server_count, host)
                     for node in nodes.get(host, []):
