@@ -217,8 +217,9 @@ class Board:
         j = self.jobs.get(vm)
         if j is None or j.phase in ("done", "failed"):
             return
+        admitted = j.phase in ("admitted", "moving")
         j.phase, j.error, j.error_kind = "failed", error, kind
-        if overload:
+        if overload and admitted:  # one still queued (its deadline ran out) says nothing
             self.limit.on_error(j.seq)
 
     def overloaded(self) -> None:

@@ -202,3 +202,14 @@ def test_a_second_call_for_the_same_vm_is_refused() -> None:
 )
 def test_iso_minus(stamp: str, seconds: int, earlier: str) -> None:
     assert iso_minus(stamp, seconds) == earlier
+
+
+def test_a_queued_job_that_times_out_does_not_lower_the_limit() -> None:
+    board = Board(AdaptiveLimit(LimitSettings(initial_limit=1, max_limit=4)))
+    board.submit("a", "t", (1,), 0.0)
+    board.submit("b", "t", (1,), 0.0)
+    board.admit()
+    board.failed("b", "timeout", "timeout", overload=True)  # never admitted
+    assert board.limit.decreases == 0
+    board.failed("a", "timeout", "timeout", overload=True)  # in flight: Nova is slow
+    assert board.limit.decreases == 1
