@@ -396,6 +396,51 @@ def table(summary: dict[str, Any], sizes: list[int], rat: dict[str, float]) -> s
     return "\n".join(lines)
 
 
+def markdown(result: dict[str, Any]) -> str:
+    """The summary as a Markdown table (for bench/RESULTS.md)."""
+    summary, sizes = result["summary"], result["sizes"]
+    strategies = [
+        s
+        for s in ("masakari", "meshha", "masakari-auto", "masakari-defaults")
+        if any(f"{s}_{n}" in summary for n in sizes)
+    ]
+    lines = [
+        "| median (runs) | " + " | ".join(f"N={n}" for n in sizes) + " |",
+        "|---|" + "---|" * len(sizes),
+    ]
+    rows = [
+        ("first ACTIVE, s", "first_active_s", "{:.2f}"),
+        ("all ACTIVE, s", "all_active_s", "{:.2f}"),
+        ("HTTP requests to Nova", "requests", "{:.0f}"),
+        ("first evacuation accepted, s", "first_request_s", "{:.2f}"),
+        ("priority inversions", "priority_inversions", "{:.0f}"),
+    ]
+    for label, key, fmt in rows:
+        for s in strategies:
+            cells = []
+            for n in sizes:
+                cell = summary.get(f"{s}_{n}")
+                if cell is None or math.isnan(cell[key]):
+                    cells.append("-")
+                else:
+                    cells.append(fmt.format(cell[key]) + f" ({cell['ok']})")
+            lines.append(f"| {s}: {label} | " + " | ".join(cells) + " |")
+    rat = result["ratios"]
+    for key, label in (
+        ("first_active_s", "first ACTIVE"),
+        ("all_active_s", "all ACTIVE"),
+        ("requests", "requests"),
+    ):
+        cells = [
+            f"x{rat[f'{n}_{key}_masakari_over_meshha']:.2f}"
+            if f"{n}_{key}_masakari_over_meshha" in rat
+            else "-"
+            for n in sizes
+        ]
+        lines.append(f"| Masakari / meshha, {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="10,20,50")
@@ -406,7 +451,13 @@ def main(argv: list[str] | None = None) -> int:
         "--defaults", action="store_true", help="also Masakari with its 180 s wait, once"
     )
     p.add_argument("--out", default=str(RESULTS / "evacuate_vs_masakari.json"))
+    p.add_argument(
+        "--markdown", metavar="JSON", help="print a results file as Markdown, run nothing"
+    )
     args = p.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(Path(args.markdown).read_text())))
+        return 0
     sizes = [int(x) for x in args.sizes.split(",")]
     reason = venv_missing_reason()
     if reason:
