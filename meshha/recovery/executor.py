@@ -124,7 +124,9 @@ class Executor:
         self, i: Intent, now: Callable[[], float]
     ) -> tuple[str, dict[str, Any]]:
         servers = await self.d.nova.list_servers(i.host)
-        facts = await self.d.nova.host_facts(list(self.segment.host_names))
+        facts = await self.d.nova.host_facts(
+            list(self.segment.host_names), known_counts={i.host: len(servers)}
+        )
         own = next((f for f in facts if f.host == i.host), None)
         rows = []
         for s in servers:

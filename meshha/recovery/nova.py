@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -310,7 +310,9 @@ class NovaDriver:
     async def get_server(self, server_id: str) -> Server:
         return to_server(await self._server(server_id))
 
-    async def host_facts(self, hosts: list[str]) -> list[HostFacts]:
+    async def host_facts(
+        self, hosts: list[str], *, known_counts: Mapping[str, int] | None = None
+    ) -> list[HostFacts]:
         """Independent lookups run side by side (bounded by the driver's limiter): this
         is on the path from a fence to the first evacuation."""
         with self._deadline("host facts"):
@@ -339,7 +341,7 @@ class NovaDriver:
                 )
             nodes, aggregates = got["nodes"], got["aggregates"]
             free: dict[str, list[int]] = {h: [0, 0, 0] for h in hosts}
-            count: dict[str, int] = {}
+            count: dict[str, int] = {h: n for h, n in (known_counts or {}).items() if h in free}
 
             async def node_free(host: str, node: str) -> None:
                 for i, amount in enumerate(await self._node_free(node)):
@@ -350,7 +352,8 @@ class NovaDriver:
 
             async with side_by_side() as nursery:
                 for host in hosts:
-                    nursery.start_soon(server_count, host)
+                    if host not in count:
+                        nursery.start_soon(server_count, host)
                     for node in nodes.get(host, []):
                         nursery.start_soon(node_free, host, node)
             facts = []

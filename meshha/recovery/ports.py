@@ -11,6 +11,7 @@ Failures are raised as the typed errors of meshha.errors, never returned as flag
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -91,7 +92,11 @@ class NovaPort(Protocol):
 
     async def get_server(self, server_id: str) -> Server: ...
 
-    async def host_facts(self, hosts: list[str]) -> list[HostFacts]: ...
+    async def host_facts(
+        self, hosts: list[str], *, known_counts: Mapping[str, int] | None = None
+    ) -> list[HostFacts]:
+        """Capacity and place of each host. `known_counts`: servers per host the caller
+        has just listed (not asked again: this is on the path to the first evacuation)."""
 
     async def evacuate(
         self, server_id: str, target_host: str, *, rank: tuple[int, ...] = (1,)

@@ -307,7 +307,9 @@ class FakeNova:
         await self._call()
         return self._server(server_id).view()
 
-    async def host_facts(self, hosts: list[str]) -> list[HostFacts]:
+    async def host_facts(
+        self, hosts: list[str], *, known_counts: Mapping[str, int] | None = None
+    ) -> list[HostFacts]:
         await self._call()
         out = []
         for h in hosts:
