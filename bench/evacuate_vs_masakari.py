@@ -452,11 +452,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", default=str(RESULTS / "evacuate_vs_masakari.json"))
     p.add_argument(
-        "--markdown", metavar="JSON", help="print a results file as Markdown, run nothing"
+        "--markdown", nargs="+", metavar="JSON", help="print results files as Markdown, run nothing"
     )
+    p.add_argument("--combine", metavar="OUT", help="with --markdown: write the runs together")
     args = p.parse_args(argv)
     if args.markdown:
-        print(markdown(json.loads(Path(args.markdown).read_text())))
+        parts = [json.loads(Path(f).read_text()) for f in args.markdown]
+        result = dict(parts[-1])
+        if len(parts) > 1:
+            runs = [Run(**row) for part in parts for row in part["runs"]]
+            sizes = sorted({r.servers for r in runs})
+            summary = summarise(runs, sizes)
+            result.update(
+                sizes=sizes,
+                summary=summary,
+                ratios=ratios(summary, sizes),
+                runs=[r.row() for r in runs],
+                combined_from=[part["when"] for part in parts],
+            )
+        if args.combine:
+            Path(args.combine).write_text(json.dumps(result, indent=2) + "\n")
+        print(markdown(result))
         return 0
     sizes = [int(x) for x in args.sizes.split(",")]
     reason = venv_missing_reason()
