@@ -488,6 +488,13 @@ class NovaDriver:
         # old host (an evacuate request then would be accepted: a second rebuild).
         mig = await self._newest_migration(server_id, "evacuation")
         if mig is not None and mig.status in EVACUATION_UNDER_WAY:
+            dest = getattr(mig, "dest_compute", None)
+            if dest and dest != job.target:
+                raise NovaError(
+                    f"{what}: already evacuated to {dest} (migration {mig.status})",
+                    kind="conflict",
+                    where=self.where,
+                )
             log.info("nova.evacuation_adopted", server=server_id, migration=mig.status)
             raw = await self._server(server_id)
             self._raw[server_id] = raw
