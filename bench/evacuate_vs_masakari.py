@@ -65,6 +65,7 @@ sys.path.insert(0, str(REPO))
 from meshha import logs  # noqa: E402
 from meshha.config.synthetic import synthetic_segment  # noqa: E402
 from meshha.lab.nova_client import NovaBox, venv_missing_reason  # noqa: E402
+from meshha.raft.records import Inventory  # noqa: E402
 from meshha.raft.state import Intent  # noqa: E402
 from meshha.recovery.evacuation import PRIORITY_RANK  # noqa: E402
 from meshha.recovery.executor import Drivers, Executor  # noqa: E402
@@ -258,7 +259,8 @@ async def run_meshha(run: Run, box: NovaBox) -> None:
     def intent(action: str, vm: str | None = None, order: int = 0) -> Intent:
         return Intent(
             id=f"{action}:{FAILED}:e1:{vm or ''}:a1",
-            action=action,
+            key=None,
+            action=action,  # type: ignore[arg-type]
             host=FAILED,
             vm=vm,
             target=RESERVED if vm else None,
@@ -282,7 +284,7 @@ async def run_meshha(run: Run, box: NovaBox) -> None:
         run.steps_s["disable_compute"] = round(time.time() - run.t_start, 3)
         inv = await step(intent("inventory"))
         run.steps_s["inventory"] = round(time.time() - run.t_start, 3)
-        state.inventory[FAILED] = inv["data"]
+        state.inventory[FAILED] = Inventory.from_data(1, "evacuate", inv["data"])
         servers = sorted(
             (s for s in inv["data"]["servers"] if s["ha"]),
             key=lambda s: (PRIORITY_RANK[s["priority"]], s["id"]),

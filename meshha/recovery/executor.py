@@ -232,6 +232,7 @@ class Executor:
 def evacuation_rank(i: Intent, state: SegmentState) -> Rank:
     """Where an evacuation queues in the driver: its VM's priority (from the committed
     inventory of its host, which resolved the HA policy), then the plan's order."""
-    servers = state.inventory.get(i.host, {}).get("servers", [])
-    priority = next((s.get("priority", "medium") for s in servers if s["id"] == i.vm), "medium")
+    inventory = state.inventory.get(i.host)
+    servers = inventory.servers if inventory is not None else ()
+    priority = next((s.priority for s in servers if s.id == i.vm), "medium")
     return rank_of(priority, i.created_index, i.order)
