@@ -133,6 +133,7 @@ def real_drivers(segment: Segment) -> Drivers | None:
         log.warning("dry_run", why="no [nova] cloud configured: intents are logged, not executed")
         return None
     from meshha.recovery.alerts import AlertSender
+    from meshha.recovery.evacuation import LimitSettings
     from meshha.recovery.fence_ipmi import IpmiFencer
     from meshha.recovery.nova import NovaDriver
 
@@ -145,7 +146,11 @@ def real_drivers(segment: Segment) -> Drivers | None:
             segment.nova.cloud,
             microversion=segment.nova.microversion,
             timeout_s=segment.nova.timeout_s,
-            poll_interval_s=0.5,
+            poll_interval_s=0.25,  # one small listing per poll, whatever the number moving
+            limits=LimitSettings(
+                initial_limit=min(2, segment.recovery.max_parallel_evacuations),
+                max_limit=segment.recovery.max_parallel_evacuations,
+            ),
         ),
         alerts=AlertSender(segment.alerts),
     )

@@ -228,7 +228,7 @@ class Raft:
 @dataclass(frozen=True)
 class Nova:
     cloud: str | None = None  # a cloud name in clouds.yaml; None: no Nova (dry run)
-    microversion: str = "2.95"
+    microversion: str = "2.94"  # evacuated servers keep their vm_state (see recovery/nova.py)
     timeout_s: float = 30.0
 
 

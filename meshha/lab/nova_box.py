@@ -31,6 +31,10 @@ A second HTTP endpoint on 127.0.0.1:CONTROL_PORT takes `POST /control` with a JS
                                          trip only once a matching request was answered
     heal          {}                     end the outage
     status        {}                     hosts, compute state, outage
+    counters      {reset?}               API requests answered (by method), and every
+                                         instance state change (uuid, host, vm_state,
+                                         task_state, unix time) since the last reset:
+                                         what a benchmark measures without polling Nova
     shutdown      {}                     stop everything and exit
 
 When ready it prints one JSON line to stdout, then sends stdout to stderr:
@@ -171,6 +175,7 @@ class Box:
         self.stopped_hosts: set[str] = set()
         self.done = threading.Event()
         self.port = 0  # the API port, once listening
+        self.meter = Meter()
 
     # ---- starting nova ----------------------------------------------------------------
 
@@ -216,6 +221,7 @@ class Box:
             def runTest(self) -> None:  # pragma: no cover - testtools wants one
                 pass
 
+        self.meter.watch_instances()
         self.case = NovaInABox("runTest")
         self.case.setUp()
         route_logs(os.path.join(self.args.tmpdir, "nova.log"))
@@ -232,6 +238,7 @@ class Box:
     # ---- the HTTP front door ----------------------------------------------------------
 
     def wsgi(self, environ: dict, start_response):
+        self.meter.request(environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", ""))
         with self.outage.lock:
             mode = self.outage.mode
         if mode is not None:
@@ -391,6 +398,8 @@ class Box:
                 self.heal()
             elif op == "status":
                 pass
+            elif op == "counters":
+                return {"ok": True, **self.meter.read(reset=bool(request.get("reset")))}
             elif op == "shutdown":
                 self.done.set()
             else:
@@ -419,6 +428,65 @@ class Box:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         self.control_server = server
         return server.server_address[1]
+
+
+class Meter:
+    """What benchmarks read from the box: API requests answered (placement apart) and
+    every change of an instance's (host, vm_state, task_state), with the time Nova saved
+    it. Both bounded; `read(reset=True)` starts a new count."""
+
+    MAX_CHANGES = 100_000
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.requests: dict[str, int] = {}
+        self.changes: list[list] = []
+        self.last: dict[str, tuple] = {}
+
+    def request(self, method: str, path: str) -> None:
+        if path == "/placement" or path.startswith("/placement/"):
+            key = "placement"
+        else:
+            key = method
+        with self.lock:
+            self.requests[key] = self.requests.get(key, 0) + 1
+
+    def instance_saved(self, uuid: str, host: str | None, vm_state: str, task: str | None) -> None:
+        now = time.time()
+        state = (host, vm_state, task)
+        with self.lock:
+            if self.last.get(uuid) == state:
+                return
+            self.last[uuid] = state
+            if len(self.changes) < self.MAX_CHANGES:
+                self.changes.append([uuid, host, vm_state, task, now])
+
+    def read(self, reset: bool) -> dict:
+        with self.lock:
+            out = {
+                "requests": dict(self.requests),
+                "nova_requests": sum(v for k, v in self.requests.items() if k != "placement"),
+                "changes": list(self.changes),
+            }
+            if reset:
+                self.requests.clear()
+                self.changes.clear()
+        return out
+
+    def watch_instances(self) -> None:
+        """Wrap Instance.save (all services share this process) to see state changes."""
+        from nova.objects import instance as instance_obj
+
+        real_save = instance_obj.Instance.save
+        meter = self
+
+        def save(inst, *args, **kwargs):
+            real_save(inst, *args, **kwargs)
+            fields = ("uuid", "host", "vm_state", "task_state")
+            if all(inst.obj_attr_is_set(f) for f in fields):  # never lazy-load (a DB read)
+                meter.instance_saved(inst.uuid, inst.host, inst.vm_state, inst.task_state)
+
+        instance_obj.Instance.save = save
 
 
 def route_logs(path: str) -> None:

@@ -299,3 +299,9 @@ class NovaBox:
 
     def status(self) -> dict[str, Any]:
         return self.control("status")
+
+    def counters(self, *, reset: bool = False) -> dict[str, Any]:
+        """API requests answered since the last reset ({"requests": {method: n},
+        "nova_requests": n}, placement apart) and every instance state change, as
+        [uuid, host, vm_state, task_state, unix_time] in the order Nova saved them."""
+        return self.control("counters", reset=reset)

@@ -20,6 +20,7 @@ from meshha.errors import InvariantViolation, MeshhaError, NovaError
 from meshha.raft import entries as E
 from meshha.raft.entries import Entry
 from meshha.raft.state import Intent, SegmentState
+from meshha.recovery.evacuation import Rank, rank_of
 from meshha.recovery.policy import VmContext, resolve
 from meshha.recovery.ports import Alert, AlertPort, FencePort, NovaPort
 
@@ -59,7 +60,10 @@ class Executor:
         if self.guard is not None:
             self.guard(intent.action, intent)
         try:
-            detail, data = await getattr(self, f"_do_{intent.action}")(intent, now)
+            if intent.action == "evacuate":
+                detail, data = await self._do_evacuate(intent, now, evacuation_rank(intent, state))
+            else:
+                detail, data = await getattr(self, f"_do_{intent.action}")(intent, now)
         except MeshhaError as err:
             log.warning("intent_failed", intent=intent.id, kind=err.kind, error=str(err))
             return _about(
@@ -120,7 +124,9 @@ class Executor:
         self, i: Intent, now: Callable[[], float]
     ) -> tuple[str, dict[str, Any]]:
         servers = await self.d.nova.list_servers(i.host)
-        facts = await self.d.nova.host_facts(list(self.segment.host_names))
+        facts = await self.d.nova.host_facts(
+            list(self.segment.host_names), known_counts={i.host: len(servers)}
+        )
         own = next((f for f in facts if f.host == i.host), None)
         rows = []
         for s in servers:
@@ -166,9 +172,11 @@ class Executor:
             {"ts": now(), "servers": rows, "facts": fact_rows},
         )
 
-    async def _do_evacuate(self, i: Intent, now: Callable[[], float]) -> tuple[str, dict[str, Any]]:
+    async def _do_evacuate(
+        self, i: Intent, now: Callable[[], float], rank: Rank
+    ) -> tuple[str, dict[str, Any]]:
         assert i.vm and i.target
-        s = await self.d.nova.evacuate(i.vm, i.target)
+        s = await self.d.nova.evacuate(i.vm, i.target, rank=rank)
         return f"{i.vm} rebuilt on {s.host}, {s.status}", {"host": s.host, "status": s.status}
 
     async def _do_live_migrate(
@@ -219,3 +227,12 @@ class Executor:
             )
         )
         return "alert delivered", {}
+
+
+def evacuation_rank(i: Intent, state: SegmentState) -> Rank:
+    """Where an evacuation queues in the driver: its VM's priority (from the committed
+    inventory of its host, which resolved the HA policy), then the plan's order."""
+    inventory = state.inventory.get(i.host)
+    servers = inventory.servers if inventory is not None else ()
+    priority = next((s.priority for s in servers if s.id == i.vm), "medium")
+    return rank_of(priority, i.created_index, i.order)

@@ -15,9 +15,22 @@ Errors become `NovaError` with a `kind`:
     timeout      the end state did not come before the deadline
     failed       Nova reported the operation failed (migration error, ERROR state), 5xx
 
-Microversion: the whole compute API is used at `microversion` (default 2.95, at least
-2.60). From 2.95 an evacuated server ends SHUTOFF on its new host; `evacuate` starts it
-again unless its last power action before the evacuation was a stop.
+Microversion: the whole compute API is used at `microversion` (default 2.94, at least
+2.60), chosen for evacuation. 2.95 (nova 27, 2023.1) makes every evacuated server end
+SHUTOFF on its new host, whatever it was before: it was added for tenants whose guests
+must not be started by an administrator (encrypted volumes whose secrets the admin must
+not read, workloads that need a token to boot, a replacement already running elsewhere).
+Nova even starts the guest and then stops it (launchpad bug 1994967). HA wants the
+opposite: the VM running again, in the state the user left it. At 2.94 an evacuated
+server keeps its vm_state (ACTIVE stays ACTIVE, a stopped one stays SHUTOFF), with no
+second request and no stop/start cycle. With `microversion` >= 2.95, `evacuate` starts
+the server again unless its last power action before the evacuation was a stop.
+
+Evacuation runs through a pipeline (meshha.recovery.evacuation decides, this module does
+the requests): an adaptive limit on evacuations in flight, admission by rank (priority,
+then plan order), one POST per server, and one shared watch: one listing of the target
+host per poll (trimmed with `changes-since`), polled by whichever waiting call gets
+there first, instead of one GET per server per poll.
 
 Capacity comes from Placement (what the scheduler decides on: allocation ratios,
 reserved amounts and in-flight allocations included), looked up per compute node; the
@@ -29,8 +42,8 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +51,7 @@ import structlog
 import trio
 
 from meshha.errors import NovaError
+from meshha.recovery.evacuation import AdaptiveLimit, Board, Job, LimitSettings, Rank, View
 from meshha.recovery.ports import Flavor, HostFacts, Server
 
 log = structlog.get_logger("meshha.nova")
@@ -49,6 +63,10 @@ RUNNING_ACTIONS = frozenset(
 )
 STOPPED_ACTIONS = frozenset({"stop", "shelve", "suspend", "pause"})
 FAILED_MIGRATION = frozenset({"error", "failed", "cancelled"})
+# Evacuation migration states before its source compute cleans up: the evacuation is
+# running, or has finished (the server is on its new host, "done" until then).
+EVACUATION_UNDER_WAY = frozenset({"accepted", "pre-migrating", "migrating", "running", "done"})
+STRAGGLERS_PER_POLL = 2  # servers looked at on their own per poll, at most
 
 
 def parse_microversion(text: str) -> tuple[int, int]:
@@ -79,6 +97,35 @@ def to_server(raw: Any) -> Server:
         flavor=flavor,
         metadata=tuple(sorted((str(k), str(v)) for k, v in (raw.metadata or {}).items())),
         availability_zone=raw.availability_zone,
+    )
+
+
+@asynccontextmanager
+async def side_by_side() -> AsyncIterator[trio.Nursery]:
+    """A nursery for concurrent Nova calls whose operating error stays a NovaError: the
+    first one is raised as itself (the others are cancelled), not inside an exception
+    group; anything else (a programmer error) propagates as the group."""
+    try:
+        async with trio.open_nursery() as nursery:
+            yield nursery
+    except BaseExceptionGroup as group:
+        errors, rest = group.split(NovaError)
+        if errors is None or rest is not None:
+            raise
+        first: BaseException = errors
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
+
+
+def view_of(raw: Any) -> View:
+    """An sdk Server as the evacuation board's View."""
+    return View(
+        id=raw.id,
+        host=raw.compute_host,
+        status=raw.status or "",
+        task_state=raw.task_state,
+        updated=raw.updated_at or "",
     )
 
 
@@ -125,10 +172,12 @@ class NovaDriver:
         self,
         conn: str | Callable[[], Any],
         *,
-        microversion: str = "2.95",
+        microversion: str = "2.94",
         timeout_s: float = 30.0,
         limiter: trio.CapacityLimiter | None = None,
-        poll_interval_s: float = 0.2,
+        poll_interval_s: float = 0.25,
+        limits: LimitSettings | None = None,
+        straggler_after_s: float = 3.0,
     ) -> None:
         if parse_microversion(microversion) < MIN_MICROVERSION:
             raise ValueError(f"nova microversion {microversion} < 2.60 is not supported")
@@ -144,6 +193,12 @@ class NovaDriver:
         )
         self._conn: Any = None
         self._conn_lock = threading.Lock()
+        # The evacuation pipeline: who is queued, moving, done; the shared watch.
+        self.board = Board(AdaptiveLimit(limits), straggler_after_s=straggler_after_s)
+        self._raw: dict[str, Any] = {}  # the newest sdk view of each server on the board
+        self._wake = trio.Event()
+        self._polling = False
+        self._next_poll = -math.inf
 
     # ---- plumbing ---------------------------------------------------------------------
 
@@ -255,9 +310,28 @@ class NovaDriver:
     async def get_server(self, server_id: str) -> Server:
         return to_server(await self._server(server_id))
 
-    async def host_facts(self, hosts: list[str]) -> list[HostFacts]:
+    async def host_facts(
+        self, hosts: list[str], *, known_counts: Mapping[str, int] | None = None
+    ) -> list[HostFacts]:
+        """Independent lookups run side by side (bounded by the driver's limiter): this
+        is on the path from a fence to the first evacuation."""
         with self._deadline("host facts"):
-            services = {s.host: s for s in await self._services()}
+            got: dict[str, Any] = {}
+
+            async def fetch(key: str, fn: Callable[[], Any]) -> None:
+                got[key] = await fn()
+
+            async with side_by_side() as nursery:
+                nursery.start_soon(fetch, "services", self._services)
+                nursery.start_soon(fetch, "nodes", self._nodes_by_host)
+                nursery.start_soon(
+                    fetch,
+                    "aggregates",
+                    lambda: self._call(
+                        "list aggregates", lambda: list(self._compute().aggregates())
+                    ),
+                )
+            services = {s.host: s for s in got["services"]}
             missing = [h for h in hosts if h not in services]
             if missing:
                 raise NovaError(
@@ -265,23 +339,32 @@ class NovaDriver:
                     kind="not_found",
                     where=self.where,
                 )
-            nodes = await self._nodes_by_host()
-            aggregates = await self._call(
-                "list aggregates", lambda: list(self._compute().aggregates())
-            )
+            nodes, aggregates = got["nodes"], got["aggregates"]
+            free: dict[str, list[int]] = {h: [0, 0, 0] for h in hosts}
+            count: dict[str, int] = {h: n for h, n in (known_counts or {}).items() if h in free}
+
+            async def node_free(host: str, node: str) -> None:
+                for i, amount in enumerate(await self._node_free(node)):
+                    free[host][i] += amount
+
+            async def server_count(host: str) -> None:
+                count[host] = await self._server_count(host)
+
+            async with side_by_side() as nursery:
+                for host in hosts:
+                    if host not in count:
+                        nursery.start_soon(server_count, host)
+                    for node in nodes.get(host, []):
+                        nursery.start_soon(node_free, host, node)
             facts = []
             for host in hosts:
-                free = [0, 0, 0]
-                for node in nodes.get(host, []):
-                    for i, amount in enumerate(await self._node_free(node)):
-                        free[i] += amount
                 svc = services[host]
                 facts.append(
                     HostFacts(
                         host=host,
-                        vcpus_free=free[0],
-                        ram_mb_free=free[1],
-                        disk_gb_free=free[2],
+                        vcpus_free=free[host][0],
+                        ram_mb_free=free[host][1],
+                        disk_gb_free=free[host][2],
                         availability_zone=svc.zone,
                         aggregates=tuple(
                             sorted(a.name for a in aggregates if host in (a.hosts or ()))
@@ -289,7 +372,7 @@ class NovaDriver:
                         service_up=svc.up and not svc.forced_down,
                         service_enabled=svc.enabled,
                         forced_down=svc.forced_down,
-                        running_vms=await self._server_count(host),
+                        running_vms=count[host],
                     )
                 )
             return facts
@@ -341,50 +424,184 @@ class NovaDriver:
         raws.sort(key=lambda a: a.start_time or "", reverse=True)
         return [a.action for a in raws]
 
-    async def _migration_failed(self, server_id: str, kind: str) -> str | None:
-        """The status of the newest migration of `kind` for the server if it failed."""
-
+    async def _newest_migration(self, server_id: str, kind: str) -> Any:
         def newest() -> Any:
             migs = list(self._compute().migrations(server_id=server_id, migration_type=kind))
             return max(migs, key=lambda m: int(m.id), default=None)  # ids only grow
 
-        mig = await self._call(f"migrations of {server_id}", newest)
+        return await self._call(f"migrations of {server_id}", newest)
+
+    async def _migration_failed(self, server_id: str, kind: str) -> str | None:
+        """The status of the newest migration of `kind` for the server if it failed."""
+        mig = await self._newest_migration(server_id, kind)
         if mig is not None and mig.status in FAILED_MIGRATION:
             return str(mig.status)
         return None
 
     # ---- evacuation -------------------------------------------------------------------
 
-    async def evacuate(self, server_id: str, target_host: str) -> Server:
+    async def evacuate(self, server_id: str, target_host: str, *, rank: Rank = (1,)) -> Server:
+        """Evacuate through the pipeline (meshha.recovery.evacuation): wait for a place
+        under the adaptive limit (best `rank` first), one POST, then the shared watch
+        (one listing of the target per poll, whoever polls for everyone)."""
         t0 = time.monotonic()
         what = f"evacuate {server_id} to {target_host}"
-        with self._deadline(what):
-            raw = await self._server(server_id)
-            if raw.compute_host != target_host or raw.task_state is not None:
-                if raw.task_state is None:
-                    await self._call(
-                        what, lambda: self._compute().evacuate_server(server_id, host=target_host)
-                    )
-                    log.info("nova.evacuate_requested", server=server_id, target=target_host)
-                elif (await self._actions(server_id))[:1] != ["evacuate"]:
-                    raise NovaError(
-                        f"{what}: server is busy ({raw.task_state})",
-                        kind="conflict",
-                        where=self.where,
-                    )
-                raw = await self._wait_moved(server_id, what, "evacuation", target_host)
-            if self.stops_evacuated and raw.status == "SHUTOFF":
-                actions = await self._actions(server_id)
-                if wants_running(a for a in actions if a != "evacuate"):
-                    raw = await self._power(server_id, "start")
+        if self.board.active(server_id):
+            raise NovaError(f"{what}: already under way here", kind="conflict", where=self.where)
+        job = self.board.submit(server_id, target_host, rank, trio.current_time())
+        self._notify()
+        try:
+            with self._deadline(what):
+                raw = await self._evacuation(job, what)
+                if self.stops_evacuated and raw.status == "SHUTOFF":
+                    actions = await self._actions(server_id)
+                    if wants_running(a for a in actions if a != "evacuate"):
+                        raw = await self._power(server_id, "start")
+        except NovaError as err:
+            overload = err.kind in ("unreachable", "timeout")
+            self.board.failed(server_id, str(err), err.kind, overload=overload)
+            raise
+        finally:
+            self.board.forget(server_id)
+            self._raw.pop(server_id, None)
+            self._notify()
         log.info(
             "nova.evacuated",
             server=server_id,
             host=raw.compute_host,
             status=raw.status,
             elapsed_s=round(time.monotonic() - t0, 3),
+            limit=self.board.limit.limit,
         )
         return to_server(raw)
+
+    async def _evacuation(self, job: Job, what: str) -> Any:
+        server_id = job.vm
+        await trio.lowlevel.checkpoint()  # calls made together all queue before admission
+        while job.phase == "queued":
+            self.board.admit()
+            if job.phase == "queued":
+                await self._changed()
+        # An evacuation already under way (a previous leader's, or our own attempt that
+        # lost its answer) is adopted, never started again. Its migration record says so
+        # even in the moment, near its end, when the server shows no task state on its
+        # old host (an evacuate request then would be accepted: a second rebuild).
+        mig = await self._newest_migration(server_id, "evacuation")
+        if mig is not None and mig.status in EVACUATION_UNDER_WAY:
+            dest = getattr(mig, "dest_compute", None)
+            if dest and dest != job.target:
+                raise NovaError(
+                    f"{what}: already evacuated to {dest} (migration {mig.status})",
+                    kind="conflict",
+                    where=self.where,
+                )
+            log.info("nova.evacuation_adopted", server=server_id, migration=mig.status)
+            raw = await self._server(server_id)
+            self._raw[server_id] = raw
+            self.board.posted(server_id, trio.current_time(), adopted=True)
+            self.board.observe_server(view_of(raw), trio.current_time())
+        else:
+            await self._post_evacuation(job, what)
+        self._notify()
+        while job.phase == "moving":
+            await self._watch()
+        if job.phase == "failed":
+            raise NovaError(f"{what}: {job.error}", kind=job.error_kind, where=self.where)
+        return self._raw[server_id]
+
+    async def _post_evacuation(self, job: Job, what: str) -> None:
+        server_id, target = job.vm, job.target
+        try:
+            await self._call(what, lambda: self._compute().evacuate_server(server_id, host=target))
+            log.info("nova.evacuate_requested", server=server_id, target=target)
+        except NovaError as err:
+            if err.kind not in ("conflict", "refused"):
+                raise
+            # Busy (409) or "already on that host" (400): look before saying no. One
+            # under way is adopted; one already finished is done.
+            raw = await self._server(server_id)
+            self._raw[server_id] = raw
+            if raw.compute_host == target and raw.task_state is None and raw.status != "ERROR":
+                self.board.done(server_id, view_of(raw), trio.current_time())
+                return
+            if raw.task_state is None or (await self._actions(server_id))[:1] != ["evacuate"]:
+                raise
+            log.info("nova.evacuation_adopted", server=server_id, task_state=raw.task_state)
+            self.board.posted(server_id, trio.current_time(), adopted=True)
+        else:
+            self.board.posted(server_id, trio.current_time())
+
+    # -- the shared watch ----------------------------------------------------------------
+
+    def _notify(self) -> None:
+        self._wake.set()
+        self._wake = trio.Event()
+
+    async def _changed(self) -> None:
+        await self._wake.wait()
+
+    async def _watch(self) -> None:
+        """Poll for everyone, or wait for whoever is polling. A poller that is cancelled
+        (its deadline, a lost leadership) hands over: the next waiter polls."""
+        if self._polling:
+            await self._changed()
+            return
+        self._polling = True
+        try:
+            delay = self._next_poll - trio.current_time()
+            if delay > 0:
+                await trio.sleep(delay)
+            await self._poll()
+        finally:
+            self._polling = False
+            self._next_poll = trio.current_time() + self.poll_interval_s
+            self._notify()
+
+    async def _poll(self) -> None:
+        for host in self.board.hosts_to_list():
+            since = self.board.changes_since(host)
+            query: dict[str, Any] = {"details": True, "all_projects": True, "compute_host": host}
+            if since:
+                query["changes_since"] = since
+            try:
+                raws = await self._call(
+                    f"list servers on {host}", lambda q=query: list(self._compute().servers(**q))
+                )
+            except NovaError as err:
+                self._watch_failed(host, err)
+                continue
+            mine = {r.id: r for r in raws if r.id in self.board.jobs}
+            self._raw.update(mine)
+            self.board.observe_listing(host, [view_of(r) for r in raws], trio.current_time())
+        for job in self.board.stragglers(trio.current_time(), most=STRAGGLERS_PER_POLL):
+            await self._look_at(job)
+
+    async def _look_at(self, job: Job) -> None:
+        """One straggler on its own: where is it, and if idle off its target, did the
+        migration fail (or is this the short gap Nova leaves mid-evacuation)?"""
+        try:
+            raw = await self._server(job.vm)
+            self._raw[job.vm] = raw
+            self.board.observe_server(view_of(raw), trio.current_time())
+            if job.suspect:
+                status = await self._migration_failed(job.vm, "evacuation")
+                if status is not None:
+                    self.board.failed(job.vm, f"evacuation {status}", overload=False)
+        except NovaError as err:
+            if err.kind == "not_found":
+                self.board.failed(job.vm, str(err), "not_found", overload=False)
+            else:
+                self._watch_failed(job.target, err)
+
+    def _watch_failed(self, host: str, err: NovaError) -> None:
+        """Nova could not be asked: the evacuations watched there fail with its kind
+        (decide retries them; the retry adopts what Nova did meanwhile)."""
+        log.warning("nova.watch_failed", host=host, kind=err.kind, error=str(err))
+        self.board.overloaded()
+        if err.kind in ("unreachable", "refused"):
+            for j in list(self.board.jobs.values()):
+                if j.phase == "moving" and j.target == host:
+                    self.board.failed(j.vm, str(err), err.kind, overload=False)
 
     async def _wait_moved(
         self, server_id: str, what: str, kind: str, target: str | None, source: str | None = None

@@ -54,7 +54,8 @@ CALLS: tuple[Call, ...] = (
             "os_compute_api:os-extended-server-attributes",
         ),
         "admin",
-        "the VMs of a failed host, in every project, with the host they run on",
+        "the VMs of a failed host, in every project, with the host they run on; during an "
+        "evacuation, the target host's servers changed lately (changes-since), once per poll",
         "start",
     ),
     Call(
@@ -122,7 +123,8 @@ CALLS: tuple[Call, ...] = (
         "GET /os-migrations?instance_uuid=ID",
         ("os_compute_api:os-migrations:index", "os_compute_api:os-migrations:index:all_projects"),
         "admin",
-        "whether an evacuation or migration failed, and why",
+        "before every evacuate request: whether an evacuation is already under way (a "
+        "previous leader's: adopted, never started twice); whether one failed, and why",
         "recovery",
     ),
     Call(

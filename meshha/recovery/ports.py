@@ -11,6 +11,7 @@ Failures are raised as the typed errors of meshha.errors, never returned as flag
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -91,12 +92,21 @@ class NovaPort(Protocol):
 
     async def get_server(self, server_id: str) -> Server: ...
 
-    async def host_facts(self, hosts: list[str]) -> list[HostFacts]: ...
+    async def host_facts(
+        self, hosts: list[str], *, known_counts: Mapping[str, int] | None = None
+    ) -> list[HostFacts]:
+        """Capacity and place of each host. `known_counts`: servers per host the caller
+        has just listed (not asked again: this is on the path to the first evacuation)."""
 
-    async def evacuate(self, server_id: str, target_host: str) -> Server:
+    async def evacuate(
+        self, server_id: str, target_host: str, *, rank: tuple[int, ...] = (1,)
+    ) -> Server:
         """Rebuild the server on `target_host` and return once Nova shows it there with
-        no task state, started (from microversion 2.95 an evacuated server ends SHUTOFF
-        and is started here). Idempotent: a server already on `target_host` is fine."""
+        no task state, in the power state it had (ACTIVE, or SHUTOFF if it was stopped).
+        Idempotent: a server already on `target_host` is fine, and one already being
+        evacuated is waited for, never evacuated again. Concurrent calls share a bounded,
+        adaptive number of evacuations in flight and start lowest `rank` first
+        (meshha.recovery.evacuation.rank_of: priority, then plan order)."""
 
     async def start(self, server_id: str) -> None: ...
 

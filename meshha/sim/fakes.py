@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import trio
 
 from meshha.errors import AlertError, FenceError, HypervisorError, NovaError, ProcessError
+from meshha.recovery.evacuation import AdaptiveLimit, Board, LimitSettings, View
 from meshha.recovery.ports import (
     Alert,
     FenceProof,
@@ -250,8 +251,12 @@ class FakeNova:
     compute service runs again; start/stop of a server already there is a no-op; an
     outage makes every call fail `unreachable`."""
 
-    def __init__(self, cloud: FakeCloud, actor: str = "") -> None:
+    def __init__(
+        self, cloud: FakeCloud, actor: str = "", limits: LimitSettings | None = None
+    ) -> None:
         self.cloud, self.actor = cloud, actor
+        self.board = Board(AdaptiveLimit(limits))
+        self._board_wake = trio.Event()
 
     async def _call(self) -> None:
         if not self.cloud.nova_up:
@@ -302,7 +307,9 @@ class FakeNova:
         await self._call()
         return self._server(server_id).view()
 
-    async def host_facts(self, hosts: list[str]) -> list[HostFacts]:
+    async def host_facts(
+        self, hosts: list[str], *, known_counts: Mapping[str, int] | None = None
+    ) -> list[HostFacts]:
         await self._call()
         out = []
         for h in hosts:
@@ -327,23 +334,47 @@ class FakeNova:
             )
         return out
 
-    async def evacuate(self, server_id: str, target_host: str) -> Server:
-        await self._call()
-        s = self._server(server_id)
-        if s.host == target_host and s.task_state is None:
-            return s.view()  # already done: idempotent
-        if not self._service_down(s.host):
-            raise NovaError(
-                f"compute service of {s.host} is still in use", kind="refused", where="nova-api"
-            )
-        if not self.cloud.machines[target_host].alive:
-            raise NovaError(f"target {target_host} is down", kind="failed", where="nova-api")
-        self.cloud.record(self.actor, "evacuate", s.host, f"{server_id} -> {target_host}")
-        s.task_state = "rebuilding"
-        await trio.sleep(self.cloud.nova_delay_s)
-        s.host, s.task_state, s.status = target_host, None, "ACTIVE"
-        self.cloud._start(server_id, target_host)
+    async def evacuate(
+        self, server_id: str, target_host: str, *, rank: tuple[int, ...] = (1,)
+    ) -> Server:
+        if self.board.active(server_id):
+            raise NovaError(f"{server_id} is being evacuated", kind="conflict", where="nova-api")
+        # The real driver's admission (the same pure Board): bounded, best rank first;
+        # calls made together all queue before the first is admitted.
+        job = self.board.submit(server_id, target_host, rank, trio.current_time())
+        try:
+            await self._call()
+            s = self._server(server_id)
+            if s.host == target_host and s.task_state is None:
+                return s.view()  # already done: idempotent
+            if not self._service_down(s.host):
+                raise NovaError(
+                    f"compute service of {s.host} is still in use",
+                    kind="refused",
+                    where="nova-api",
+                )
+            if not self.cloud.machines[target_host].alive:
+                raise NovaError(f"target {target_host} is down", kind="failed", where="nova-api")
+            while job.phase == "queued":
+                self.board.admit()
+                if job.phase == "queued":
+                    await self._board_changed()
+            self.cloud.record(self.actor, "evacuate", s.host, f"{server_id} -> {target_host}")
+            s.task_state = "rebuilding"
+            self.board.posted(server_id, trio.current_time())
+            await trio.sleep(self.cloud.nova_delay_s)
+            s.host, s.task_state, s.status = target_host, None, "ACTIVE"
+            self.cloud._start(server_id, target_host)
+            view = View(server_id, target_host, "ACTIVE", None)
+            self.board.done(server_id, view, trio.current_time())
+        finally:
+            self.board.forget(server_id)
+            self._board_wake.set()
+            self._board_wake = trio.Event()
         return s.view()
+
+    async def _board_changed(self) -> None:
+        await self._board_wake.wait()
 
     async def start(self, server_id: str) -> None:
         await self._call()

@@ -43,6 +43,11 @@ class RealNova:
         self.conn = box.connect(compute_api_version="2.95")
         self.nova: NovaPort = NovaDriver(box.connect, timeout_s=60.0, poll_interval_s=0.1)
 
+    def limited(self, limits: Any) -> Any:
+        from meshha.recovery.nova import NovaDriver
+
+        return NovaDriver(self.box.connect, timeout_s=60.0, poll_interval_s=0.1, limits=limits)
+
     async def boot(self, host: str, metadata: dict[str, str] | None = None) -> str:
         (server_id,) = await boot(self.conn, [f"contract-{next(_names)}"], host, metadata=metadata)
         return server_id
@@ -72,6 +77,11 @@ class FakeBackend:
         for host in HOSTS:
             self.cloud.add_host(host, vcpus=16, ram_mb=16384, disk_gb=1024)
         self.nova: NovaPort = FakeNova(self.cloud, actor="contract")
+
+    def limited(self, limits: Any) -> Any:
+        from meshha.sim.fakes import FakeNova
+
+        return FakeNova(self.cloud, actor="contract", limits=limits)
 
     async def boot(self, host: str, metadata: dict[str, str] | None = None) -> str:
         server_id = f"contract-{next(_names)}"
@@ -218,3 +228,33 @@ async def test_live_and_cold_migration_move_the_server(backend) -> None:
     assert (s.host, s.status, s.task_state) == (TARGET, "ACTIVE", None)
     s = await backend.nova.cold_migrate(server_id, SPARE)
     assert (s.host, s.status, s.task_state) == (SPARE, "ACTIVE", None)
+
+
+async def test_many_evacuations_start_by_priority_within_the_limit(backend) -> None:
+    """Concurrent evacuate calls share one bounded window, filled best rank first: with
+    room for two, both high-priority VMs finish before either low-priority one, and never
+    more than two are in flight (the driver's own count)."""
+    from meshha.recovery.evacuation import LimitSettings, rank_of
+
+    nova = backend.limited(LimitSettings(initial_limit=2, min_limit=1, max_limit=2))
+    plan = ["low", "low", "medium", "medium", "high", "high"]  # submitted worst first
+    ids = [await backend.boot(DEAD) for _ in plan]
+    await backend.kill(DEAD)
+    await nova.force_down(DEAD, "meshha: contract")
+    finished: list[str] = []
+
+    async def evacuate(server_id: str, priority: str, order: int) -> None:
+        s = await nova.evacuate(server_id, TARGET, rank=rank_of(priority, order))
+        assert (s.host, s.status, s.task_state) == (TARGET, "ACTIVE", None)
+        finished.append(priority)
+
+    async with trio.open_nursery() as nursery:
+        for order, (server_id, priority) in enumerate(zip(ids, plan, strict=True)):
+            nursery.start_soon(evacuate, server_id, priority, order)  # all queue at once
+    assert nova.board.peak_in_flight <= 2
+    assert max(i for i, p in enumerate(finished) if p == "high") < min(
+        i for i, p in enumerate(finished) if p == "low"
+    ), finished
+    assert await nova.list_servers(DEAD) == []
+    await backend.revive(DEAD)
+    await nova.enable_service(DEAD)

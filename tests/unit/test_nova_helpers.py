@@ -3,6 +3,8 @@ rule, placement arithmetic and the sdk-to-Server conversion."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from keystoneauth1 import exceptions as ksa
 from openstack import exceptions as sdk
@@ -113,5 +115,27 @@ def test_to_server_keeps_what_policy_needs() -> None:
 def test_old_microversions_are_refused() -> None:
     with pytest.raises(ValueError, match=r"2\.53"):
         NovaDriver(lambda: None, microversion="2.53")
-    assert NovaDriver(lambda: None, microversion="2.94").stops_evacuated is False
-    assert NovaDriver(lambda: None).stops_evacuated is True
+    assert NovaDriver(lambda: None, microversion="2.95").stops_evacuated is True
+    # 2.94 on purpose: evacuated servers keep their vm_state (no SHUTOFF, no second call).
+    assert NovaDriver(lambda: None).stops_evacuated is False
+
+
+async def test_concurrent_nova_calls_raise_a_nova_error_not_a_group() -> None:
+    from meshha.recovery.nova import side_by_side
+
+    async def fails() -> None:
+        raise NovaError("down", kind="unreachable", where="nova")
+
+    async def bug() -> None:
+        raise TypeError("a programmer error")
+
+    async def run(*calls: Any) -> None:
+        async with side_by_side() as nursery:
+            for call in calls:
+                nursery.start_soon(call)
+
+    with pytest.raises(NovaError) as e:
+        await run(fails, fails)
+    assert e.value.kind == "unreachable"
+    with pytest.raises(BaseExceptionGroup):
+        await run(bug)

@@ -23,6 +23,7 @@ PURE = (
     "meshha/recovery/decide/__init__.py",
     "meshha/recovery/policy.py",
     "meshha/recovery/placement.py",
+    "meshha/recovery/evacuation.py",
     "meshha/probes/swim.py",
     "meshha/config/model.py",
     "meshha/config/synthetic.py",

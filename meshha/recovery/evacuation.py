@@ -1,0 +1,349 @@
+"""The evacuation pipeline's scheduling, as pure state machines fed with observations.
+
+Nova evacuates one server per request and says nothing when it is done: the caller has to
+watch. How many evacuations are in flight at once, in which order they start, and how
+they are watched decide how soon the first VM runs again, how soon the last does, and
+how much extra load a Nova that is already busy with a failed host has to carry. The IO
+(the requests themselves) is in `meshha.recovery.nova`; this module decides, with time
+as an input and no IO:
+
+- `AdaptiveLimit`: how many evacuations may be in flight (AIMD). It starts small, so the
+  first (highest-priority) VMs do not queue behind a crowd; grows by one per completed
+  window while completions stay fast (doubling per window until the first sign of
+  trouble: slow start); and shrinks by `backoff` when an evacuation takes more than
+  `tolerance` times the fastest recent one, or Nova answers with an error. At most one
+  decrease per window (signals from evacuations started before the decrease are old
+  news). Always within [min_limit, max_limit].
+- `Board`: the evacuations of this agent: queued, posted, done. `admit` starts the best
+  ranked queued ones (high priority before medium before low, then plan order) while the
+  limit allows. Progress comes from one server listing per target host per poll, trimmed
+  with Nova's `changes-since` to the servers that changed lately (`observe_listing`);
+  a server that has not reached its target after `straggler_after_s` is looked at on its
+  own (`stragglers` / `observe_server`), which is how failures that leave a server on its
+  source are found without listing the source every poll.
+
+The normal path costs Nova one POST per server plus one small listing per poll, however
+many servers are moving (per-server polling costs one GET per server per poll).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+PRIORITY_RANK = {"high": 0, "medium": 1, "low": 2}
+
+Rank = tuple[int, ...]
+
+
+def rank_of(priority: str, *tiebreak: int) -> Rank:
+    """Admission rank: priority first (unknown priorities count as medium), then the
+    tiebreaks (plan order)."""
+    return (PRIORITY_RANK.get(priority, PRIORITY_RANK["medium"]), *tiebreak)
+
+
+# ---- the adaptive limit -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """initial_limit: in flight at the start (small: the first VMs are not slowed by a
+    crowd). min_limit/max_limit: the bounds (max_limit is the hard cap on evacuations in
+    flight). tolerance: an evacuation slower than tolerance x the fastest of the last
+    `baseline_samples` (plus `slack_s`, the watching granularity) means Nova is queueing.
+    backoff: the factor applied on a decrease."""
+
+    initial_limit: int = 2
+    min_limit: int = 1
+    max_limit: int = 10
+    tolerance: float = 2.0
+    slack_s: float = 0.25
+    backoff: float = 0.7
+    baseline_samples: int = 20
+
+    def __post_init__(self) -> None:
+        assert 1 <= self.min_limit <= self.initial_limit <= self.max_limit
+        assert self.tolerance > 1.0 and 0.0 < self.backoff < 1.0 and self.slack_s >= 0
+        assert self.baseline_samples >= 1
+
+
+class AdaptiveLimit:
+    """AIMD on evacuation latency and Nova's errors (see the module docstring)."""
+
+    def __init__(self, settings: LimitSettings | None = None) -> None:
+        self.s = settings or LimitSettings()
+        self.value = float(self.s.initial_limit)
+        self.slow_start = True
+        self._recent: deque[float] = deque(maxlen=self.s.baseline_samples)
+        self._seq = 0  # admissions so far
+        self._decreased_at = -1  # the admission count when we last decreased
+        self.decreases = 0
+
+    @property
+    def limit(self) -> int:
+        return max(self.s.min_limit, min(self.s.max_limit, math.floor(self.value)))
+
+    def admitted(self) -> int:
+        """Count an admission; returns its sequence number (give it back with the result)."""
+        self._seq += 1
+        return self._seq
+
+    def baseline_s(self) -> float | None:
+        return min(self._recent) if self._recent else None
+
+    def on_done(self, seq: int, latency_s: float) -> None:
+        base = self.baseline_s()
+        self._recent.append(latency_s)
+        if base is not None and latency_s > self.s.tolerance * base + self.s.slack_s:
+            self._decrease(seq)
+        elif self.slow_start:
+            self.value = min(self.s.max_limit, self.value + 1.0)
+        else:
+            self.value = min(self.s.max_limit, self.value + 1.0 / max(1.0, self.value))
+
+    def on_error(self, seq: int) -> None:
+        """Nova was unreachable, overloaded (5xx) or too slow for an answer."""
+        self._decrease(seq)
+
+    def _decrease(self, seq: int) -> None:
+        if seq <= self._decreased_at:
+            return  # started before the last decrease: already accounted for
+        self.slow_start = False
+        self.value = max(float(self.s.min_limit), self.value * self.s.backoff)
+        self._decreased_at = self._seq
+        self.decreases += 1
+
+
+# ---- the board --------------------------------------------------------------------------
+
+Phase = Literal["queued", "admitted", "moving", "done", "failed"]
+
+
+@dataclass(frozen=True)
+class View:
+    """What one listing row (or GET) says about a server."""
+
+    id: str
+    host: str | None
+    status: str
+    task_state: str | None
+    updated: str = ""  # Nova's ISO timestamp of its last change (Nova's clock)
+
+
+@dataclass
+class Job:
+    vm: str
+    target: str
+    rank: Rank
+    submitted_s: float
+    phase: Phase = "queued"
+    seq: int = 0
+    posted_s: float | None = None
+    done_s: float | None = None
+    last_look_s: float | None = None
+    view: View | None = None
+    error: str = ""
+    error_kind: str = ""
+    suspect: bool = False  # idle outside its target after the POST: failed, or a gap
+
+
+@dataclass
+class Board:
+    """Every evacuation this agent has been asked for, until it is forgotten."""
+
+    limit: AdaptiveLimit = field(default_factory=AdaptiveLimit)
+    straggler_after_s: float = 3.0
+    jobs: dict[str, Job] = field(default_factory=dict)
+    since: dict[str, str] = field(default_factory=dict)  # host -> changes-since (Nova clock)
+    peak_in_flight: int = 0  # the most ever in flight at once (for tests and benchmarks)
+
+    def submit(self, vm: str, target: str, rank: Rank, now: float) -> Job:
+        assert vm not in self.jobs or self.jobs[vm].phase in ("done", "failed"), vm
+        job = Job(vm, target, rank, now)
+        self.jobs[vm] = job
+        return job
+
+    def active(self, vm: str) -> bool:
+        """Whether `vm` is queued or in flight here (a second call for it is a conflict)."""
+        j = self.jobs.get(vm)
+        return j is not None and j.phase not in ("done", "failed")
+
+    def forget(self, vm: str) -> None:
+        self.jobs.pop(vm, None)
+
+    def in_flight(self) -> int:
+        return sum(1 for j in self.jobs.values() if j.phase in ("admitted", "moving"))
+
+    def admit(self) -> list[Job]:
+        """The queued jobs to start now: best rank first, while the limit allows."""
+        room = self.limit.limit - self.in_flight()
+        if room <= 0:
+            return []
+        queued = sorted(
+            (j for j in self.jobs.values() if j.phase == "queued"),
+            key=lambda j: (j.rank, j.submitted_s, j.vm),
+        )
+        out = queued[:room]
+        for j in out:
+            j.phase = "admitted"
+            j.seq = self.limit.admitted()
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight())
+        return out
+
+    # -- what the IO layer reports --------------------------------------------------------
+
+    def posted(self, vm: str, now: float, *, adopted: bool = False) -> None:
+        """Nova accepted the evacuation (or `adopted`: one already under way, which will
+        finish sooner than a fresh one and so says nothing about Nova's latency)."""
+        j = self.jobs[vm]
+        assert j.phase == "admitted", j
+        j.phase, j.last_look_s = "moving", now
+        j.posted_s = None if adopted else now
+
+    def done(self, vm: str, view: View, now: float) -> None:
+        j = self.jobs[vm]
+        if j.phase in ("done", "failed"):
+            return
+        j.phase, j.done_s, j.view = "done", now, view
+        if j.posted_s is not None:
+            self.limit.on_done(j.seq, now - j.posted_s)
+
+    def failed(self, vm: str, error: str, kind: str = "failed", *, overload: bool) -> None:
+        """The evacuation failed (`kind` as in NovaError). `overload`: Nova's own trouble
+        (unreachable, 5xx, a timeout), which lowers the limit; a refusal or a failure
+        about this one server does not."""
+        j = self.jobs.get(vm)
+        if j is None or j.phase in ("done", "failed"):
+            return
+        admitted = j.phase in ("admitted", "moving")
+        j.phase, j.error, j.error_kind = "failed", error, kind
+        if overload and admitted:  # one still queued (its deadline ran out) says nothing
+            self.limit.on_error(j.seq)
+
+    def overloaded(self) -> None:
+        """A listing failed or Nova answered slowly: fewer at once."""
+        moving = [j.seq for j in self.jobs.values() if j.phase in ("admitted", "moving")]
+        self.limit.on_error(max(moving, default=self.limit._seq))
+
+    # -- watching -------------------------------------------------------------------------
+
+    def hosts_to_list(self) -> list[str]:
+        return sorted({j.target for j in self.jobs.values() if j.phase == "moving"})
+
+    def changes_since(self, host: str) -> str | None:
+        return self.since.get(host)
+
+    def observe_listing(self, host: str, views: list[View], now: float) -> list[Job]:
+        """A listing of `host` (trimmed by `changes_since(host)`). Returns the jobs that
+        finished. Next time only what changed in the last two seconds of Nova's clock
+        before the newest change seen here is asked for (Nova's timestamps have second
+        resolution, and a change can commit a little after it was stamped)."""
+        newest = max((v.updated for v in views if v.updated), default="")
+        if newest:
+            self.since[host] = iso_minus(newest, 2)
+        finished = []
+        for v in views:
+            j = self.jobs.get(v.id)
+            if j is not None and j.phase == "moving" and j.target == host:
+                j.last_look_s = now
+                if self._settle(j, v, now):
+                    finished.append(j)
+        return finished
+
+    def straggler_s(self) -> float:
+        """How long a moving server may go unseen before it is looked at on its own:
+        three times the fastest recent evacuation, at least straggler_after_s."""
+        base = self.limit.baseline_s()
+        return max(self.straggler_after_s, 3 * base) if base is not None else self.straggler_after_s
+
+    def stragglers(self, now: float, most: int) -> list[Job]:
+        """Moving jobs not seen finished for `straggler_s()` (longest unseen first)."""
+        after = self.straggler_s()
+        late = [
+            j
+            for j in self.jobs.values()
+            if j.phase == "moving" and j.last_look_s is not None and now - j.last_look_s >= after
+        ]
+        late.sort(key=lambda j: j.last_look_s or 0.0)
+        return late[:most]
+
+    def observe_server(self, view: View, now: float) -> Job | None:
+        """One server looked at on its own. Returns its job if that finished it; a job
+        left `suspect` needs its migration record read (failed, or a mid-flight gap)."""
+        j = self.jobs.get(view.id)
+        if j is None or j.phase != "moving":
+            return None
+        j.last_look_s = now
+        return j if self._settle(j, view, now) else None
+
+    def _settle(self, j: Job, v: View, now: float) -> bool:
+        j.view = v
+        j.suspect = False
+        match progress(v, j.target):
+            case "done":
+                self.done(j.vm, v, now)
+                return True
+            case "error":
+                self.failed(j.vm, f"{j.vm} went to ERROR on {v.host}", overload=False)
+                return True
+            case "gone":
+                self.failed(j.vm, f"{j.vm} was deleted", overload=False)
+                return True
+            case "idle_elsewhere":
+                j.suspect = True
+        return False
+
+
+Progress = Literal["done", "moving", "error", "gone", "idle_elsewhere"]
+
+
+def progress(v: View, target: str) -> Progress:
+    """Where an evacuation to `target` stands, from one view of the server. Done is "on
+    the target with no task state" (ACTIVE, or SHUTOFF for a server that was stopped);
+    idle anywhere else after the POST is a failure or the short gap Nova leaves mid-way
+    (the migration record tells which)."""
+    if v.status == "DELETED":
+        return "gone"
+    if v.task_state is not None:
+        return "moving"
+    if v.status == "ERROR":
+        return "error"
+    if v.host == target:
+        return "done"
+    return "idle_elsewhere"
+
+
+def iso_minus(stamp: str, seconds: int) -> str:
+    """An ISO-8601 UTC timestamp as Nova prints it ('2026-11-28T08:01:02Z'), `seconds`
+    earlier, in the same form. Plain calendar arithmetic (no clock, no datetime)."""
+    date, _, clock = stamp.rstrip("Z").partition("T")
+    y, m, d = (int(x) for x in date.split("-"))
+    hh, mm, ss = (int(float(x)) for x in clock.split(":"))
+    total = _days_from_civil(y, m, d) * 86400 + hh * 3600 + mm * 60 + ss - seconds
+    days, rest = divmod(total, 86400)
+    y, m, d = _civil_from_days(days)
+    return f"{y:04d}-{m:02d}-{d:02d}T{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}Z"
+
+
+def _days_from_civil(y: int, m: int, d: int) -> int:
+    """Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm)."""
+    y -= m <= 2
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+def _civil_from_days(z: int) -> tuple[int, int, int]:
+    z += 719468
+    era = z // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    d = doy - (153 * mp + 2) // 5 + 1
+    m = mp + (3 if mp < 10 else -9)
+    return yoe + era * 400 + (m <= 2), m, d

@@ -1,0 +1,215 @@
+"""The evacuation pipeline's pure scheduling (meshha.recovery.evacuation): admission in
+priority order under a bounded limit, the AIMD limit driven by latency and errors, the
+reading of listings (trimmed by changes-since) and of stragglers.
+
+What it proves: high-priority VMs start first and so finish first at any limit; never
+more in flight than the limit, never above max_limit; the limit grows while Nova keeps
+up and shrinks (once per window) when it slows down or fails; a server is done only on
+its target with no task state; a failure that leaves it on its source is found through
+the straggler look, not by listing the source every poll.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from meshha.recovery.evacuation import (
+    AdaptiveLimit,
+    Board,
+    LimitSettings,
+    View,
+    iso_minus,
+    progress,
+    rank_of,
+)
+
+
+def test_rank_orders_priority_then_plan_order() -> None:
+    ranks = [rank_of("low", 0, 0), rank_of("high", 5, 3), rank_of("medium", 1, 0)]
+    assert sorted(ranks) == [rank_of("high", 5, 3), rank_of("medium", 1, 0), rank_of("low", 0, 0)]
+    assert rank_of("bogus", 1) == rank_of("medium", 1)
+
+
+def test_limit_starts_small_grows_in_slow_start_and_is_bounded() -> None:
+    lim = AdaptiveLimit(LimitSettings(initial_limit=2, max_limit=6))
+    assert lim.limit == 2
+    for _ in range(10):
+        lim.on_done(lim.admitted(), 1.0)
+    assert lim.limit == 6  # slow start: +1 per fast completion, capped at max_limit
+
+
+def test_slow_completions_back_off_once_per_window() -> None:
+    lim = AdaptiveLimit(LimitSettings(initial_limit=8, max_limit=10, backoff=0.5))
+    seqs = [lim.admitted() for _ in range(8)]
+    lim.on_done(seqs[0], 1.0)  # the baseline
+    assert lim.limit == 9
+    lim.on_done(seqs[1], 5.0)  # > 2 x 1.0 + 0.25: Nova is queueing
+    assert lim.limit == 4 and not lim.slow_start
+    lim.on_done(seqs[2], 6.0)  # admitted before the decrease: already accounted for
+    lim.on_error(seqs[3])
+    assert lim.limit == 4 and lim.decreases == 1
+    later = lim.admitted()
+    lim.on_error(later)  # admitted after it: a new signal
+    assert lim.limit == 2 and lim.decreases == 2
+
+
+def test_congestion_avoidance_adds_one_per_window() -> None:
+    lim = AdaptiveLimit(LimitSettings(initial_limit=4, max_limit=10, backoff=0.5))
+    lim.on_done(lim.admitted(), 1.0)
+    lim.on_error(lim.admitted())  # leaves slow start at 2.5
+    assert lim.limit == 2
+    for _ in range(3):
+        lim.on_done(lim.admitted(), 1.0)
+    assert lim.limit == 3  # about +1 after a window's worth of completions
+
+
+def test_limit_never_below_min() -> None:
+    lim = AdaptiveLimit(LimitSettings(initial_limit=1, min_limit=1))
+    for _ in range(20):
+        lim.on_error(lim.admitted())
+    assert lim.limit == 1
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_board_never_exceeds_the_limit_and_completes_in_priority_order(seed: int) -> None:
+    """A toy Nova that finishes evacuations FIFO, one per step: completion order follows
+    admission order, which must be priority order; in flight never exceeds the limit."""
+    rng = random.Random(seed)
+    board = Board(AdaptiveLimit(LimitSettings(initial_limit=2, max_limit=5)))
+    priorities = [rng.choice(["high", "medium", "low"]) for _ in range(30)]
+    for n, p in enumerate(priorities):
+        board.submit(f"vm{n}", "spare", rank_of(p, n), now=0.0)
+    finished: list[str] = []
+    nova_queue: list[str] = []
+    now = 0.0
+    while len(finished) < len(priorities):
+        before, queued = board.in_flight(), sum(j.phase == "queued" for j in board.jobs.values())
+        admitted = board.admit()
+        # Admission fills up to the limit and no further (after a decrease, the ones
+        # already in flight may be more than the new limit: none is admitted then).
+        assert len(admitted) == max(0, min(queued, board.limit.limit - before))
+        for job in admitted:
+            board.posted(job.vm, now)
+            nova_queue.append(job.vm)
+        assert board.in_flight() <= 5
+        now += rng.uniform(0.5, 1.5)
+        vm = nova_queue.pop(0)
+        done = board.observe_listing(
+            "spare", [View(vm, "spare", "ACTIVE", None, "2026-11-28T08:00:00Z")], now
+        )
+        assert [j.vm for j in done] == [vm]
+        finished.append(vm)
+    ranks = [rank_of(priorities[int(vm[2:])], int(vm[2:])) for vm in finished]
+    assert ranks == sorted(ranks)
+
+
+def test_a_late_high_priority_vm_jumps_the_queue() -> None:
+    board = Board(AdaptiveLimit(LimitSettings(initial_limit=1, max_limit=1)))
+    board.submit("low1", "t", rank_of("low", 0), 0.0)
+    board.submit("low2", "t", rank_of("low", 1), 0.0)
+    (first,) = board.admit()
+    board.posted(first.vm, 0.0)
+    board.submit("high", "t", rank_of("high", 2), 0.1)
+    assert board.admit() == []  # full
+    board.observe_listing("t", [View("low1", "t", "ACTIVE", None)], 1.0)
+    assert [j.vm for j in board.admit()] == ["high"]
+
+
+def test_progress_reads_a_view() -> None:
+    assert progress(View("a", "t", "ACTIVE", None), "t") == "done"
+    assert progress(View("a", "t", "SHUTOFF", None), "t") == "done"  # was stopped: stays so
+    assert progress(View("a", "t", "ACTIVE", "rebuild_spawning"), "t") == "moving"
+    assert progress(View("a", "src", "ACTIVE", "rebuilding"), "t") == "moving"
+    assert progress(View("a", "src", "ACTIVE", None), "t") == "idle_elsewhere"
+    assert progress(View("a", "t", "ERROR", None), "t") == "error"
+    assert progress(View("a", "t", "DELETED", None), "t") == "gone"
+
+
+def test_listing_trims_with_changes_since_and_ignores_other_servers() -> None:
+    board = Board()
+    board.submit("a", "t", (1,), 0.0)
+    board.admit()
+    board.posted("a", 0.0)
+    assert board.hosts_to_list() == ["t"] and board.changes_since("t") is None
+    views = [
+        View("other", "t", "ACTIVE", None, "2026-11-28T08:00:05Z"),
+        View("a", "t", "ACTIVE", "rebuild_spawning", "2026-11-28T08:00:07Z"),
+    ]
+    assert board.observe_listing("t", views, 1.0) == []
+    assert board.changes_since("t") == "2026-11-28T08:00:05Z"  # newest change - 2 s
+    (done,) = board.observe_listing("t", [View("a", "t", "ACTIVE", None, "")], 1.5)
+    assert done.vm == "a" and done.phase == "done"
+    assert board.hosts_to_list() == []  # nothing moving: nothing to list
+    assert board.changes_since("t") == "2026-11-28T08:00:05Z"  # no timestamp: kept
+
+
+def test_a_failure_left_on_the_source_is_found_as_a_straggler() -> None:
+    board = Board(straggler_after_s=3.0)
+    board.submit("a", "t", (1,), 0.0)
+    board.admit()
+    board.posted("a", 0.0)
+    board.observe_listing("t", [], 1.0)  # never shows up on the target
+    assert board.stragglers(2.9, most=2) == []
+    (late,) = board.stragglers(3.0, most=2)
+    assert board.observe_server(View("a", "src", "ACTIVE", None), 3.0) is None
+    assert late.suspect  # the IO layer reads the migration record next
+    board.failed("a", "evacuation error", overload=False)
+    assert late.phase == "failed" and board.in_flight() == 0
+    assert board.limit.decreases == 0  # a failure of one server is not Nova's load
+
+
+def test_straggler_wait_follows_the_observed_latency() -> None:
+    board = Board(straggler_after_s=3.0)
+    for n, latency in enumerate([2.0, 2.5]):
+        board.submit(f"v{n}", "t", (1,), 0.0)
+        board.admit()
+        board.posted(f"v{n}", 0.0)
+        board.observe_listing("t", [View(f"v{n}", "t", "ACTIVE", None)], latency)
+    assert board.straggler_s() == 6.0  # 3 x the fastest recent evacuation
+
+
+def test_an_adopted_evacuation_says_nothing_about_latency() -> None:
+    board = Board()
+    board.submit("a", "t", (1,), 0.0)
+    board.admit()
+    board.posted("a", 0.0, adopted=True)
+    board.observe_listing("t", [View("a", "t", "ACTIVE", None)], 0.1)
+    assert board.limit.baseline_s() is None
+
+
+def test_a_second_call_for_the_same_vm_is_refused() -> None:
+    board = Board()
+    board.submit("a", "t", (1,), 0.0)
+    assert board.active("a")
+    with pytest.raises(AssertionError):
+        board.submit("a", "t", (1,), 0.0)
+    board.failed("a", "x", overload=False)
+    assert not board.active("a")
+    board.submit("a", "t", (1,), 1.0)  # a retry after the end is fine
+
+
+@pytest.mark.parametrize(
+    ("stamp", "seconds", "earlier"),
+    [
+        ("2026-11-28T08:00:01Z", 2, "2026-11-28T07:59:59Z"),
+        ("2026-01-01T00:00:01Z", 2, "2025-12-31T23:59:59Z"),
+        ("2024-03-01T00:00:00Z", 1, "2024-02-29T23:59:59Z"),  # a leap year
+        ("2023-03-01T00:00:00Z", 1, "2023-02-28T23:59:59Z"),
+        ("2026-11-28T08:00:01.123456", 0, "2026-11-28T08:00:01Z"),  # fraction, no Z
+    ],
+)
+def test_iso_minus(stamp: str, seconds: int, earlier: str) -> None:
+    assert iso_minus(stamp, seconds) == earlier
+
+
+def test_a_queued_job_that_times_out_does_not_lower_the_limit() -> None:
+    board = Board(AdaptiveLimit(LimitSettings(initial_limit=1, max_limit=4)))
+    board.submit("a", "t", (1,), 0.0)
+    board.submit("b", "t", (1,), 0.0)
+    board.admit()
+    board.failed("b", "timeout", "timeout", overload=True)  # never admitted
+    assert board.limit.decreases == 0
+    board.failed("a", "timeout", "timeout", overload=True)  # in flight: Nova is slow
+    assert board.limit.decreases == 1
