@@ -10,18 +10,28 @@ unless the operator asks for another. Without Nova (dry run) the answer says so.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
+import structlog
 import trio
 
 from meshha.config.model import Segment
 from meshha.errors import MeshhaError
+from meshha.raft import entries as E
+from meshha.raft.entries import Entry
 from meshha.raft.state import SegmentState
 from meshha.recovery.placement import HostLoad, VmDemand, n_plus_k, target_of
 from meshha.recovery.policy import VmContext, resolve
 from meshha.recovery.ports import NovaPort
 
 NOVA_PARALLEL = 4  # hosts listed at once
+# Besides every change of the segment, measure this often (new servers booted by users
+# are no change the log sees).
+CAPACITY_POLL_S = 300.0
+
+log = structlog.get_logger("meshha.capacity")
 
 
 def reserve_hosts(segment: Segment, state: SegmentState) -> list[str]:
@@ -100,3 +110,68 @@ async def nk_status(
             for t in targets
         ],
     }
+
+
+def segment_signature(state: SegmentState) -> tuple[Any, ...]:
+    """What N+k depends on that the log sees: roles, verdicts, maintenance, fences, and
+    every server moved (evacuations, drains)."""
+    moved = sum(
+        1
+        for i in state.intents.values()
+        if i.action in ("evacuate", "drain", "migrate_vm", "live_migrate") and i.status == "ok"
+    )
+    return (
+        tuple(sorted(state.roles.items())),
+        tuple(sorted((h, v.kind) for h, v in state.verdicts.items())),
+        tuple(sorted(state.maintenance)),
+        tuple(sorted(h for h in state.fenced)),
+        moved,
+    )
+
+
+class CapacityWatch:
+    """The leader's N+k check: on every change of the segment (and every
+    CAPACITY_POLL_S), measure through Nova, one measurement at a time, and propose a
+    `capacity` entry when the answer differs from the committed one. decide/reserve.py
+    alerts once per shortfall."""
+
+    def __init__(self, segment: Segment, propose: Callable[[Entry], None], me: str) -> None:
+        self.segment, self.propose, self.me = segment, propose, me
+        self._signature: tuple[Any, ...] | None = None
+        self._last = -math.inf
+        self._busy = False
+
+    def maybe_measure(
+        self, nursery: trio.Nursery, state: SegmentState, nova: NovaPort | None, now: float
+    ) -> None:
+        if nova is None or self._busy:
+            return
+        sig = segment_signature(state)
+        if sig == self._signature and now < self._last + CAPACITY_POLL_S:
+            return
+        self._signature, self._last, self._busy = sig, now, True
+        nursery.start_soon(self._measure, state, nova, now)
+
+    async def _measure(self, state: SegmentState, nova: NovaPort, now: float) -> None:
+        try:
+            rep = await nk_status(self.segment, state, nova)
+        finally:
+            self._busy = False
+        if "error" in rep:
+            log.warning("capacity_unknown", error=rep["error"])
+            self._signature = None  # try again on the next round
+            return
+        old = state.capacity
+        new = (rep["survives"], rep["k"], tuple(rep["lost_hosts"]))
+        if old is not None and (old.survives, old.k, old.lost_hosts) == new:
+            return
+        self.propose(
+            E.capacity(
+                ts=now,
+                by=self.me,
+                survives=rep["survives"],
+                k=rep["k"],
+                reason=rep["reason"],
+                lost_hosts=list(rep["lost_hosts"]),
+            )
+        )

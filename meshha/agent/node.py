@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import structlog
 import trio
 
+from meshha.agent.capacity import CapacityWatch
 from meshha.agent.keepalive import Keepalive, Notifier
 from meshha.config.model import Segment, majority
 from meshha.errors import MeshhaError
@@ -142,6 +143,7 @@ class Node:
         self._resumed_at = -math.inf  # when this agent last came back from its own stall
         self._stall_reports: deque[Entry] = deque(maxlen=16)  # waiting for a quorum
         self._stall_reported = (-math.inf, 0.0)  # (when, how long) of the last reported
+        self._capacity = CapacityWatch(segment, self.propose, me)
 
     # -- entry points ------------------------------------------------------------------
 
@@ -349,6 +351,8 @@ class Node:
                 self.propose(entry, _key(entry))
             self._clock_alerts(now)
             self._execute(nursery, now)
+            nova = self.p.drivers.nova if self.p.drivers is not None else None
+            self._capacity.maybe_measure(nursery, self.state, nova, now)
 
     def _watch_clocks(self) -> None:
         """Log when the set of hosts with a wrong clock changes (every host does)."""
@@ -567,6 +571,8 @@ class Node:
         assert self.p.processes is not None
         while True:
             await trio.sleep(procs.check_interval_s)
+            if self.state.in_maintenance(self.me):
+                continue  # the operator's host: no local restarts fighting them
             for name in procs.names:
                 if await self.p.processes.is_alive(name):
                     continue

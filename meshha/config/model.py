@@ -198,6 +198,12 @@ class Recovery:
     allow_self_fence_proof: bool = True
     # N+k: how many of the largest hosts the segment must be able to lose.
     reserve_k: int = 1
+    # Reserved hosts are disabled in Nova (reason names meshha) so its scheduler leaves
+    # them empty; one is enabled only when chosen as an evacuation target.
+    reserve_disable: bool = True
+    # `meshctl maintenance on` may live-migrate onto a reserved host when the compute
+    # hosts have no room (the reserve is then used up until replaced).
+    maintenance_may_use_reserve: bool = False
 
 
 @dataclass(frozen=True)

@@ -264,6 +264,10 @@ def recovery(root: Table, out: Problems) -> dict[str, Any]:
             "allow_self_fence_proof", default=d.allow_self_fence_proof
         ),
         "reserve_k": t.integer("reserve_k", default=d.reserve_k, at_least=0),
+        "reserve_disable": t.flag("reserve_disable", default=d.reserve_disable),
+        "maintenance_may_use_reserve": t.flag(
+            "maintenance_may_use_reserve", default=d.maintenance_may_use_reserve
+        ),
     }
     t.done()
     return kw

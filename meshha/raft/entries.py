@@ -29,6 +29,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "brake": ("on", "hosts", "reason"),
     "reserve": ("host", "role", "reason"),
     "isolation": ("host", "on", "reason"),
+    "capacity": ("survives", "k", "reason"),
 }
 
 Action = Literal[
@@ -42,6 +43,13 @@ Action = Literal[
     "migrate_vm",
     "enable_compute",
     "alert",
+    # Reserved hosts are kept empty in Nova (decide/reserve.py) and maintenance empties
+    # a host (decide/maintenance.py).
+    "reserve_hold",
+    "reserve_release",
+    "maint_hold",
+    "drain",
+    "maint_release",
 ]
 ACTIONS: tuple[Action, ...] = get_args(Action)
 
@@ -168,6 +176,15 @@ def reserve(*, ts: float, by: str, host: str, role: str, reason: str) -> Entry:
 def isolation(*, ts: float, by: str, host: str, on: bool, reason: str) -> Entry:
     e = _base("isolation", ts, by)
     e.update(host=host, on=bool(on), reason=reason)
+    return e
+
+
+def capacity(
+    *, ts: float, by: str, survives: bool, k: int, reason: str, lost_hosts: list[str]
+) -> Entry:
+    """The segment's N+k status as the leader measured it (meshha.agent.capacity)."""
+    e = _base("capacity", ts, by)
+    e.update(survives=bool(survives), k=int(k), reason=reason, lost_hosts=list(lost_hosts))
     return e
 
 

@@ -25,6 +25,14 @@ order, each present only if set, `:`-separated:
     alert:vm:vm-a:1700000:a1
     alert:fence-wait:host2:e1:a1            (fence-failed, unplaced, recovered, degraded)
     alert:clock:host2:1700000:a1            host2's clock off segment time, alerted at 1700000 ms
+    hold:host5:reserve:0:a1                 disable reserved host5 in Nova (role since 0 ms)
+    release:host5:reserve:0:a1              enable it: chosen as an evacuation target
+    hold:host3:maintenance:1700000:a1       disable host3 for maintenance (since 1700000 ms)
+    inventory:host3:drain:1700000:a1        list its servers to live-migrate them off
+    drain:host3:vm-a:1700000:a1             live-migrate vm-a off host3 (maintenance)
+    release:host3:maintenance:1700000:a1    maintenance over: enable it again
+    alert:capacity:2:a1                     the segment's second N+k shortfall
+    alert:drain:host3:1700000:a1            what could not be moved off host3
 
 A key without an attempt names the step; `attempt(n)` names its n-th try. Names must not
 contain `:` (host names, VM ids and process names do not).
@@ -47,6 +55,9 @@ Step = Literal[
     "hard_reboot",
     "migrate_vm",
     "alert",
+    "hold",
+    "release",
+    "drain",
 ]
 STEPS: tuple[Step, ...] = get_args(Step)
 AlertTopic = Literal[
@@ -60,6 +71,8 @@ AlertTopic = Literal[
     "recovered",
     "degraded",
     "clock",
+    "capacity",
+    "drain",
 ]
 ALERT_TOPICS: tuple[AlertTopic, ...] = get_args(AlertTopic)
 VM_FAILURE_STEPS = ("restart_vm", "hard_reboot", "migrate_vm")
@@ -70,7 +83,12 @@ _SHAPES: dict[str, tuple[tuple[str, ...], ...]] = {
     "fence": (_HOST_EPISODE,),
     "enable": (_HOST_EPISODE,),
     "disable": (_HOST_EPISODE, ("host", "process", "failure_ms")),
-    "inventory": (("host", "episode", "purpose"),),
+    "inventory": (("host", "episode", "purpose"), ("host", "purpose", "failure_ms")),
+    "hold": (("host", "purpose", "failure_ms"),),
+    "release": (("host", "purpose", "failure_ms"),),
+    "drain": (("host", "vm", "failure_ms"),),
+    "alert:capacity": (("count",),),
+    "alert:drain": (("host", "failure_ms"),),
     "evacuate": (("host", "episode", "vm"),),
     "live_migrate": (("host", "episode", "vm"),),
     **{s: (("vm", "failure_ms"),) for s in VM_FAILURE_STEPS},
@@ -216,6 +234,17 @@ def inventory(host: str, episode: int, purpose: str) -> IntentKey:
 def vm_move(step: Step, host: str, episode: int, vm: str) -> IntentKey:
     """evacuate, live_migrate: one per VM of a host failure episode."""
     return IntentKey(step, host=host, episode=episode, vm=vm)
+
+
+def host_window(step: Step, host: str, purpose: str, since_ts: float) -> IntentKey:
+    """hold, release (purpose reserve | maintenance), inventory (purpose drain): one per
+    reserve term or maintenance window of a host, named by when it began."""
+    return IntentKey(step, host=host, purpose=purpose, failure_ms=ms(since_ts))
+
+
+def drain(host: str, vm: str, since_ts: float) -> IntentKey:
+    """Live-migrate one VM off a host in maintenance: one per VM and window."""
+    return IntentKey("drain", host=host, vm=vm, failure_ms=ms(since_ts))
 
 
 def vm_failure(step: Step, vm: str, failure_ts: float) -> IntentKey:

@@ -167,6 +167,17 @@ class ProcessFailure:
 
 
 @dataclass(frozen=True, slots=True)
+class Capacity:
+    """The segment's N+k status, as last measured: could it lose its k largest hosts?"""
+
+    survives: bool
+    k: int
+    reason: str
+    lost_hosts: tuple[str, ...] = ()
+    ts: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Brake:
     """The mass-failure brake: while on, nothing is fenced."""
 
@@ -179,6 +190,7 @@ class Brake:
 __all__ = [
     "HEALTHY",
     "Brake",
+    "Capacity",
     "Evidence",
     "Fence",
     "FenceMethod",

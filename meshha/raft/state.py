@@ -27,6 +27,7 @@ from meshha.raft.intent_key import VM_FAILURE_STEPS, IntentKey, ms
 from meshha.raft.records import (
     HEALTHY,
     Brake,
+    Capacity,
     Fence,
     Intent,
     IntentStatus,
@@ -37,14 +38,21 @@ from meshha.raft.records import (
     VmFailure,
 )
 
+# What maintenance itself does to a host in maintenance: disable it, list its servers
+# (read only), live-migrate them off (decide/maintenance.py).
+MAINTENANCE_ACTIONS: frozenset[Action] = frozenset({"maint_hold", "inventory", "drain"})
 # Actions that touch a host (or its VMs) and so are refused while it is in maintenance:
-# all but re-enabling its compute service once it is back.
-HOST_ACTIONS: frozenset[Action] = frozenset(ACTIONS) - {"enable_compute"}
+# all but re-enabling its compute service once it is back, and maintenance's own.
+HOST_ACTIONS: frozenset[Action] = (
+    frozenset(ACTIONS) - {"enable_compute", "maint_release"} - MAINTENANCE_ACTIONS
+)
+# Actions that leave a host's nova-compute enabled.
+ENABLING: frozenset[Action] = frozenset({"enable_compute", "reserve_release", "maint_release"})
 # Bounds: finished intents kept in memory (the ledger keeps all), VM failure times per VM.
 MAX_FINISHED_INTENTS = 5000
 MAX_VM_FAILURES = 20
 
-__all__ = ["HEALTHY", "HOST_ACTIONS", "Intent", "SegmentState", "Verdict", "apply"]
+__all__ = ["HEALTHY", "HOST_ACTIONS", "MAINTENANCE_ACTIONS", "Intent", "SegmentState", "Verdict", "apply"]
 
 
 class SegmentState:
@@ -64,6 +72,12 @@ class SegmentState:
         self.episode: dict[str, int] = {h: 0 for h in self.hosts}
         self.maintenance: dict[str, Maintenance] = {}
         self.roles: dict[str, str] = {h.name: h.role for h in segment.hosts}
+        self.role_since: dict[str, float] = {h: 0.0 for h in self.hosts}
+        # host -> when its nova-compute was last enabled by an intent (log time)
+        self.enabled_at: dict[str, float] = {}
+        self.maintenance_ended: dict[str, Maintenance] = {}  # host -> its last window
+        self.capacity: Capacity | None = None  # the latest N+k measurement
+        self.capacity_shortfalls = 0  # episodes of "could not survive k losses"
         self.fenced: dict[str, Fence] = {}
         self.ever_fenced: set[tuple[str, int]] = set()  # (host, episode)
         self.intents: dict[str, Intent] = {}
@@ -148,12 +162,16 @@ class SegmentState:
     def _apply_maintenance(self, e: Entry) -> None:
         host = e["host"]
         if e["on"]:
+            if host in self.maintenance:
+                return  # already on: the window (and what it is doing) goes on
             self.maintenance[host] = Maintenance(e["reason"], e["ts"], e.get("operator", ""))
             for i in list(self.intents.values()):
                 if not i.done and i.action in HOST_ACTIONS and host in (i.host, i.target):
                     self._finish(i, "abandoned", "host entered maintenance", e["ts"])
         else:
-            self.maintenance.pop(host, None)
+            ended = self.maintenance.pop(host, None)
+            if ended is not None:
+                self.maintenance_ended[host] = ended
 
     def _apply_intent(self, e: Entry) -> None:
         iid = e["intent"]
@@ -204,6 +222,8 @@ class SegmentState:
             self.inventory[i.host] = Inventory.from_data(i.episode, purpose, e.get("data") or {})
         elif i.action == "enable_compute":
             self.fenced.pop(i.host, None)
+        if i.action in ENABLING:
+            self.enabled_at[i.host] = e["ts"]
 
     def _apply_fenced(self, e: Entry) -> None:
         self._set_fenced(e["host"], e["method"], e["reason"], e["ts"])
@@ -237,7 +257,15 @@ class SegmentState:
         self.brake = Brake(e["on"], tuple(e["hosts"]), e["reason"], e["ts"])
 
     def _apply_reserve(self, e: Entry) -> None:
+        if self.roles.get(e["host"]) != e["role"]:
+            self.role_since[e["host"]] = e["ts"]
         self.roles[e["host"]] = e["role"]
+
+    def _apply_capacity(self, e: Entry) -> None:
+        new = Capacity(e["survives"], e["k"], e["reason"], tuple(e.get("lost_hosts") or ()), e["ts"])
+        if not new.survives and (self.capacity is None or self.capacity.survives):
+            self.capacity_shortfalls += 1
+        self.capacity = new
 
     def _apply_isolation(self, e: Entry) -> None:
         self.isolated[e["host"]] = e["on"]

@@ -19,12 +19,16 @@ from meshha.config.model import Segment
 from meshha.errors import InvariantViolation, MeshhaError, NovaError
 from meshha.raft import entries as E
 from meshha.raft.entries import Entry
-from meshha.raft.state import Intent, SegmentState
+from meshha.raft.state import HOST_ACTIONS, Intent, SegmentState
 from meshha.recovery.evacuation import Rank, rank_of
 from meshha.recovery.policy import VmContext, resolve
 from meshha.recovery.ports import Alert, AlertPort, FencePort, NovaPort
 
 log = structlog.get_logger("meshha.executor")
+
+# Nova's disabled_reason for the services meshha disables (it names meshha).
+RESERVE_REASON = "meshha: reserved capacity, kept empty for failover"
+MAINTENANCE_REASON = "meshha: maintenance"
 
 # Called right before a driver acts: (action, intent). The simulator uses it to check
 # that only a majority acts; the agent leaves it None.
@@ -88,7 +92,7 @@ class Executor:
     def _check(self, i: Intent, state: SegmentState) -> None:
         if i.action == "evacuate" and not state.is_fenced(i.host):
             raise InvariantViolation(f"about to evacuate {i.vm} from unfenced {i.host}")
-        if i.action != "enable_compute" and i.host and state.in_maintenance(i.host):
+        if i.action in HOST_ACTIONS and i.host and state.in_maintenance(i.host):
             raise InvariantViolation(f"about to {i.action} on {i.host}, which is in maintenance")
         if i.target and state.in_maintenance(i.target):
             raise InvariantViolation(
@@ -119,6 +123,39 @@ class Executor:
     ) -> tuple[str, dict[str, Any]]:
         await self.d.nova.enable_service(i.host)
         return f"nova-compute on {i.host} enabled", {}
+
+    async def _do_reserve_hold(
+        self, i: Intent, now: Callable[[], float]
+    ) -> tuple[str, dict[str, Any]]:
+        await self.d.nova.disable_service(i.host, RESERVE_REASON)
+        return f"nova-compute on reserved {i.host} disabled: the scheduler leaves it empty", {}
+
+    async def _do_reserve_release(
+        self, i: Intent, now: Callable[[], float]
+    ) -> tuple[str, dict[str, Any]]:
+        await self.d.nova.enable_service(i.host)
+        return f"nova-compute on reserved {i.host} enabled: chosen as a target", {}
+
+    async def _do_maint_hold(
+        self, i: Intent, now: Callable[[], float]
+    ) -> tuple[str, dict[str, Any]]:
+        await self.d.nova.disable_service(i.host, MAINTENANCE_REASON)
+        return f"nova-compute on {i.host} disabled for maintenance", {}
+
+    async def _do_maint_release(
+        self, i: Intent, now: Callable[[], float]
+    ) -> tuple[str, dict[str, Any]]:
+        await self.d.nova.enable_service(i.host)
+        return f"nova-compute on {i.host} enabled: maintenance over", {}
+
+    async def _do_drain(self, i: Intent, now: Callable[[], float]) -> tuple[str, dict[str, Any]]:
+        assert i.vm and i.target
+        s = await self.d.nova.live_migrate(i.vm, i.target)
+        if s.host == i.host:
+            raise NovaError(
+                f"{i.vm} is still on {i.host} after live migration", kind="failed", where="nova"
+            )
+        return f"{i.vm} live-migrated off {i.host} to {s.host}", {"host": s.host}
 
     async def _do_inventory(
         self, i: Intent, now: Callable[[], float]

@@ -148,6 +148,43 @@ class FakeCloud:
         self._start(vm, host)
         return s
 
+    def schedule(
+        self, vm: str, flavor: Flavor, *, project: str = "demo", metadata: Mapping[str, str] | None = None
+    ) -> FakeServer:
+        """Boot `vm` where Nova's scheduler would: an enabled, running compute host with
+        room for the flavor (ComputeFilter, resource filters), the most free RAM first."""
+        host = self.pick_host(flavor, exclude=())
+        if host is None:
+            raise NovaError(f"no valid host for {vm}", kind="failed", where="nova-scheduler")
+        return self.boot(vm, host, flavor, project=project, metadata=metadata)
+
+    def pick_host(self, flavor: Flavor, exclude: tuple[str, ...]) -> str | None:
+        best: tuple[int, str] | None = None
+        for h, m in sorted(self.machines.items()):
+            if h in exclude or not self.schedulable(h):
+                continue
+            mine = [s.flavor for s in self.servers.values() if s.host == h]
+            free = (
+                m.vcpus - sum(f.vcpus for f in mine),
+                m.ram_mb - sum(f.ram_mb for f in mine),
+                m.disk_gb - sum(f.disk_gb for f in mine),
+            )
+            if free[0] < flavor.vcpus or free[1] < flavor.ram_mb or free[2] < flavor.disk_gb:
+                continue
+            if best is None or free[1] > best[0]:
+                best = (free[1], h)
+        return None if best is None else best[1]
+
+    def schedulable(self, host: str) -> bool:
+        """What ComputeFilter passes: the service is enabled and up."""
+        svc, m = self.services[host], self.machines[host]
+        return (
+            not svc["disabled"]
+            and not svc["forced_down"]
+            and m.alive
+            and m.processes.get("nova-compute", False)
+        )
+
     # -- ground truth ------------------------------------------------------------------
 
     def now(self) -> float:
@@ -355,6 +392,13 @@ class FakeNova:
                 )
             if not self.cloud.machines[target_host].alive:
                 raise NovaError(f"target {target_host} is down", kind="failed", where="nova-api")
+            if self.cloud.services[target_host]["disabled"]:
+                # An explicit host still goes through the scheduler's filters (no force).
+                raise NovaError(
+                    f"no valid host: {target_host} is disabled",
+                    kind="failed",
+                    where="nova-scheduler",
+                )
             while job.phase == "queued":
                 self.board.admit()
                 if job.phase == "queued":
@@ -407,6 +451,12 @@ class FakeNova:
     async def _move(self, server_id: str, target_host: str | None, action: str) -> Server:
         await self._call()
         s = self._server(server_id)
+        if target_host is not None and not self.cloud.schedulable(target_host):
+            raise NovaError(
+                f"no valid host: {target_host} is disabled or down",
+                kind="failed",
+                where="nova-scheduler",
+            )
         target = target_host or next(
             (
                 h

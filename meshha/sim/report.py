@@ -43,6 +43,9 @@ def describe(row: dict[str, Any]) -> str:
         )
     if t == "reserve":
         return f"RESERVE   {row['host']} -> {row.get('role')}: {row.get('reason', '')}"
+    if t == "capacity":
+        verdict = "survives" if row.get("survives") else "SHORT"
+        return f"CAPACITY  N+{row.get('k')} {verdict}: {row.get('reason', '')}"
     return f"{t.upper():9} {row}"
 
 

@@ -32,7 +32,7 @@ import trio
 
 from meshha.sim import report, script
 from meshha.sim.script import ScriptError, Step, percent, seconds
-from meshha.sim.world import EPOCH, Sim, SimSpec, SimTimeout
+from meshha.sim.world import EPOCH, FLAVORS, Sim, SimSpec, SimTimeout
 
 SCENARIO_DIR = "scenarios"
 GOLDEN_SEED = 1
@@ -223,6 +223,12 @@ async def _nova(r: Runner, s: Step) -> None:
     r.sim.fault(f"nova {s.args[0]}")
 
 
+async def _boot(r: Runner, s: Step) -> None:
+    flavor = FLAVORS[s.args[1] if len(s.args) > 1 else "m1.small"]
+    server = r.sim.cloud.schedule(s.args[0], flavor)
+    r.sim.fault(f"boot {s.args[0]} -> {server.host}")
+
+
 # -- expectations: a condition to wait for (`within`, default 10 s) ---------------------
 
 Condition = Callable[[Runner, list[str]], Callable[[], bool]]
@@ -307,6 +313,17 @@ def _self_fenced(r: Runner, a: list[str]) -> Callable[[], bool]:
 def _service_disabled(r: Runner, a: list[str]) -> Callable[[], bool]:
     host = r.host(a[0])
     return lambda: bool(r.sim.cloud.services[host]["disabled"])
+
+
+def _service_enabled(r: Runner, a: list[str]) -> Callable[[], bool]:
+    host = r.host(a[0])
+    return lambda: not r.sim.cloud.services[host]["disabled"]
+
+
+def _vms_on(r: Runner, a: list[str]) -> Callable[[], bool]:
+    host, n = r.host(a[0]), int(a[1])
+    cloud = r.sim.cloud
+    return lambda: sum(1 for s in cloud.servers.values() if s.host == host) == n
 
 
 def _brake(r: Runner, a: list[str]) -> Callable[[], bool]:
@@ -409,6 +426,7 @@ STEPS: dict[str, script.Verb[Handler]] = script.table(
         "crash-vm": _crash_vm,
         "process-dead": _process_dead,
         "nova": _nova,
+        "boot": _boot,
         "expect verdict": _expect(_verdict),
         "expect fenced": _expect(_fenced),
         "expect evacuated": _expect(_evacuated),
@@ -420,6 +438,8 @@ STEPS: dict[str, script.Verb[Handler]] = script.table(
         "expect self-fenced": _expect(_self_fenced),
         "expect service-disabled": _expect(_service_disabled),
         "expect brake": _expect(_brake),
+        "expect service-enabled": _expect(_service_enabled),
+        "expect vms-on": _expect(_vms_on),
         "expect no-action": _expect_none,
         "expect no-fence": _expect_none,
         "expect no-evacuation": _expect_none,

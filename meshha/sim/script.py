@@ -63,6 +63,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "crash-vm": ("VM", "a VM crashes"),
     "process-dead": ("HOST PROCESS [restart-fails]", "a process dies (and cannot restart)"),
     "nova": ("up|down", "the Nova API answers or not"),
+    "boot": ("VM [FLAVOR]", "a user boots a server; Nova's scheduler picks the host"),
     # -- committed facts (decide tests)
     "servers": ("HOST VM[:PRIORITY][:noha][:big] ...", "what an inventory of HOST lists"),
     "answer": ("ACTION ok|failed|none", "the executor's answer (none: no result)"),
@@ -87,6 +88,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "expect vm-on": ("VM HOST", "the VM runs on HOST and only there"),
     "expect self-fenced": ("HOST", "the host destroyed its own VMs"),
     "expect service-disabled": ("HOST", "its nova-compute service is disabled"),
+    "expect service-enabled": ("HOST", "its nova-compute service is enabled"),
+    "expect vms-on": ("HOST N", "exactly N servers are on HOST in Nova"),
     "expect no-action": ("[HOSTS]", "for the whole `within`: no recovery action on them"),
     "expect no-fence": ("[HOSTS]", "... no fence"),
     "expect no-evacuation": ("[HOSTS]", "... no evacuation"),

@@ -82,6 +82,9 @@ def every_builder() -> dict[str, E.Entry]:
         ),
         "reserve": E.reserve(ts=TS, by="host1", host="host4", role="reserved", reason="replace"),
         "isolation": E.isolation(ts=TS, by="host2", host="host2", on=True, reason="lost majority"),
+        "capacity": E.capacity(
+            ts=TS, by="host1", survives=False, k=1, reason="does not fit", lost_hosts=["host2"]
+        ),
     }
 
 
@@ -316,5 +319,6 @@ def test_the_old_ledgers_cover_every_kind_of_step() -> None:
     prefixes = {
         ":".join(i.split(":")[:2]) if i.startswith("alert:") else i.split(":")[0] for i in ids
     }
-    assert set(STEPS) - {"alert", "hard_reboot"} <= prefixes
+    # hold, release, drain came after every kept ledger (reserve kept empty, maintenance).
+    assert set(STEPS) - {"alert", "hard_reboot", "hold", "release", "drain"} <= prefixes
     assert {"alert:brake", "alert:recovered", "alert:process", "alert:fence-wait"} <= prefixes

@@ -15,6 +15,8 @@ By failure kind, one module each, all sharing one `Context` (segment, state, now
   process   nova-compute / libvirtd that could not be restarted
   vm        VM crashes on live hosts
   steps     the step/retry bookkeeping (attempts, backoff, alerts sent once)
+  reserve   reserved hosts disabled in Nova until chosen as a target; the N+k alert
+  maintenance  emptying a host in maintenance by live migration, and enabling it after
   check     the decision invariants, checked on every batch `decide` returns
 Safety checks here (planning) and again in SegmentState.apply (commit):
   never evacuate from a host that is not fenced; nothing touches a host in maintenance;
@@ -31,6 +33,8 @@ from meshha.raft.records import Intent
 from meshha.raft.state import SegmentState
 from meshha.recovery.decide.check import Audit, check_decisions, decision_problems
 from meshha.recovery.decide.host import brake, failing, host_recovery, needs_fence, verdict_entry
+from meshha.recovery.decide.maintenance import maintenance_steps
+from meshha.recovery.decide.reserve import capacity_alert, reserve_holds
 from meshha.recovery.decide.steps import Context
 from meshha.recovery.decide.vm import vm_recovery
 from meshha.recovery.verdicts import compute
@@ -65,6 +69,9 @@ def decide(segment: Segment, state: SegmentState, now: float, me: str) -> list[E
             steps = [e for e in steps if not _is_fence(e)]
         out += steps
     out += vm_recovery(ctx)
+    out += reserve_holds(ctx)
+    out += maintenance_steps(ctx)
+    out += capacity_alert(ctx)
     check_decisions(state, out)
     return out
 

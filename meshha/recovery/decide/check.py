@@ -14,7 +14,11 @@ bug: crash rather than fence or evacuate wrongly). The invariants:
   4. no evacuation from a host not proven fenced in its current failure episode, and
      only onto a healthy reserved host other than itself;
   5. only a failed or degraded host is fenced; only a fenced host that is healthy
-     again is re-enabled; a self-fence proof follows a failed BMC fence.
+     again is re-enabled; a self-fence proof follows a failed BMC fence;
+  6. the reserve is never enabled in Nova except as a chosen target: a reserved host is
+     released only for a fenced host's evacuation (or a maintenance drain), never by
+     the end of a maintenance window, and nothing is evacuated onto a reserved host
+     that is still disabled; a drain only moves VMs off a host in maintenance.
 
 `Audit` checks the same invariants a second time, on the committed log, one entry at a
 time against the state it commits onto (the simulator runs it after every step). There,
@@ -32,7 +36,8 @@ from meshha.config.model import Segment
 from meshha.errors import InvariantViolation
 from meshha.raft.entries import Entry
 from meshha.raft.intent_key import IntentKey
-from meshha.raft.state import SegmentState
+from meshha.raft.state import MAINTENANCE_ACTIONS, SegmentState
+from meshha.recovery.decide.reserve import held
 
 
 def check_decisions(state: SegmentState, entries: Sequence[Entry]) -> None:
@@ -76,8 +81,9 @@ def _intent_problems(state: SegmentState, e: Entry, *, committed: bool) -> list[
     iid, action, host, target = e["intent"], e["action"], e["host"], e.get("target")
     out = _attempt_problems(state, iid)
     for h in (host, target):
-        if h and state.in_maintenance(h):
+        if h and state.in_maintenance(h) and not (h == host and action in MAINTENANCE_ACTIONS):
             out.append(f"{iid}: {h} is in maintenance")
+    out += _reserve_problems(state, e)
     if action == "fence" and state.brake.on:
         out.append(f"{iid}: fence while the brake holds")
     if action == "evacuate":
@@ -101,6 +107,38 @@ def _intent_problems(state: SegmentState, e: Entry, *, committed: bool) -> list[
     ):
         out.append(f"{iid}: re-enabling {host}, not a fenced host that is healthy again")
     return out
+
+
+def _reserve_problems(state: SegmentState, e: Entry) -> list[str]:
+    iid, action, host, target = e["intent"], e["action"], e["host"], e.get("target")
+    out = []
+    reserved = state.roles.get(host) == "reserved"
+    if action == "reserve_release":
+        params = e.get("params") or {}
+        source = str(params.get("for", ""))
+        ep = params.get("episode")
+        chosen = source in state.episode and (
+            (state.is_fenced(source) and ep == state.episode[source])
+            or state.in_maintenance(source)
+        )
+        if not reserved or not chosen:
+            out.append(f"{iid}: enabling {host}, not a reserved host chosen as a target")
+    if action == "maint_release" and reserved:
+        out.append(f"{iid}: the end of maintenance would enable reserved {host}")
+    if action == "reserve_hold" and not reserved:
+        out.append(f"{iid}: holding {host}, which is not reserved")
+    if action == "drain":
+        if not state.in_maintenance(host):
+            out.append(f"{iid}: draining {host}, which is not in maintenance")
+        if not target or target == host:
+            out.append(f"{iid}: drain onto {target!r}")
+    if action in ("evacuate", "drain") and target and _still_held(state, target):
+        out.append(f"{iid}: onto {target}, a reserved host still disabled in Nova")
+    return out
+
+
+def _still_held(state: SegmentState, host: str) -> bool:
+    return held(state, host)
 
 
 def _attempt_problems(state: SegmentState, iid: str) -> list[str]:

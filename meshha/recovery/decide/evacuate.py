@@ -15,6 +15,7 @@ from meshha.raft.records import Intent, Inventory, Server
 from meshha.raft.state import SegmentState
 from meshha.recovery import placement
 from meshha.recovery.decide.process import process_failed
+from meshha.recovery.decide.reserve import releases_first
 from meshha.recovery.decide.steps import Context
 
 
@@ -38,6 +39,10 @@ def evacuations(ctx: Context, host: str, ep: int, inv: Inventory) -> list[Entry]
     if not todo:
         return after_evacuations(ctx, host, ep, inv)
     plan = placement.plan(todo, free_targets(state, host, inv))
+    # A reserved target is disabled in Nova: enable it before evacuating onto it.
+    waiting = releases_first(ctx, host, ep, {p.target for p in plan.placements})
+    if waiting is not None:
+        return waiting
     fence = state.fenced[host]
     out = [
         E.intent(
