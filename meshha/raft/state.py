@@ -52,7 +52,15 @@ ENABLING: frozenset[Action] = frozenset({"enable_compute", "reserve_release", "m
 MAX_FINISHED_INTENTS = 5000
 MAX_VM_FAILURES = 20
 
-__all__ = ["HEALTHY", "HOST_ACTIONS", "MAINTENANCE_ACTIONS", "Intent", "SegmentState", "Verdict", "apply"]
+__all__ = [
+    "HEALTHY",
+    "HOST_ACTIONS",
+    "MAINTENANCE_ACTIONS",
+    "Intent",
+    "SegmentState",
+    "Verdict",
+    "apply",
+]
 
 
 class SegmentState:
@@ -262,7 +270,9 @@ class SegmentState:
         self.roles[e["host"]] = e["role"]
 
     def _apply_capacity(self, e: Entry) -> None:
-        new = Capacity(e["survives"], e["k"], e["reason"], tuple(e.get("lost_hosts") or ()), e["ts"])
+        new = Capacity(
+            e["survives"], e["k"], e["reason"], tuple(e.get("lost_hosts") or ()), e["ts"]
+        )
         if not new.survives and (self.capacity is None or self.capacity.survives):
             self.capacity_shortfalls += 1
         self.capacity = new

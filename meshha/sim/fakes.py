@@ -149,7 +149,12 @@ class FakeCloud:
         return s
 
     def schedule(
-        self, vm: str, flavor: Flavor, *, project: str = "demo", metadata: Mapping[str, str] | None = None
+        self,
+        vm: str,
+        flavor: Flavor,
+        *,
+        project: str = "demo",
+        metadata: Mapping[str, str] | None = None,
     ) -> FakeServer:
         """Boot `vm` where Nova's scheduler would: an enabled, running compute host with
         room for the flavor (ComputeFilter, resource filters), the most free RAM first."""

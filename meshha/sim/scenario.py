@@ -530,6 +530,8 @@ def timeline(sim: Sim) -> list[dict[str, Any]]:
             "role",
             "event",
             "process",
+            "survives",
+            "k",
         ):
             if k in e and e[k] not in (None, "", [], {}):
                 row[k] = e[k]

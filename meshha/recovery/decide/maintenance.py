@@ -91,7 +91,9 @@ def drain_host(ctx: Context, host: str) -> list[Entry]:
     for s in inv.servers:
         step = drain(host, s.id, since)
         latest, n = ctx.latest(step), ctx.attempts(step)
-        if latest is not None and (latest.status in ("pending", "ok") or not ctx.retry_due(latest, n)):
+        if latest is not None and (
+            latest.status in ("pending", "ok") or not ctx.retry_due(latest, n)
+        ):
             continue
         attempts[s.id] = n + 1
         todo.append(placement.VmDemand(s.id, s.vcpus, s.ram_mb, s.disk_gb, s.priority))
@@ -199,7 +201,14 @@ def progress(ctx: Context, host: str) -> DrainProgress | None:
             failed.append((s.id, f"{last.error_kind or last.status}: {last.detail}"))
     stage = "moving" if moving else "done"
     return DrainProgress(
-        host, since, stage, len(inv.servers), tuple(moved), tuple(moving), tuple(failed), tuple(unplaced)
+        host,
+        since,
+        stage,
+        len(inv.servers),
+        tuple(moved),
+        tuple(moving),
+        tuple(failed),
+        tuple(unplaced),
     )
 
 
@@ -209,9 +218,9 @@ def _report(ctx: Context, host: str, since: float, inv: Inventory) -> list[Entry
     if p is None or p.stage != "done" or not (p.failed or p.unplaced):
         return []
     lost = p.failed + p.unplaced
-    return ctx.once(
+    return ctx.once(  # about the host, but not an action on it (it is in maintenance)
         alert("drain", host=host, failure_ms=int(since * 1000)),
-        host,
+        None,
         "warning",
         f"{host} in maintenance: {len(lost)} of {p.total} VMs could not be moved off",
         "; ".join(f"{v}: {w}" for v, w in lost),
