@@ -388,8 +388,22 @@ def status(control_path: Path, as_json: bool) -> None:
 @click.argument("state", type=click.Choice(["on", "off"]))
 @click.argument("host")
 @click.option("--reason", default="", help="Why (kept in the event history).")
-def maintenance(control_path: Path, state: str, host: str, reason: str) -> None:
-    """Put HOST in maintenance (no alerts, no recovery, not a failover target) or take it out."""
+@click.option(
+    "--wait/--no-wait",
+    default=True,
+    show_default=True,
+    help="`on`: follow the live migrations off the host until every VM moved or could not.",
+)
+@click.option(
+    "--timeout", "timeout_s", default=1800.0, show_default=True, help="Seconds to follow."
+)
+def maintenance(
+    control_path: Path, state: str, host: str, reason: str, wait: bool, timeout_s: float
+) -> None:
+    """Put HOST in maintenance or take it out. `on` disables it in Nova and live-migrates
+    its VMs onto the segment's compute hosts (the reserve is kept), showing progress and
+    what could not move; the host is then ignored: no alerts, no recovery, no local
+    restarts, not a target. `off` enables it in Nova again."""
     import getpass
 
     r = _call(
@@ -405,6 +419,45 @@ def maintenance(control_path: Path, state: str, host: str, reason: str) -> None:
     click.echo(f"maintenance {state} {host}: committed at index {r['index']} ({_view_line(r)})")
     if not r.get("applied", True):
         click.echo("  not yet applied on this host (it is catching up)", err=True)
+    if state == "on" and wait:
+        if r.get("dry_run"):
+            click.echo("  dry run (no Nova configured): no VM is moved")
+            return
+        _follow_drain(control_path, host, r.get("drain"), timeout_s)
+
+
+def _drain_line(d: dict) -> str:  # type: ignore[type-arg]
+    moving = f", moving {len(d['moving'])}" if d["moving"] else ""
+    stuck = f", could not move {len(d['could_not_move'])}" if d["could_not_move"] else ""
+    return f"  {d['stage']}: moved {len(d['moved'])} of {d['total']} VMs{moving}{stuck}"
+
+
+def _follow_drain(control_path: Path, host: str, d: dict | None, timeout_s: float) -> None:  # type: ignore[type-arg]
+    """Follow the drain of `host` until it is done (bounded by `timeout_s`)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while True:
+        if d is not None:
+            line = _drain_line(d)
+            if line != last:
+                click.echo(line)
+                last = line
+            if d["stage"] == "done":
+                for c in d["could_not_move"]:
+                    click.echo(f"  could not move {c['vm']}: {c['why']}")
+                if not d["could_not_move"]:
+                    click.echo(f"  {host} is empty")
+                return
+        if time.monotonic() >= deadline:
+            click.echo(
+                f"  still going after {timeout_s:g}s: `meshctl maintenance on {host}` again to follow"
+            )
+            return
+        # A long poll: the agent answers once the drain changed, or after wait_s.
+        req = {"op": "drain", "host": host, "after": d, "wait_s": 10.0}
+        d = _call(control_path, req, timeout_s=20.0).get("drain")
 
 
 @main.group()

@@ -26,11 +26,16 @@ from meshha.config.model import Segment
 from meshha.ledger import render
 from meshha.ledger.store import EXPORT_PAGE, MAX_QUERY_LIMIT
 from meshha.raft import entries as E
+from meshha.recovery.decide.maintenance import progress as drain_progress
+from meshha.recovery.decide.steps import Context
 
 WRITE_TIMEOUT_S = 10.0
 APPLY_WAIT_S = 5.0
 MAX_EVENTS = 10_000
 REPORT_FORMATS = ("text", "json", "html")
+
+
+DRAIN_WAIT_S = 10.0  # longest a `drain` long poll is held
 
 
 class ControlHandler:
@@ -60,6 +65,8 @@ class ControlHandler:
             return self.status()
         if op == "maintenance":
             return await self.maintenance(req)
+        if op == "drain":
+            return await self.drain_wait(req)
         if op == "brake_release":
             return await self._write(
                 E.brake(
@@ -180,7 +187,43 @@ class ControlHandler:
             reason=reason,
             operator=str(req.get("operator", ""))[:100],
         )
-        return await self._write(entry)
+        written = await self._write(entry)
+        d = self.drain({"host": host})
+        return {**written, "drain": d["drain"], "dry_run": d["dry_run"]}
+
+    async def drain_wait(self, req: dict[str, Any]) -> dict[str, Any]:
+        """`drain`, answered once it differs from `after` (what the caller last saw) or
+        after `wait_s` (at most DRAIN_WAIT_S): a long poll, so meshctl follows progress
+        without sleeping."""
+        first = self.drain(req)
+        after = req.get("after")
+        wait_s = min(_number(req.get("wait_s", 0), "wait_s"), DRAIN_WAIT_S)
+        if after is None or wait_s <= 0:
+            return first
+        with trio.move_on_after(wait_s):
+            while True:
+                now = self.drain(req)
+                if now["drain"] != after:
+                    return now
+                await self.node.wait_applied(self.node.state.index + 1)
+        return self.drain(req)
+
+    def drain(self, req: dict[str, Any]) -> dict[str, Any]:
+        """How far emptying a host in maintenance got (read from this replica's state):
+        stage, how many VMs moved, which are moving, which could not move and why."""
+        host = req.get("host")
+        if host not in self.segment.host_names:
+            raise ControlError(
+                f"no host {host!r} in segment {self.segment.name}", kind="bad_request"
+            )
+        ctx = Context(self.segment, self.node.state, self.now(), self.node.me)
+        p = drain_progress(ctx, host)
+        return {
+            "host": host,
+            "in_maintenance": self.node.state.in_maintenance(host),
+            "drain": None if p is None else p.as_dict(),
+            "dry_run": getattr(self.node, "executor", None) is None,
+        }
 
     async def _write(self, entry: dict[str, Any]) -> dict[str, Any]:
         index = await self.log.propose(entry, timeout_s=WRITE_TIMEOUT_S)  # LogError -> error reply

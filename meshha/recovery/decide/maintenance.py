@@ -188,11 +188,18 @@ def progress(ctx: Context, host: str) -> DrainProgress | None:
     if inv is None:
         return DrainProgress(host, since, "listing")
     moved, moving, failed, unplaced = [], [], [], []
+    # A VM with no drain yet is about to get one if it fits somewhere now (the leader
+    # proposes it on its next round), else it could not be placed.
+    fresh = [s for s in inv.servers if ctx.latest(drain(host, s.id, since)) is None]
+    fits = _placeable(ctx, host, inv, fresh)
     for s in inv.servers:
         step = drain(host, s.id, since)
         last, n = ctx.latest(step), ctx.attempts(step)
         if last is None:
-            unplaced.append((s.id, "no compute host of the segment has room for it"))
+            if s.id in fits:
+                moving.append(s.id)
+            else:
+                unplaced.append((s.id, "no compute host of the segment has room for it"))
         elif last.status == "ok":
             moved.append(s.id)
         elif last.status == "pending" or not ctx.final(last, n):
@@ -210,6 +217,23 @@ def progress(ctx: Context, host: str) -> DrainProgress | None:
         tuple(failed),
         tuple(unplaced),
     )
+
+
+def _placeable(ctx: Context, host: str, inv: Inventory, servers: list[Server]) -> set[str]:
+    if not servers:
+        return set()
+    demand = [placement.VmDemand(s.id, s.vcpus, s.ram_mb, s.disk_gb, s.priority) for s in servers]
+    placed = {
+        p.vm
+        for p in placement.plan(
+            demand, drain_targets(ctx.state, host, inv, reserve=False)
+        ).placements
+    }
+    rest = [d for d in demand if d.vm not in placed]
+    if rest and ctx.segment.recovery.maintenance_may_use_reserve:
+        targets = drain_targets(ctx.state, host, inv, reserve=True)
+        placed |= {p.vm for p in placement.plan(rest, targets).placements}
+    return placed
 
 
 def _report(ctx: Context, host: str, since: float, inv: Inventory) -> list[Entry]:
