@@ -8,6 +8,7 @@ each other's way by using their own hosts and their own servers:
     host3  dies in the outage test              host4  power actions and migrations
     host5  dies silently (the timeout test)     host6  in an aggregate with an AZ
     c1..c3 the contract suite
+    r1..r3 the reserve kept empty (az-reserve)   m1, m2 maintenance live migration
 
 The suite is skipped, with the reason, where the nova venv is not installed
 (scripts/install-nova-venv.sh). Nova runs under eventlet (about 2x faster here);
@@ -26,7 +27,10 @@ import trio
 
 from meshha.lab.nova_client import NovaBox, venv_missing_reason
 
-NOVA_HOSTS = ("host1", "host2", "host3", "host4", "host5", "host6", "c1", "c2", "c3")
+NOVA_HOSTS = (
+    *("host1", "host2", "host3", "host4", "host5", "host6", "c1", "c2", "c3"),
+    *("r1", "r2", "r3", "m1", "m2"),
+)
 HOST_SIZE = (16, 16384, 1024)  # vcpus, ram_mb, disk_gb
 IMAGE_ID = "155d900f-4e14-4e4c-a73d-069cbf4541e6"  # one of nova's GlanceFixture images
 TINY_FLAVOR_ID = "1"  # m1.tiny: 1 vcpu, 512 MB, 1 GB

@@ -258,3 +258,22 @@ async def test_many_evacuations_start_by_priority_within_the_limit(backend) -> N
     assert await nova.list_servers(DEAD) == []
     await backend.revive(DEAD)
     await nova.enable_service(DEAD)
+async def test_evacuate_onto_a_disabled_host_fails_until_it_is_enabled(backend) -> None:
+    """Why meshha enables a reserved host before evacuating onto it: an explicit target
+    still passes the scheduler's filters, which drop a disabled service."""
+    server_id = await backend.boot(DEAD)
+    await backend.nova.disable_service(TARGET, "meshha: reserved capacity")
+    try:
+        await backend.kill(DEAD)
+        await backend.nova.force_down(DEAD, "meshha: contract")
+        with pytest.raises(NovaError) as e:
+            await backend.nova.evacuate(server_id, TARGET)
+        assert e.value.kind == "failed"
+        assert (await backend.nova.get_server(server_id)).host == DEAD
+        await backend.nova.enable_service(TARGET)
+        s = await backend.nova.evacuate(server_id, TARGET)
+        assert (s.host, s.status) == (TARGET, "ACTIVE")
+    finally:
+        await backend.nova.enable_service(TARGET)
+        await backend.revive(DEAD)
+        await backend.nova.enable_service(DEAD)
