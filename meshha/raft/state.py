@@ -208,6 +208,9 @@ class SegmentState:
             self._finish(i, "abandoned", "host in maintenance when the intent committed", e["ts"])
         elif i.target is not None and self.in_maintenance(i.target):
             self._finish(i, "abandoned", "target in maintenance when the intent committed", e["ts"])
+        elif i.action == "maint_release" and self.roles.get(host) == "reserved":
+            # It became reserve since the window ended: the reserve stays disabled.
+            self._finish(i, "abandoned", "host is reserved now: it stays disabled", e["ts"])
         elif i.action == "evacuate" and not self.is_fenced(host):
             if (host, i.episode) not in self.ever_fenced:
                 raise InvariantViolation(

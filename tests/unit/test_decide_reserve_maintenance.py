@@ -276,3 +276,13 @@ def test_state_replays_to_the_same_reserve_and_maintenance_picture() -> None:
     assert again.enabled_at == L.state.enabled_at
     assert again.maintenance_ended == L.state.maintenance_ended
     assert again.role_since == L.state.role_since
+
+
+def test_two_hosts_failing_together_release_the_shared_reserve_once() -> None:
+    L = leader(servers={"host2": [server("vm-a")], "host3": [server("vm-b")]})
+    L.run(1)
+    L.observe("host2")
+    L.observe("host3")
+    L.run(8)
+    assert [e["intent"] for e in L.intents("release:")] == ["release:host5:reserve:0:a1"]
+    assert {e["target"] for e in L.intents("evacuate:")} == {"host5"}

@@ -72,8 +72,23 @@ def decide(segment: Segment, state: SegmentState, now: float, me: str) -> list[E
     out += reserve_holds(ctx)
     out += maintenance_steps(ctx)
     out += capacity_alert(ctx)
+    out = _one_release_each(out)
     check_decisions(state, out)
     return out
+
+
+def _one_release_each(out: list[Entry]) -> list[Entry]:
+    """Two hosts evacuated in the same round may choose the same reserved target: it is
+    released once (the first proposal stands)."""
+    seen: set[str] = set()
+    kept = []
+    for e in out:
+        if e["kind"] == "intent" and e["action"] == "reserve_release":
+            if e["intent"] in seen:
+                continue
+            seen.add(e["intent"])
+        kept.append(e)
+    return kept
 
 
 def _is_fence(e: Entry) -> bool:
