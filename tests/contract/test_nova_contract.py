@@ -258,6 +258,8 @@ async def test_many_evacuations_start_by_priority_within_the_limit(backend) -> N
     assert await nova.list_servers(DEAD) == []
     await backend.revive(DEAD)
     await nova.enable_service(DEAD)
+
+
 async def test_evacuate_onto_a_disabled_host_fails_until_it_is_enabled(backend) -> None:
     """Why meshha enables a reserved host before evacuating onto it: an explicit target
     still passes the scheduler's filters, which drop a disabled service."""
