@@ -29,6 +29,8 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "brake": ("on", "hosts", "reason"),
     "reserve": ("host", "role", "reason"),
     "isolation": ("host", "on", "reason"),
+    # a returning host's agent: what it found and destroyed before it may run VMs again
+    "reconcile": ("host", "episode", "booted_at", "destroyed", "kept", "ok", "detail"),
 }
 
 Action = Literal[
@@ -41,6 +43,7 @@ Action = Literal[
     "hard_reboot",
     "migrate_vm",
     "enable_compute",
+    "power_check",
     "alert",
 ]
 ACTIONS: tuple[Action, ...] = get_args(Action)
@@ -168,6 +171,31 @@ def reserve(*, ts: float, by: str, host: str, role: str, reason: str) -> Entry:
 def isolation(*, ts: float, by: str, host: str, on: bool, reason: str) -> Entry:
     e = _base("isolation", ts, by)
     e.update(host=host, on=bool(on), reason=reason)
+    return e
+
+
+def reconcile(
+    *,
+    ts: float,
+    by: str,
+    host: str,
+    episode: int,
+    booted_at: float | None,
+    destroyed: list[str],
+    kept: list[str],
+    ok: bool,
+    detail: str,
+) -> Entry:
+    e = _base("reconcile", ts, by)
+    e.update(
+        host=host,
+        episode=episode,
+        booted_at=booted_at,
+        destroyed=destroyed,
+        kept=kept,
+        ok=ok,
+        detail=detail,
+    )
     return e
 
 

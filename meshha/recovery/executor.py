@@ -116,6 +116,12 @@ class Executor:
         await self.d.nova.enable_service(i.host)
         return f"nova-compute on {i.host} enabled", {}
 
+    async def _do_power_check(
+        self, i: Intent, now: Callable[[], float]
+    ) -> tuple[str, dict[str, Any]]:
+        power = await self.d.fence.power_state(i.host)
+        return f"BMC of {i.host} reports power {power}", {"power": power}
+
     async def _do_inventory(
         self, i: Intent, now: Callable[[], float]
     ) -> tuple[str, dict[str, Any]]:

@@ -14,7 +14,10 @@ bug: crash rather than fence or evacuate wrongly). The invariants:
   4. no evacuation from a host not proven fenced in its current failure episode, and
      only onto a healthy reserved host other than itself;
   5. only a failed or degraded host is fenced; only a fenced host that is healthy
-     again is re-enabled; a self-fence proof follows a failed BMC fence.
+     again is re-enabled, and only after a committed reconcile report from its own
+     agent for that fence episode (newer than every move of its VMs, clean, and not
+     a BMC's lie no operator vouched for: decide/return_.py); nothing is restarted in
+     place on a fenced host; a self-fence proof follows a failed BMC fence.
 
 `Audit` checks the same invariants a second time, on the committed log, one entry at a
 time against the state it commits onto (the simulator runs it after every step). There,
@@ -31,8 +34,9 @@ from collections.abc import Sequence
 from meshha.config.model import Segment
 from meshha.errors import InvariantViolation
 from meshha.raft.entries import Entry
-from meshha.raft.intent_key import IntentKey
+from meshha.raft.intent_key import VM_FAILURE_STEPS, IntentKey
 from meshha.raft.state import SegmentState
+from meshha.recovery.decide.return_ import may_enable
 
 
 def check_decisions(state: SegmentState, entries: Sequence[Entry]) -> None:
@@ -100,6 +104,10 @@ def _intent_problems(state: SegmentState, e: Entry, *, committed: bool) -> list[
         host not in state.fenced or state.verdicts[host].kind != "healthy"
     ):
         out.append(f"{iid}: re-enabling {host}, not a fenced host that is healthy again")
+    if action == "enable_compute" and not may_enable(state, host):
+        out.append(f"{iid}: re-enabling {host} without its committed reconcile report")
+    if action in VM_FAILURE_STEPS and host in state.fenced:
+        out.append(f"{iid}: {action} on {host}, fenced and not back in service")
     return out
 
 
