@@ -144,10 +144,10 @@ async def reconcile_once(
 
 
 async def reconcile_loop(node: Node) -> None:
-    """While this host is fenced, reconcile and report (see the module docstring)."""
+    """While this host is fenced, reconcile and report (see the module docstring). An
+    agent without a hypervisor port reports once that it cannot: that is no evidence,
+    and the leader alerts instead of enabling."""
     hv = node.p.hypervisor
-    if hv is None:
-        return
     backoff = RETRY_BASE_S
     next_try = -math.inf
     sent: tuple[float, float] | None = None  # (entry ts, trio time) of the last report
@@ -165,9 +165,24 @@ async def reconcile_loop(node: Node) -> None:
         if sent is not None and (rep is None or rep.ts < sent[0]) and t < sent[1] + RETRY_MAX_S:
             continue  # the last report is still on its way to the log
         drivers: Any = node.p.drivers
-        entry = await reconcile_once(
-            node.me, ep, hv, drivers.nova if drivers is not None else None, node.p.now
-        )
+        if hv is None:  # nothing to look with: say so once per episode, no evidence
+            if sent is not None:
+                continue
+            entry = E.reconcile(
+                ts=node.p.now(),
+                by=node.me,
+                host=node.me,
+                episode=ep,
+                booted_at=await boot_time(None),
+                destroyed=[],
+                kept=[],
+                ok=False,
+                detail="no hypervisor access (--libvirt-uri): cannot check for evacuated VMs",
+            )
+        else:
+            entry = await reconcile_once(
+                node.me, ep, hv, drivers.nova if drivers is not None else None, node.p.now
+            )
         node.propose(entry, ("reconcile", ep, entry["ts"]))
         sent = (entry["ts"], t)
         log.info("reconciled", episode=ep, ok=entry["ok"], detail=entry["detail"])

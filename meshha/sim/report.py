@@ -43,10 +43,10 @@ def describe(row: dict[str, Any]) -> str:
         )
     if t == "reconcile":
         state = "ok" if row.get("ok") else "FAILED"
-        gone = ",".join(row.get("destroyed", [])) or "nothing"
+        gone = f" ({','.join(row['destroyed'])})" if row.get("destroyed") else ""
         return (
-            f"RECONCILE {row['host']} e{row.get('episode')} {state}: booted at "
-            f"{row.get('booted_at')}, destroyed {gone}; {row.get('detail', '')}"
+            f"RECONCILE {row['host']} e{row.get('episode')} {state}, booted at "
+            f"{row.get('booted_at')}: {row.get('detail', '')}{gone}"
         )
     if t == "reserve":
         return f"RESERVE   {row['host']} -> {row.get('role')}: {row.get('reason', '')}"

@@ -72,22 +72,24 @@ def returning(ctx: Context, host: str) -> list[Entry]:
     fence = state.fenced[host]
     ep = fence.episode
     rep = return_report(state, host)
-    if rep is None:
+    if rep is None or (not rep.ok and not lied(state, fence, rep)):
+        # Missing or failed (the agent retries with backoff; it says why in the report).
         if ctx.now < state.verdict_since[host] + REPORT_OVERDUE_S:
             return []
+        why = "its agent has not reported" if rep is None else f"its agent reports: {rep.detail}"
         return ctx.once(
             alert("unreconciled", host=host, episode=ep),
             host,
             "warning",
             f"{host} is back but has not reconciled: it stays disabled in Nova",
             f"{host} has been heard again since {state.verdict_since[host]:.3f} after a fence "
-            f"({fence.method}: {fence.detail}), but its agent has not reported that it holds "
+            f"({fence.method}: {fence.detail}), but {why}. Nothing shows yet that it holds "
             "no evacuated VM. Check its meshha agent.",
         )
     if lied(state, fence, rep) and (host, ep) not in state.vouched:
         return _lie(ctx, host, ep, fence, rep)
     if not rep.ok:
-        return []  # the agent retries its reconcile; it says why in the report
+        return []  # vouched for, but its last reconcile failed: the agent retries
     enable = host_step("enable", host, ep)
     out = ctx.step(
         enable,
