@@ -28,6 +28,7 @@ import trio
 
 from meshha.agent.capacity import CapacityWatch
 from meshha.agent.keepalive import Keepalive, Notifier
+from meshha.agent.reconcile import reconcile_loop
 from meshha.config.model import Segment, majority
 from meshha.errors import MeshhaError
 from meshha.probes.liveness import StallMeter
@@ -155,6 +156,7 @@ class Node:
             nursery.start_soon(self._probe_loop)
             nursery.start_soon(self._lead_loop, nursery)
             nursery.start_soon(self._isolation_loop)
+            nursery.start_soon(reconcile_loop, self)  # a fenced host's return (reconcile.py)
             if self.p.vm_events is not None:
                 nursery.start_soon(self._vm_event_loop)
             if self.p.processes is not None:
@@ -301,6 +303,8 @@ class Node:
         for target, net in committed:
             if (target, net) not in local:
                 pv = self.prober.peer(target, net)
+                if pv.last_ack is None:
+                    continue  # not heard since this agent started: unknown, not reachable
                 self.propose(
                     E.observation(
                         ts=now,

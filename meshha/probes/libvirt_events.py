@@ -451,6 +451,10 @@ class LibvirtHypervisor:
             )
         return destroyed
 
+    async def destroy(self, vm: str) -> None:
+        """Destroy one domain by uuid (a returning host's reconcile); gone already is fine."""
+        await self._call(_destroy_one, vm)
+
     async def resume(self, vm: str) -> None:
         """Resume a paused VM (after its I/O error was cleared); running already is fine."""
         await self._call(_resume, vm)
@@ -528,6 +532,14 @@ def _destroy_all(conn: Any) -> tuple[list[str], list[str]]:
             else:
                 failures.append(f"{uuid}: {_message(e)}")
     return sorted(destroyed), failures
+
+
+def _destroy_one(conn: Any, vm: str) -> None:
+    try:
+        conn.lookupByUUIDString(vm).destroy()
+    except libvirt.libvirtError as e:
+        if e.get_error_code() not in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID):
+            raise
 
 
 def _resume(conn: Any, vm: str) -> None:

@@ -30,6 +30,8 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "reserve": ("host", "role", "reason"),
     "isolation": ("host", "on", "reason"),
     "capacity": ("survives", "k", "reason"),
+    # a returning host's agent: what it found and destroyed before it may run VMs again
+    "reconcile": ("host", "episode", "booted_at", "destroyed", "kept", "ok", "detail"),
 }
 
 Action = Literal[
@@ -42,6 +44,7 @@ Action = Literal[
     "hard_reboot",
     "migrate_vm",
     "enable_compute",
+    "power_check",
     "alert",
     # Reserved hosts are kept empty in Nova (decide/reserve.py) and maintenance empties
     # a host (decide/maintenance.py).
@@ -185,6 +188,31 @@ def capacity(
     """The segment's N+k status as the leader measured it (meshha.agent.capacity)."""
     e = _base("capacity", ts, by)
     e.update(survives=bool(survives), k=int(k), reason=reason, lost_hosts=list(lost_hosts))
+    return e
+
+
+def reconcile(
+    *,
+    ts: float,
+    by: str,
+    host: str,
+    episode: int,
+    booted_at: float | None,
+    destroyed: list[str],
+    kept: list[str],
+    ok: bool,
+    detail: str,
+) -> Entry:
+    e = _base("reconcile", ts, by)
+    e.update(
+        host=host,
+        episode=episode,
+        booted_at=booted_at,
+        destroyed=destroyed,
+        kept=kept,
+        ok=ok,
+        detail=detail,
+    )
     return e
 
 

@@ -51,6 +51,7 @@ Step = Literal[
     "evacuate",
     "live_migrate",
     "enable",
+    "power_check",
     "restart_vm",
     "hard_reboot",
     "migrate_vm",
@@ -73,6 +74,9 @@ AlertTopic = Literal[
     "clock",
     "capacity",
     "drain",
+    "bmc-lied",
+    "unreconciled",
+    "enable-failed",
 ]
 ALERT_TOPICS: tuple[AlertTopic, ...] = get_args(AlertTopic)
 VM_FAILURE_STEPS = ("restart_vm", "hard_reboot", "migrate_vm")
@@ -82,6 +86,7 @@ _HOST_EPISODE = ("host", "episode")
 _SHAPES: dict[str, tuple[tuple[str, ...], ...]] = {
     "fence": (_HOST_EPISODE,),
     "enable": (_HOST_EPISODE,),
+    "power_check": (_HOST_EPISODE,),
     "disable": (_HOST_EPISODE, ("host", "process", "failure_ms")),
     "inventory": (("host", "episode", "purpose"), ("host", "purpose", "failure_ms")),
     "hold": (("host", "purpose", "failure_ms"),),
@@ -99,7 +104,16 @@ _SHAPES: dict[str, tuple[tuple[str, ...], ...]] = {
     "alert:clock": (("host", "failure_ms"),),  # a wrong clock, since (ms; agent/node.py)
     **{
         f"alert:{t}": (_HOST_EPISODE,)
-        for t in ("fence-wait", "fence-failed", "unplaced", "recovered", "degraded")
+        for t in (
+            "fence-wait",
+            "fence-failed",
+            "unplaced",
+            "recovered",
+            "degraded",
+            "bmc-lied",
+            "unreconciled",
+            "enable-failed",
+        )
     },
 }
 _ATTEMPT = re.compile(r"a([0-9]+)")

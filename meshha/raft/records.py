@@ -75,6 +75,22 @@ class Fence:
 
 
 @dataclass(frozen=True, slots=True)
+class Reconcile:
+    """A returning host's own report, after a fence: when it booted, which domains it
+    destroyed because Nova places their instance elsewhere, which it kept (Nova places
+    them here), and whether it could finish. The positive evidence a fenced host needs
+    before its nova-compute is enabled again (decide/return_.py)."""
+
+    episode: int  # the fence episode it answers
+    ts: float
+    booted_at: float | None  # None: the agent could not tell
+    destroyed: tuple[str, ...]
+    kept: tuple[str, ...]
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
 class Maintenance:
     reason: str
     since: float
@@ -202,6 +218,7 @@ __all__ = [
     "Outcome",
     "ProcessFailure",
     "ProcessOutcome",
+    "Reconcile",
     "Server",
     "Verdict",
     "VerdictKind",

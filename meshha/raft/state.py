@@ -34,6 +34,7 @@ from meshha.raft.records import (
     Inventory,
     Maintenance,
     ProcessFailure,
+    Reconcile,
     Verdict,
     VmFailure,
 )
@@ -68,6 +69,7 @@ class SegmentState:
         self.segment_name = segment.name
         self.hosts: tuple[str, ...] = segment.host_names
         self.voters: tuple[str, ...] = segment.voters
+        self.max_clock_skew_s = segment.timings.max_clock_skew_s  # for reading reconcile reports
         self.index = 0
         self.last_ts = 0.0
         self.lost: dict[tuple[str, str, str], float] = {}  # (observer, target, net) -> since
@@ -100,6 +102,9 @@ class SegmentState:
         self.brake = Brake()
         self.isolated: dict[str, bool] = {}
         self.kinds_seen: dict[str, int] = {}
+        self.reconciled: dict[str, Reconcile] = {}  # host -> its latest reconcile report
+        # (host, fence episode) an operator vouched for (maintenance on after a BMC lie)
+        self.vouched: set[tuple[str, int]] = set()
 
     # -- reading ---------------------------------------------------------------------
 
@@ -170,6 +175,9 @@ class SegmentState:
     def _apply_maintenance(self, e: Entry) -> None:
         host = e["host"]
         if e["on"]:
+            f = self.fenced.get(host)
+            if f is not None:
+                self.vouched.add((host, f.episode))
             if host in self.maintenance:
                 return  # already on: the window (and what it is doing) goes on
             self.maintenance[host] = Maintenance(e["reason"], e["ts"], e.get("operator", ""))
@@ -236,6 +244,20 @@ class SegmentState:
         if i.action in ENABLING:
             self.enabled_at[i.host] = e["ts"]
 
+    def _apply_reconcile(self, e: Entry) -> None:
+        if e["by"] != e["host"]:
+            return  # only a host's own agent can say what runs on it
+        booted = e.get("booted_at")
+        self.reconciled[e["host"]] = Reconcile(
+            int(e["episode"]),
+            e["ts"],
+            None if booted is None else float(booted),
+            tuple(e["destroyed"]),
+            tuple(e["kept"]),
+            bool(e["ok"]),
+            e["detail"],
+        )
+
     def _apply_fenced(self, e: Entry) -> None:
         self._set_fenced(e["host"], e["method"], e["reason"], e["ts"])
 
@@ -243,6 +265,11 @@ class SegmentState:
         ep = self.episode[host]
         self.fenced[host] = Fence(method, detail, ts, ep)
         self.ever_fenced.add((host, ep))
+        # A VM restart planned before the fence must not start a VM on the fenced host
+        # once it returns, nor race the evacuation of that VM: the host chain moves it.
+        for i in list(self.intents.values()):
+            if not i.done and i.host == host and i.action in VM_FAILURE_STEPS:
+                self._finish(i, "abandoned", f"{host} was fenced", ts)
 
     def _apply_vm_failure(self, e: Entry) -> None:
         times = self.vm_failures.setdefault(e["vm"], [])

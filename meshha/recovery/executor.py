@@ -157,6 +157,12 @@ class Executor:
             )
         return f"{i.vm} live-migrated off {i.host} to {s.host}", {"host": s.host}
 
+    async def _do_power_check(
+        self, i: Intent, now: Callable[[], float]
+    ) -> tuple[str, dict[str, Any]]:
+        power = await self.d.fence.power_state(i.host)
+        return f"BMC of {i.host} reports power {power}", {"power": power}
+
     async def _do_inventory(
         self, i: Intent, now: Callable[[], float]
     ) -> tuple[str, dict[str, Any]]:

@@ -147,6 +147,10 @@ class HypervisorPort(Protocol):
 
     async def resume(self, vm: str) -> None: ...
 
+    async def destroy(self, vm: str) -> None:
+        """Destroy one domain (by Nova instance uuid); one already gone is fine."""
+        ...
+
 
 class WatchdogPort(Protocol):
     """A watchdog that resets this host unless fed (Linux /dev/watchdog semantics).

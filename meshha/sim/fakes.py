@@ -56,6 +56,8 @@ class FakeMachine:
     # A watchdog the agent pets: a host hung this long is reset (None: no watchdog).
     watchdog_s: float | None = None
     hung_since: float | None = None
+    booted_at: float = 0.0  # wall clock of its last power-on
+    bmc_lies: bool = False  # says "off" to a fence, but nothing happens
 
     @property
     def alive(self) -> bool:
@@ -225,6 +227,8 @@ class FakeCloud:
 
     def power_on(self, host: str) -> None:
         m = self.machines[host]
+        if not m.powered:
+            m.booted_at = self.now()
         m.powered, m.hung = True, False
         m.processes = {p: True for p in m.processes}
 
@@ -267,6 +271,8 @@ class FakeBmc:
     async def power_off(self, host: str) -> FenceProof:
         m = await self._login(host)
         self.cloud.record(self.actor, "fence", host)
+        if m.bmc_lies:
+            return FenceProof(host, "bmc", "power state read back: off")
         self.cloud.power_off(host)
         await trio.sleep(m.bmc_delay_s)
         state = await self.power_state(host)
@@ -278,7 +284,7 @@ class FakeBmc:
 
     async def power_state(self, host: str) -> PowerState:
         m = await self._login(host)
-        return "on" if m.powered else "off"
+        return "on" if m.powered and not m.bmc_lies else "off"
 
     async def power_on(self, host: str) -> None:
         await self._login(host)
@@ -492,8 +498,8 @@ class FakeNova:
 class FakeHypervisor:
     """HypervisorPort for one host of the FakeCloud."""
 
-    def __init__(self, cloud: FakeCloud, host: str) -> None:
-        self.cloud, self.host = cloud, host
+    def __init__(self, cloud: FakeCloud, host: str, wall_offset: float = 0.0) -> None:
+        self.cloud, self.host, self.wall_offset = cloud, host, wall_offset
 
     async def running_vms(self) -> list[str]:
         return self.cloud.vms_on(self.host)
@@ -504,6 +510,15 @@ class FakeHypervisor:
             self.cloud._stop(vm, self.host)
         self.cloud.record(self.host, "self_fence", self.host, f"destroyed {len(vms)}")
         return vms
+
+    async def destroy(self, vm: str) -> None:
+        if not self.cloud.machines[self.host].alive:
+            raise HypervisorError("libvirtd does not answer", kind="unreachable", where=self.host)
+        self.cloud._stop(vm, self.host)
+        self.cloud.record(self.host, "destroy", self.host, vm)
+
+    async def booted_at(self) -> float:
+        return self.cloud.machines[self.host].booted_at + self.wall_offset
 
     async def resume(self, vm: str) -> None:
         s = self.cloud.servers.get(vm)

@@ -41,6 +41,13 @@ def describe(row: dict[str, Any]) -> str:
         return (
             f"ISOLATED  {row['host']} {'on' if row.get('on') else 'off'}: {row.get('reason', '')}"
         )
+    if t == "reconcile":
+        state = "ok" if row.get("ok") else "FAILED"
+        gone = f" ({','.join(row['destroyed'])})" if row.get("destroyed") else ""
+        return (
+            f"RECONCILE {row['host']} e{row.get('episode')} {state}, booted at "
+            f"{row.get('booted_at')}: {row.get('detail', '')}{gone}"
+        )
     if t == "reserve":
         return f"RESERVE   {row['host']} -> {row.get('role')}: {row.get('reason', '')}"
     if t == "capacity":

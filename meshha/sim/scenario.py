@@ -174,6 +174,17 @@ def _bmc(alive: bool) -> Handler:
     return bmc
 
 
+async def _bmc_lies(r: Runner, s: Step) -> None:
+    for h in r.hosts(s.args[0]):
+        r.sim.fault(f"bmc-lies {h}")
+        r.sim.cloud.machines[h].bmc_lies = True
+
+
+async def _restart_agents(r: Runner, s: Step) -> None:
+    r.last_leader = r.sim.raft.leader
+    r.sim.restart_agents(r.hosts(s.args[0]) if s.args else sorted(r.sim.cloud.machines))
+
+
 async def _partition(r: Runner, s: Step) -> None:
     groups = [set(r.hosts(g.strip())) for g in " ".join(s.args).split("|")]
     r.sim.partition(groups)
@@ -326,6 +337,13 @@ def _vms_on(r: Runner, a: list[str]) -> Callable[[], bool]:
     return lambda: sum(1 for s in cloud.servers.values() if s.host == host) == n
 
 
+def _reconciled(r: Runner, a: list[str]) -> Callable[[], bool]:
+    host = r.host(a[0])
+    return lambda: any(
+        e["kind"] == "reconcile" and e["host"] == host and e["ok"] for e in r.sim.raft.log
+    )
+
+
 def _brake(r: Runner, a: list[str]) -> Callable[[], bool]:
     on = a[0] == "on"
     return lambda: (st := r.sim.live_state()) is not None and bool(st.brake.on) == on
@@ -419,6 +437,8 @@ STEPS: dict[str, script.Verb[Handler]] = script.table(
         "nic-up": _nic(True),
         "bmc-dead": _bmc(False),
         "bmc-alive": _bmc(True),
+        "bmc-lies": _bmc_lies,
+        "restart-agents": _restart_agents,
         "partition": _partition,
         "heal": _heal,
         "loss": _loss,
@@ -437,8 +457,9 @@ STEPS: dict[str, script.Verb[Handler]] = script.table(
         "expect vm-on": _expect(_vm_on),
         "expect self-fenced": _expect(_self_fenced),
         "expect service-disabled": _expect(_service_disabled),
-        "expect brake": _expect(_brake),
         "expect service-enabled": _expect(_service_enabled),
+        "expect reconciled": _expect(_reconciled),
+        "expect brake": _expect(_brake),
         "expect vms-on": _expect(_vms_on),
         "expect no-action": _expect_none,
         "expect no-fence": _expect_none,
@@ -537,6 +558,10 @@ def timeline(sim: Sim) -> list[dict[str, Any]]:
                 row[k] = e[k]
         if "since" in e:
             row["since"] = round(e["since"] - EPOCH, 3)
+        if e["kind"] == "reconcile":
+            booted = e.get("booted_at")
+            row.update(ok=e["ok"], destroyed=e["destroyed"], episode=e["episode"])
+            row["booted_at"] = None if booted is None else round(booted - EPOCH, 3)
         rows.append(row)
     rows.sort(key=lambda r: (r["t"], r["type"] != "fault"))
     return rows

@@ -170,7 +170,7 @@ class Sim:
             ledger=self.ledgers[host],
             now=self.wall,
             drivers=drivers,
-            hypervisor=FakeHypervisor(self.cloud, host)
+            hypervisor=FakeHypervisor(self.cloud, host, wall_offset=EPOCH)
             if self.segment.host(host).hypervisor_uri
             else None,
             vm_events=self.cloud.events_for(host),
@@ -289,6 +289,13 @@ class Sim:
         self.fault(f"bmc-{'alive' if alive else 'dead'} {host}")
         self.cloud.machines[host].bmc_alive = alive
 
+    def restart_agents(self, hosts: list[str]) -> None:
+        self.fault(f"restart-agents {','.join(hosts)}")
+        for h in hosts:
+            if h in self.scopes:
+                self._stop_node(h)
+                self._start_node(h)
+
     def partition(self, groups: list[set[str]], networks: tuple[str, ...] | None = None) -> None:
         self.fault("partition " + " | ".join(",".join(sorted(g)) for g in groups))
         self.net.partition(groups, networks)
@@ -301,7 +308,7 @@ class Sim:
         for h, m in self.cloud.machines.items():
             if not m.alive:
                 self.cloud.power_on(h)
-            m.bmc_alive = True
+            m.bmc_alive, m.bmc_lies = True, False
             m.nics = {n: True for n in m.nics}
             m.restart_fails.clear()
 

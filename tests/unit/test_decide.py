@@ -326,6 +326,21 @@ def test_a_host_back_after_a_fence_gets_its_compute_service_enabled() -> None:
     assert L.state.is_fenced("host2")
     L.observe("host2", reachable=True)  # powered on by someone, agent rejoined
     L.run(2)
+    assert L.intents("enable:") == []  # heard is not enough: its agent must report
+    L.commit(
+        E.reconcile(
+            ts=L.now,
+            by="host2",
+            host="host2",
+            episode=1,
+            booted_at=L.now - 1,
+            destroyed=[],
+            kept=[],
+            ok=True,
+            detail="",
+        )
+    )
+    L.run(2)
     assert [e["intent"] for e in L.intents("enable:")] == ["enable:host2:e1:a1"]
     assert not L.state.is_fenced("host2") and L.state.verdicts["host2"].kind == "healthy"
     n = len(L.proposed)
@@ -766,7 +781,21 @@ def chain_leader() -> Leader:
     L.observe("host2")
     L.run(60)
     L.observe("host2", reachable=True)
-    L.run(10)
+    L.run(2)
+    L.commit(  # its agent reconciled (agent/reconcile.py)
+        E.reconcile(
+            ts=L.now,
+            by="host2",
+            host="host2",
+            episode=1,
+            booted_at=L.now - 1,
+            destroyed=[],
+            kept=[],
+            ok=True,
+            detail="",
+        )
+    )
+    L.run(8)
     return L
 
 

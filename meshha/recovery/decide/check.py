@@ -14,7 +14,10 @@ bug: crash rather than fence or evacuate wrongly). The invariants:
   4. no evacuation from a host not proven fenced in its current failure episode, and
      only onto a healthy reserved host other than itself;
   5. only a failed or degraded host is fenced; only a fenced host that is healthy
-     again is re-enabled; a self-fence proof follows a failed BMC fence;
+     again is re-enabled, and only after a committed reconcile report from its own
+     agent for that fence episode (newer than every move of its VMs, clean, and not
+     a BMC's lie no operator vouched for: decide/return_.py); nothing is restarted in
+     place on a fenced host; a self-fence proof follows a failed BMC fence;
   6. the reserve is never enabled in Nova except as a chosen target: a reserved host is
      released only for a fenced host's evacuation (or a maintenance drain), never by
      the end of a maintenance window, and nothing is evacuated onto a reserved host
@@ -35,9 +38,10 @@ from collections.abc import Sequence
 from meshha.config.model import Segment
 from meshha.errors import InvariantViolation
 from meshha.raft.entries import Entry
-from meshha.raft.intent_key import IntentKey
+from meshha.raft.intent_key import VM_FAILURE_STEPS, IntentKey
 from meshha.raft.state import MAINTENANCE_ACTIONS, SegmentState
 from meshha.recovery.decide.reserve import held
+from meshha.recovery.decide.return_ import may_enable
 
 
 def check_decisions(state: SegmentState, entries: Sequence[Entry]) -> None:
@@ -106,6 +110,10 @@ def _intent_problems(state: SegmentState, e: Entry, *, committed: bool) -> list[
         host not in state.fenced or state.verdicts[host].kind != "healthy"
     ):
         out.append(f"{iid}: re-enabling {host}, not a fenced host that is healthy again")
+    if action == "enable_compute" and not may_enable(state, host):
+        out.append(f"{iid}: re-enabling {host} without its committed reconcile report")
+    if action in VM_FAILURE_STEPS and host in state.fenced:
+        out.append(f"{iid}: {action} on {host}, fenced and not back in service")
     return out
 
 

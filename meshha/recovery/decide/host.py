@@ -24,6 +24,7 @@ from meshha.raft.intent_key import alert, host_step, inventory, vm_move
 from meshha.raft.records import Intent, Inventory, Verdict
 from meshha.recovery.decide.evacuate import evacuations
 from meshha.recovery.decide.process import process_recovery
+from meshha.recovery.decide.return_ import returning
 from meshha.recovery.decide.steps import Context
 from meshha.recovery.verdicts import last_heard
 
@@ -110,15 +111,9 @@ def host_recovery(ctx: Context, host: str) -> list[Entry]:
         return fence_chain(ctx, host, ep)
     if v.kind == "degraded":
         return degraded(ctx, host, v, ep)
-    fence = state.fenced.get(host)
-    if v.kind == "healthy" and fence is not None:
-        # It is back (powered on by someone, agent rejoined): re-enable nova-compute.
-        return ctx.step(
-            host_step("enable", host, fence.episode),
-            "enable_compute",
-            host,
-            reason="host is back and healthy after a fence",
-        )
+    if v.kind == "healthy" and host in state.fenced:
+        # It is heard again: back in service only on its agent's own report (return_.py).
+        return returning(ctx, host)
     return process_recovery(ctx, host)
 
 

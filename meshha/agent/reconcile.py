@@ -1,0 +1,193 @@
+"""A fenced host's agent, on its return: no evacuated VM runs here, and it says so.
+
+Nova's own nova-compute does part of this when it starts (`ComputeManager.
+_destroy_evacuated_instances`, nova/compute/manager.py): it destroys the local guests of
+instances with an *evacuation* migration record from this host in status accepted,
+pre-migrating or done. It does nothing when nova-compute was never restarted (a host
+that hung, or whose BMC lied, comes back with the same process), nor for an instance
+moved another way (meshha's restart elsewhere is a cold migration; an evacuation whose
+record went to `error` and was retried; one still rebuilding), nor before nova-compute
+starts. So the agent does the rest, whatever nova-compute did or will do:
+
+  for every active domain here: ask Nova where its instance lives; if another host, or
+  an evacuation of it is in flight (task_state rebuilding*), destroy the domain.
+
+Then it commits a `reconcile` entry (what it destroyed, what it kept because Nova places
+it here, what it could not check, and when this host booted), the positive evidence
+`decide/return_.py` needs before nova-compute is enabled again. It reconciles while its
+host is fenced and the report is missing, failed (retried with backoff), or older than
+a move of its VMs the majority finished since.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import trio
+
+from meshha.errors import MeshhaError
+from meshha.raft import entries as E
+from meshha.raft.entries import Entry
+from meshha.raft.state import SegmentState
+from meshha.recovery.decide.return_ import MOVES
+from meshha.recovery.ports import HypervisorPort, NovaPort
+
+if TYPE_CHECKING:
+    from meshha.agent.node import Node
+
+log = structlog.get_logger("meshha.reconcile")
+
+RETRY_BASE_S = 2.0
+RETRY_MAX_S = 60.0
+MAX_DOMAINS = 4096  # bound on domains looked at in one pass
+EVACUATING = ("rebuilding", "rebuild_block_device_mapping", "rebuild_spawning")
+
+
+def wanted(state: SegmentState, me: str) -> int | None:
+    """The fence episode this host must (again) report on, or None."""
+    fence = state.fenced.get(me)
+    if fence is None:
+        return None
+    rep = state.reconciled.get(me)
+    if rep is None or rep.episode != fence.episode or rep.ts < fence.ts or not rep.ok:
+        return fence.episode
+    moved = [
+        i.done_ts or 0.0
+        for i in state.intents_for(me, fence.episode)
+        if i.action in MOVES and i.done
+    ]
+    return fence.episode if any(t > rep.ts for t in moved) else None
+
+
+def proc_boot_time(path: str = "/proc/stat") -> float | None:
+    """The kernel's boot time (btime, seconds since the epoch), None if unreadable."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("btime "):
+                    return float(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+async def boot_time(hv: HypervisorPort | None) -> float | None:
+    """The host's boot time: the hypervisor port's own, if it has one (the simulator's
+    and the lab's hosts are not this kernel), else /proc/stat's."""
+    own = getattr(hv, "booted_at", None)
+    if own is not None:
+        return float(await own())
+    return await trio.to_thread.run_sync(proc_boot_time)
+
+
+async def reconcile_once(
+    me: str,
+    episode: int,
+    hv: HypervisorPort,
+    nova: NovaPort | None,
+    now: Callable[[], float],
+) -> Entry:
+    """One pass; never raises an operating error: a failure is in the report."""
+    destroyed: list[str] = []
+    kept: list[str] = []
+    problems: list[str] = []
+    booted = None
+    try:
+        booted = await boot_time(hv)
+        running = (await hv.running_vms())[:MAX_DOMAINS]
+    except MeshhaError as err:
+        running = []
+        problems.append(f"listing domains: {err.kind}: {err}")
+    if nova is None and running:
+        problems.append("no Nova access configured: cannot tell where instances live")
+        running = []
+    for vm in running:
+        assert nova is not None
+        try:
+            server = await nova.get_server(vm)
+        except MeshhaError as err:
+            if err.kind == "not_found":
+                kept.append(vm)  # not Nova's (or deleted): Nova's own reaper's business
+                continue
+            problems.append(f"{vm}: {err.kind}: {err}")
+            continue
+        if server.host == me and (server.task_state or "") not in EVACUATING:
+            kept.append(vm)
+            continue
+        try:
+            await hv.destroy(vm)
+            destroyed.append(vm)
+            where = server.host if server.host != me else f"{me}, evacuating"
+            log.warning("reconcile_destroyed", vm=vm, nova_host=where)
+        except MeshhaError as err:
+            problems.append(f"destroy {vm}: {err.kind}: {err}")
+    ok = not problems
+    detail = (
+        f"destroyed {len(destroyed)} domain(s) Nova places elsewhere, kept {len(kept)}"
+        if ok
+        else "; ".join(problems)[:1000]
+    )
+    return E.reconcile(
+        ts=now(),
+        by=me,
+        host=me,
+        episode=episode,
+        booted_at=booted,
+        destroyed=sorted(destroyed),
+        kept=sorted(kept),
+        ok=ok,
+        detail=detail,
+    )
+
+
+async def reconcile_loop(node: Node) -> None:
+    """While this host is fenced, reconcile and report (see the module docstring). An
+    agent without a hypervisor port reports once that it cannot: that is no evidence,
+    and the leader alerts instead of enabling."""
+    hv = node.p.hypervisor
+    backoff = RETRY_BASE_S
+    next_try = -math.inf
+    sent: tuple[float, float] | None = None  # (entry ts, trio time) of the last report
+    interval = node.segment.timings.probe_interval_s
+    while True:
+        await trio.sleep(interval)
+        ep = wanted(node.state, node.me)
+        if ep is None:
+            backoff, sent = RETRY_BASE_S, None
+            continue
+        t = trio.current_time()
+        if t < next_try or not node.p.log.has_quorum:
+            continue
+        rep = node.state.reconciled.get(node.me)
+        if sent is not None and (rep is None or rep.ts < sent[0]) and t < sent[1] + RETRY_MAX_S:
+            continue  # the last report is still on its way to the log
+        drivers: Any = node.p.drivers
+        if hv is None:  # nothing to look with: say so once per episode, no evidence
+            if sent is not None:
+                continue
+            entry = E.reconcile(
+                ts=node.p.now(),
+                by=node.me,
+                host=node.me,
+                episode=ep,
+                booted_at=await boot_time(None),
+                destroyed=[],
+                kept=[],
+                ok=False,
+                detail="no hypervisor access (--libvirt-uri): cannot check for evacuated VMs",
+            )
+        else:
+            entry = await reconcile_once(
+                node.me, ep, hv, drivers.nova if drivers is not None else None, node.p.now
+            )
+        node.propose(entry, ("reconcile", ep, entry["ts"]))
+        sent = (entry["ts"], t)
+        log.info("reconciled", episode=ep, ok=entry["ok"], detail=entry["detail"])
+        if entry["ok"]:
+            backoff, next_try = RETRY_BASE_S, t + RETRY_BASE_S
+        else:
+            next_try = t + backoff
+            backoff = min(RETRY_MAX_S, backoff * 2)
