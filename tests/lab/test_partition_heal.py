@@ -1,0 +1,192 @@
+"""User-story cases end to end on the real lab that leave every host powered: a short
+partition that outlasts the minority's isolation time, and nova-compute killed.
+
+One lab for the module (5 hosts, host5 reserved, 8 real QEMU VMs, lan-safe timings).
+Each test asserts the outcome in Nova, in libvirt (every lab QEMU on every host, sampled
+throughout: no VM is ever in two places) and in the ledger of every host, and leaves the
+lab healed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshha.lab.cloud import Cloud, LabSpec, wait_until
+from tests.lab.conftest import _why_not
+from tests.lab.test_host_failure import Sampler, action_names, results, wait_ledgers_equal
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.lab,
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+]
+LAB_SPEC = LabSpec(hosts=5, reserved=1, vms=8, prefix="mhlp", subnet="10.217")
+
+
+@pytest.fixture(scope="module")
+def cloud() -> Iterator[Cloud]:
+    """conftest's lab, under names of its own (it may run beside the other lab modules)."""
+    why = _why_not()
+    if why:
+        pytest.skip(why)
+    c = Cloud(Path(f"/run/mhlp-{os.getpid()}"))
+    c.down(say=lambda _: None)
+    try:
+        c.up(LAB_SPEC, say=print)
+        yield c
+    finally:
+        c.down(say=print)
+
+
+def since(rows: list[dict[str, Any]], t0: float) -> list[dict[str, Any]]:
+    return [e for e in rows if e["ts"] >= t0]
+
+
+def test_short_partition_minority_vms_running_again(cloud: Cloud) -> None:
+    """The partition of `meshha-lab nemesis --runs 3 --seed 1` (host1,host5 | the rest),
+    held until the minority has destroyed its VMs (isolation_after_s): once it heals,
+    every HA VM runs again, once. Unless the majority fenced the minority meanwhile, the
+    leader restarts each destroyed HA VM on its own host (Nova stop, start)."""
+    sampler = Sampler(cloud)
+    conn = cloud.connect()
+    minority = [cloud.hosts[0], cloud.hosts[-1]]
+    majority = [h for h in cloud.hosts if h not in minority]
+    before = {v.id: v for v in cloud.vms()}
+    doms0 = sampler.check()
+    victims = [v for v in before.values() if v.host in minority and doms0.get(v.id)]
+    assert any(v.ha for v in victims), f"no HA VM on {minority}"
+
+    t0 = time.time()
+    cloud.partition([minority, majority])
+    try:
+
+        def self_fenced() -> bool:
+            doms = sampler.check()
+            return not any(doms.get(v.id) for v in victims)
+
+        sampler.until(self_fenced, 60, f"the QEMUs of {minority} destroyed (self-fence)")
+        isolated_s = time.time() - t0
+        t_heal = time.time() + 1.0
+        sampler.until(lambda: time.time() >= t_heal or None, 5, "one more second apart")
+    finally:
+        cloud.heal()
+    healed_at = time.time()
+    fenced = [h for h in minority if not cloud.powered_on(h)]
+    for h in fenced:  # the majority fenced it meanwhile: its VMs were evacuated
+        cloud.power_on(h)
+    cloud.wait_agents(cloud.hosts, timeout_s=120)
+
+    def ha_running() -> dict[str, list[str]] | None:
+        doms = sampler.check()
+        servers = {s.id: s for s in cloud.vms()}
+        ok = all(
+            servers[v.id].status == "ACTIVE"
+            and servers[v.id].task_state is None
+            and doms.get(v.id) == [servers[v.id].host]
+            for v in before.values()
+            if v.ha
+        )
+        return doms if ok else None
+
+    doms = sampler.until(ha_running, 180, "every HA VM ACTIVE, its QEMU on its Nova host, once")
+    back_s = time.time() - healed_at
+
+    rows = wait_ledgers_equal(cloud, cloud.hosts, timeout_s=60)
+    new = since(rows, t0)
+    done = results(new)
+    isolations = [e for e in new if e["kind"] == "isolation" and "vms" in e]
+    reported = {v["vm"] for e in isolations for v in e["vms"]}
+    assert {v.id for v in victims} <= reported, (reported, [v.name for v in victims])
+    restarts = {e["vm"]: e for e in new if e["kind"] == "intent" and e["action"] == "restart_vm"}
+    evacuated = {e["vm"] for e in new if e["kind"] == "intent" and e["action"] == "evacuate"}
+    for v in victims:
+        if not v.ha:
+            assert v.id not in restarts, v.name  # HA off: left alone
+            continue
+        if v.host in fenced:
+            assert v.id in evacuated and v.id not in restarts, v.name
+            assert doms[v.id] != [v.host]
+        else:  # restarted on its own host, once, by Nova stop + start
+            assert done[restarts[v.id]["intent"]]["outcome"] == "ok", v.name
+            assert doms[v.id] == [v.host], (v.name, doms.get(v.id))
+            acts = action_names(cloud, conn, v.id)
+            assert acts.count("start") == 1 and "evacuate" not in acts, (v.name, acts)
+    # Nothing else moved: the majority's VMs ran where they ran, throughout.
+    for v in before.values():
+        if v.host in majority:
+            assert doms.get(v.id) == [v.host], (v.name, doms.get(v.id))
+    print(
+        f"partition {minority}|{majority}: self-fenced after {isolated_s:.1f}s; "
+        f"fenced by the majority: {fenced or 'none'}; HA VMs running again "
+        f"{back_s:.1f}s after the heal; {sampler.samples} samples"
+    )
+
+
+def test_nova_compute_killed_is_restarted(cloud: Cloud) -> None:
+    sampler = Sampler(cloud)
+    conn = cloud.connect()
+    host = cloud.computes[1]
+    doms0 = sampler.check()
+    t0 = time.time()
+    old = cloud.kill_process(host, "nova-compute")
+    assert old, f"no nova-compute on {host}"
+
+    def restarted() -> list[int] | None:
+        sampler.check()
+        pids = [p for p in _pids(cloud, host, "nova-compute") if p not in old]
+        return pids or None
+
+    sampler.until(restarted, 60, f"a new nova-compute on {host}")
+    took_s = time.time() - t0
+
+    def up_in_nova() -> bool:
+        svc = next(
+            s for s in conn.compute.services() if s.host == host and s.binary == "nova-compute"
+        )
+        return svc.state == "up" and svc.status == "enabled" and not svc.is_forced_down
+
+    sampler.until(up_in_nova, 120, f"nova-compute on {host} up and enabled in Nova")
+
+    def reported() -> list[dict[str, Any]] | None:
+        rows = since(wait_ledgers_equal(cloud, cloud.hosts), t0)
+        hit = [
+            e
+            for e in rows
+            if e["kind"] == "process_failure"
+            and e["host"] == host
+            and e["process"] == "nova-compute"
+        ]
+        return rows if hit else None
+
+    rows = wait_until(reported, 60, "the restart in every ledger", poll_s=0.5)
+    pfs = [e for e in rows if e["kind"] == "process_failure" and e["host"] == host]
+    assert [e["outcome"] for e in pfs] == ["restarted"], pfs
+    # Nothing recovered, nothing fenced, no VM touched: libvirt as before, Nova agrees.
+    acted = [e for e in rows if e["kind"] == "fenced" or e.get("action", "alert") != "alert"]
+    assert not acted, acted
+    doms = sampler.check()
+    running0 = {vm: hs for vm, hs in doms0.items()}
+    assert doms == running0, (doms, running0)
+    servers = {s.id: s for s in cloud.vms()}
+    for vm, hs in doms.items():
+        if vm in servers:
+            assert servers[vm].host == hs[0] and servers[vm].status == "ACTIVE"
+    print(f"nova-compute on {host} killed -> running again in {took_s:.1f}s")
+
+
+def _pids(cloud: Cloud, host: str, name: str) -> list[int]:
+    out = cloud.exec(host, ["pgrep", "-f", name], check=False)
+    pids = []
+    for w in out.split():
+        if not w.isdigit():
+            continue
+        comm = cloud.exec(host, ["cat", f"/proc/{w}/cmdline"], check=False).replace("\0", " ")
+        if name in comm and "pgrep" not in comm and "nsenter" not in comm:
+            pids.append(int(w))
+    return pids
