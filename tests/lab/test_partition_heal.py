@@ -1,5 +1,6 @@
 """User-story cases end to end on the real lab that leave every host powered: a short
-partition that outlasts the minority's isolation time, and nova-compute killed.
+partition that outlasts the minority's isolation time, nova-compute killed, and the
+admin network of one host cut.
 
 One lab for the module (5 hosts, host5 reserved, 8 real QEMU VMs, lan-safe timings).
 Each test asserts the outcome in Nova, in libvirt (every lab QEMU on every host, sampled
@@ -223,3 +224,55 @@ def _explain(cloud: Cloud, t0: float, before: dict[str, Any]) -> None:
         )
     st = cloud.try_status(reader) or {}
     print(f"  pending on {reader}: {st.get('pending_intents')}, errors {st.get('errors')}")
+
+
+def test_admin_network_cut_alerts_only(cloud: Cloud) -> None:
+    """Admin network (on_loss = alert) of one host cut: degraded on admin, an alert
+    delivered to the webhook sink, nothing fenced, no VM touched; healthy once restored."""
+    sampler = Sampler(cloud)
+    leader = cloud.leader() or ""
+    host = next(h for h in cloud.computes if h != leader)
+    doms0 = sampler.check()
+    servers0 = {v.id: (v.host, v.status) for v in cloud.vms()}
+    others = [h for h in cloud.hosts if h != host]
+    t0 = time.time()
+    cloud.cut_net(host, "admin")
+    try:
+
+        def alerted() -> list[dict[str, Any]] | None:
+            sampler.check()
+            rows = since(cloud.agreed_ledger(others) or [], t0)
+            done = results(rows)
+            sent = [
+                e
+                for e in rows
+                if e["kind"] == "intent"
+                and e["action"] == "alert"
+                and e["host"] == host
+                and done.get(e["intent"], {}).get("outcome") == "ok"
+            ]
+            return rows if sent else None
+
+        rows = sampler.until(alerted, 120, f"an alert for {host}'s admin network delivered")
+        took_s = time.time() - t0
+        verdicts = [e for e in rows if e["kind"] == "verdict" and e["host"] == host]
+        assert verdicts and verdicts[-1]["verdict"] == "degraded", verdicts
+        assert verdicts[-1]["networks"] == ["admin"], verdicts[-1]
+        assert any(host in str(a) for a in cloud.alerts()), cloud.alerts()[-3:]
+    finally:
+        cloud.restore_net(host, "admin")
+
+    def healthy_again() -> list[dict[str, Any]] | None:
+        sampler.check()
+        rows = since(cloud.agreed_ledger(cloud.hosts) or [], t0)
+        v = [e for e in rows if e["kind"] == "verdict" and e["host"] == host]
+        return rows if v and v[-1]["verdict"] == "healthy" else None
+
+    rows = sampler.until(healthy_again, 120, f"{host} healthy again in every ledger")
+    acted = [e for e in rows if e["kind"] == "fenced" or e.get("action", "alert") != "alert"]
+    assert not acted, acted  # no fence, no evacuation, no migration, no restart
+    assert sampler.check() == doms0  # libvirt: every QEMU where it was, throughout
+    assert {v.id: (v.host, v.status) for v in cloud.vms()} == servers0
+    print(
+        f"admin cut on {host} -> degraded(admin), alert delivered in {took_s:.1f}s; VMs untouched"
+    )
