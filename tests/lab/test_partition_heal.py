@@ -1,6 +1,6 @@
 """User-story cases end to end on the real lab that leave every host powered: a short
-partition that outlasts the minority's isolation time, nova-compute killed, and the
-admin network of one host cut.
+partition that outlasts the minority's isolation time, nova-compute killed, the admin
+network of one host cut (alert only), the storage network of one cut (fence + evacuate).
 
 One lab for the module (5 hosts, host5 reserved, 8 real QEMU VMs, lan-safe timings).
 Each test asserts the outcome in Nova, in libvirt (every lab QEMU on every host, sampled
@@ -20,7 +20,13 @@ import pytest
 
 from meshha.lab.cloud import Cloud, LabSpec, wait_until
 from tests.lab.conftest import _why_not
-from tests.lab.test_host_failure import Sampler, action_names, results, wait_ledgers_equal
+from tests.lab.test_host_failure import (
+    Sampler,
+    action_names,
+    back_in_service,
+    results,
+    wait_ledgers_equal,
+)
 
 pytestmark = [
     pytest.mark.integration,
@@ -275,4 +281,73 @@ def test_admin_network_cut_alerts_only(cloud: Cloud) -> None:
     assert {v.id: (v.host, v.status) for v in cloud.vms()} == servers0
     print(
         f"admin cut on {host} -> degraded(admin), alert delivered in {took_s:.1f}s; VMs untouched"
+    )
+
+
+def test_storage_network_cut_fenced_and_evacuated(cloud: Cloud) -> None:
+    """Storage network (on_loss = fence_evacuate) of one host cut: degraded on storage,
+    fenced through its BMC, its HA VMs ACTIVE on the reserved host (once each), its
+    non-HA VMs left; powered on and reconnected, it is back in service and runs none of
+    the evacuated VMs."""
+    sampler = Sampler(cloud)
+    conn = cloud.connect()
+    leader = cloud.leader() or ""
+    reserved = cloud.reserved[0]
+    doms0 = sampler.check()
+    vms0 = cloud.vms()
+    host = next(
+        h
+        for h in cloud.computes
+        if h != leader and any(v.ha and v.host == h and doms0.get(v.id) for v in vms0)
+    )
+    ha = [v for v in vms0 if v.host == host and v.ha and doms0.get(v.id)]
+    others = [h for h in cloud.hosts if h != host]
+    t0 = time.time()
+    cloud.cut_net(host, "storage")
+    try:
+
+        def evacuated() -> bool:
+            servers = {s.id: s for s in cloud.vms()}
+            doms = sampler.check()
+            return all(
+                servers[v.id].host == reserved
+                and servers[v.id].status == "ACTIVE"
+                and servers[v.id].task_state is None
+                and doms.get(v.id) == [reserved]
+                for v in ha
+            )
+
+        sampler.until(evacuated, 180, f"HA VMs of {host} ACTIVE on {reserved}")
+        took_s = time.time() - t0
+        assert not cloud.powered_on(host)
+        for v in ha:
+            assert action_names(cloud, conn, v.id).count("evacuate") == 1, v.name
+        rows = since(wait_ledgers_equal(cloud, others), t0)
+        done = results(rows)
+        fenced_at = next(
+            done[e["intent"]]["ts"]
+            for e in rows
+            if e["kind"] == "intent" and e["action"] == "fence" and e["intent"] in done
+        )
+        kinds = [
+            (e["verdict"], e["networks"])
+            for e in rows
+            if e["kind"] == "verdict" and e["host"] == host and e["ts"] <= fenced_at
+        ]  # after the fence it is off, so lost everywhere: failed then is no news
+        assert kinds[-1] == ("degraded", ["storage"]), kinds
+        fence = [e for e in rows if e["kind"] == "intent" and e["action"] == "fence"]
+        assert [e["host"] for e in fence] == [host]
+        assert done[fence[0]["intent"]]["outcome"] == "ok"
+        evac = [e for e in rows if e["kind"] == "intent" and e["action"] == "evacuate"]
+        assert sorted(e["vm"] for e in evac) == sorted(v.id for v in ha)
+        assert min(e["ts"] for e in evac) >= done[fence[0]["intent"]]["ts"]
+    finally:
+        cloud.restore_net(host, "storage")
+        if not cloud.powered_on(host):
+            cloud.power_on(host)
+    back_in_service(cloud, sampler, [host], t0)
+    doms = sampler.check()
+    assert not [v.name for v in ha if host in doms.get(v.id, [])]
+    print(
+        f"storage cut on {host} -> fenced, {len(ha)} HA VMs ACTIVE on {reserved} in {took_s:.1f}s"
     )
