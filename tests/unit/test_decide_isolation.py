@@ -42,7 +42,7 @@ def test_back_and_not_fenced_restarts_each_ha_vm_on_its_host() -> None:
     s = state_with(isolated(False, T0))
     assert restarts(s) == [("restart_vm", "a"), ("restart_vm", "c")]  # c: default HA
     out = decide(SEG, s, T0 + 10, "host3")
-    assert {e["host"] for e in out if e["kind"] == "intent"} == {"host1"}
+    assert {e["host"] for e in out if e.get("action") == "restart_vm"} == {"host1"}
 
 
 def test_still_isolated_or_not_healthy_waits() -> None:
