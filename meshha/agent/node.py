@@ -127,7 +127,8 @@ class Node:
         self.contact_m = -math.inf  # when a majority was last counted (trio time)
         self.beats: dict[str, float] = {}  # loop -> when it last ran (trio time)
         self.keepalive = Keepalive(self, ports.watchdog, ports.notifier)
-        self._isolation_reported = True
+        self._destroyed: tuple[float, list[str]] = (0.0, [])
+        self._back: Entry | None = None  # the isolation off entry, until committed
         self._in_flight: set[Any] = set()
         self._running: dict[str, trio.CancelScope] = {}
         self._dry_logged: set[str] = set()
@@ -489,15 +490,8 @@ class Node:
                 self._last_contact = self.contact_m = now_m
                 if self.isolated:
                     self.isolated = False
-                    self.propose(
-                        E.isolation(
-                            ts=self.p.now(),
-                            by=self.me,
-                            host=self.me,
-                            on=False,
-                            reason="contact with a majority is back",
-                        )
-                    )
+                    self._back = await self._back_entry()
+                self._report_back()
                 continue
             resumed = now_m - self._resumed_at < 2 * t.probe_interval_s + t.probe_timeout_s
             if resumed and now_m - self._last_contact < t.self_fence_deadline_s - (
@@ -519,16 +513,52 @@ class Node:
             except MeshhaError as err:
                 log.error("self_fence_failed", error=str(err))
         self.stats.self_fences += 1
+        self._destroyed = (self.p.now(), destroyed)
         log.warning("self_fenced", host=self.me, destroyed=len(destroyed))
-        self.propose(
+        self.propose(  # rarely commits: an isolated host has no quorum
             E.isolation(
                 ts=self.p.now(),
                 by=self.me,
                 host=self.me,
                 on=True,
                 reason=f"lost a majority on every network: destroyed {len(destroyed)} VMs",
+                vms=[{"vm": vm} for vm in destroyed],
             )
         )
+
+    async def _back_entry(self) -> Entry:
+        """The `isolation` off entry: with the VMs destroyed while isolated and their HA
+        policy (Nova answers again), so the leader restarts the ones nobody evacuated."""
+        at, destroyed = self._destroyed
+        vms: list[dict[str, Any]] = []
+        with trio.move_on_after(max(2.0, self.segment.timings.election_timeout_s)):
+            for vm in destroyed:
+                self.beats["isolation"] = trio.current_time()  # the lookups are bounded
+                p = await self._vm_policy(vm)
+                vms.append({"vm": vm, **({"ha": p["ha"]} if "ha" in p else {})})
+        vms += [{"vm": vm} for vm in destroyed[len(vms) :]]
+        return E.isolation(
+            ts=self.p.now(),
+            by=self.me,
+            host=self.me,
+            on=False,
+            reason=(
+                f"contact with a majority is back; destroyed {len(destroyed)} VMs "
+                f"when it isolated itself at {at:.3f}"
+            ),
+            vms=vms,
+        )
+
+    def _report_back(self) -> None:
+        """Propose the off entry until it is committed (one proposal at a time)."""
+        back = self._back
+        if back is None:
+            return
+        sf = self.state.self_fences.get(self.me)
+        if sf is not None and sf.ts == back["ts"]:
+            self._back = None
+            return
+        self.propose(back, key=("isolation", back["ts"]))
 
     async def _vm_event_loop(self) -> None:
         assert self.p.vm_events is not None

@@ -176,9 +176,17 @@ def reserve(*, ts: float, by: str, host: str, role: str, reason: str) -> Entry:
     return e
 
 
-def isolation(*, ts: float, by: str, host: str, on: bool, reason: str) -> Entry:
+def isolation(
+    *, ts: float, by: str, host: str, on: bool, reason: str, vms: list[dict[str, Any]] | None = None
+) -> Entry:
+    """`vms`: the VMs the host destroyed when it isolated itself, each {"vm"} and, when
+    its host could ask Nova, {"ha"}. The on entry rarely commits (no quorum); the off
+    one, proposed until committed, carries them too. decide/isolation.py restarts them
+    if the majority did not fence the host meanwhile."""
     e = _base("isolation", ts, by)
     e.update(host=host, on=bool(on), reason=reason)
+    if vms is not None:
+        e["vms"] = vms
     return e
 
 

@@ -176,6 +176,18 @@ class VmFailure:
 
 
 @dataclass(frozen=True, slots=True)
+class SelfFence:
+    """A host isolated itself and destroyed these VMs: its `isolation` entry, usually the
+    off one, committed once it is back in contact (an isolated host has no quorum).
+    `episode`: the host's failure episode when it committed."""
+
+    ts: float
+    episode: int
+    vms: tuple[str, ...]
+    ha: Mapping[str, bool]  # what its host could tell of each VM's HA policy
+
+
+@dataclass(frozen=True, slots=True)
 class ProcessFailure:
     outcome: ProcessOutcome
     detail: str

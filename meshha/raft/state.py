@@ -35,6 +35,7 @@ from meshha.raft.records import (
     Maintenance,
     ProcessFailure,
     Reconcile,
+    SelfFence,
     Verdict,
     VmFailure,
 )
@@ -101,6 +102,7 @@ class SegmentState:
         self.process_failures: dict[tuple[str, str], ProcessFailure] = {}  # (host, process)
         self.brake = Brake()
         self.isolated: dict[str, bool] = {}
+        self.self_fences: dict[str, SelfFence] = {}  # host -> its latest self-fence
         self.kinds_seen: dict[str, int] = {}
         self.reconciled: dict[str, Reconcile] = {}  # host -> its latest reconcile report
         # (host, fence episode) an operator vouched for (maintenance on after a BMC lie)
@@ -309,6 +311,12 @@ class SegmentState:
 
     def _apply_isolation(self, e: Entry) -> None:
         self.isolated[e["host"]] = e["on"]
+        if "vms" in e:  # what it destroyed when it isolated itself (see decide/isolation.py)
+            vms = [v for v in e["vms"] if isinstance(v, dict) and isinstance(v.get("vm"), str)]
+            ha = {v["vm"]: bool(v["ha"]) for v in vms if "ha" in v}
+            self.self_fences[e["host"]] = SelfFence(
+                e["ts"], self.episode[e["host"]], tuple(v["vm"] for v in vms), ha
+            )
 
     def _finish(
         self,

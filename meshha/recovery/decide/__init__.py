@@ -14,6 +14,7 @@ By failure kind, one module each, all sharing one `Context` (segment, state, now
   evacuate  placing a fenced host's VMs, retries, the report, replacing used reserve
   process   nova-compute / libvirtd that could not be restarted
   vm        VM crashes on live hosts
+  isolation VMs a host destroyed when it isolated itself, restarted if it was not fenced
   steps     the step/retry bookkeeping (attempts, backoff, alerts sent once)
   reserve   reserved hosts disabled in Nova until chosen as a target; the N+k alert
   maintenance  emptying a host in maintenance by live migration, and enabling it after
@@ -33,6 +34,7 @@ from meshha.raft.records import Intent
 from meshha.raft.state import SegmentState
 from meshha.recovery.decide.check import Audit, check_decisions, decision_problems
 from meshha.recovery.decide.host import brake, failing, host_recovery, needs_fence, verdict_entry
+from meshha.recovery.decide.isolation import isolation_recovery
 from meshha.recovery.decide.maintenance import maintenance_steps
 from meshha.recovery.decide.reserve import capacity_alert, reserve_holds
 from meshha.recovery.decide.steps import Context
@@ -72,6 +74,7 @@ def decide(segment: Segment, state: SegmentState, now: float, me: str) -> list[E
     out += reserve_holds(ctx)
     out += maintenance_steps(ctx)
     out += capacity_alert(ctx)
+    out += isolation_recovery(ctx)
     out = _one_release_each(out)
     check_decisions(state, out)
     return out
