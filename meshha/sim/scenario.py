@@ -174,6 +174,25 @@ def _bmc(alive: bool) -> Handler:
     return bmc
 
 
+async def _bmc_hang(r: Runner, s: Step) -> None:
+    for h in r.hosts(s.args[0]):
+        r.sim.bmc_hang(h)
+
+
+async def _flap(r: Runner, s: Step) -> None:
+    """`flap HOST NET every 2s for 60s`: the NIC goes down and up, `every` apart, for
+    `for`, and ends up."""
+    h, net = r.host(s.args[0]), s.args[1]
+    opts = dict(zip(s.args[2::2], s.args[3::2], strict=True))
+    every, total = seconds(opts["every"]), seconds(opts["for"])
+    end, up = trio.current_time() + total, False
+    while trio.current_time() < end:
+        r.sim.nic(h, net, up)
+        up = not up
+        await trio.sleep(every)
+    r.sim.nic(h, net, True)
+
+
 async def _partition(r: Runner, s: Step) -> None:
     groups = [set(r.hosts(g.strip())) for g in " ".join(s.args).split("|")]
     r.sim.partition(groups)
@@ -419,6 +438,8 @@ STEPS: dict[str, script.Verb[Handler]] = script.table(
         "nic-up": _nic(True),
         "bmc-dead": _bmc(False),
         "bmc-alive": _bmc(True),
+        "bmc-hang": _bmc_hang,
+        "flap": _flap,
         "partition": _partition,
         "heal": _heal,
         "loss": _loss,

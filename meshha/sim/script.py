@@ -57,6 +57,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "nic-up": ("HOSTS NET[,NET]", "NICs come back"),
     "bmc-dead": ("HOSTS", "BMCs stop answering"),
     "bmc-alive": ("HOSTS", "BMCs answer again"),
+    "bmc-hang": ("HOSTS", "BMCs accept the session and never answer"),
+    "flap": ("HOST NET every DURATION for DURATION", "a NIC goes down and up repeatedly"),
     "partition": ("HOSTS | HOSTS [| HOSTS ...]", "split every network into these groups"),
     "heal": ("", "remove every partition"),
     "loss": ("PERCENT [jitter DURATION] [delay DURATION] [dup PERCENT]", "link quality"),

@@ -289,6 +289,10 @@ class Sim:
         self.fault(f"bmc-{'alive' if alive else 'dead'} {host}")
         self.cloud.machines[host].bmc_alive = alive
 
+    def bmc_hang(self, host: str, hung: bool = True) -> None:
+        self.fault(f"bmc-{'hang' if hung else 'unhang'} {host}")
+        self.cloud.machines[host].bmc_hung = hung
+
     def partition(self, groups: list[set[str]], networks: tuple[str, ...] | None = None) -> None:
         self.fault("partition " + " | ".join(",".join(sorted(g)) for g in groups))
         self.net.partition(groups, networks)
@@ -302,6 +306,7 @@ class Sim:
             if not m.alive:
                 self.cloud.power_on(h)
             m.bmc_alive = True
+            m.bmc_hung = False
             m.nics = {n: True for n in m.nics}
             m.restart_fails.clear()
 
