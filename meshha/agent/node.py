@@ -37,6 +37,7 @@ from meshha.raft.entries import Entry
 from meshha.raft.intent_key import IntentKey, ms
 from meshha.raft.log import LogPort
 from meshha.raft.state import Intent, SegmentState
+from meshha.recovery.damping import ObservationDamper
 from meshha.recovery.decide import decide, pending_intents
 from meshha.recovery.executor import Drivers, Executor, Guard
 from meshha.recovery.ports import HypervisorPort, ProcessPort, VmEvent, WatchdogPort
@@ -130,6 +131,8 @@ class Node:
         self._in_flight: set[Any] = set()
         self._running: dict[str, trio.CancelScope] = {}
         self._dry_logged: set[str] = set()
+        self._damper = ObservationDamper()
+        self.supervisor: Any = None  # the process Supervisor, once running
         self._send, self._recv = trio.open_memory_channel[tuple[Entry, Any]](PROPOSAL_QUEUE)
         self._applied = trio.Event()
         self.alive = True
@@ -286,6 +289,7 @@ class Node:
         for (target, net), since in local.items():
             if (target, net) in self.stalled_peers:
                 continue  # its kernel answers: a stalled agent, not (yet) a lost host
+            self._damper.lost(target, net, since)
             if (target, net) not in committed:
                 self.propose(
                     E.observation(
@@ -301,6 +305,12 @@ class Node:
         for target, net in committed:
             if (target, net) not in local:
                 pv = self.prober.peer(target, net)
+                other_up = any(
+                    (target, n) not in local for n in self.segment.host(target).networks if n != net
+                )
+                now_m = trio.current_time()  # the prober's clock
+                if self._damper.hold_regain(target, net, pv.since or now_m, other_up, now_m):
+                    continue  # a flapping link: reachable again once it stays so
                 self.propose(
                     E.observation(
                         ts=now,
@@ -567,35 +577,33 @@ class Node:
         return {"ha": p.ha, "on_vm_failure": p.on_vm_failure, "priority": p.priority}
 
     async def _process_loop(self) -> None:
-        procs = self.segment.processes
+        """One supervision path (probes/supervisor.py): bounded restarts, at most one
+        failure and one recovery report per outage, none while in maintenance."""
+        from meshha.probes.supervisor import ProcessReport, Supervisor
+
         assert self.p.processes is not None
-        while True:
-            await trio.sleep(procs.check_interval_s)
-            if self.state.in_maintenance(self.me):
-                continue  # the operator's host: no local restarts fighting them
-            for name in procs.names:
-                if await self.p.processes.is_alive(name):
-                    continue
-                outcome, detail = "restart_failed", ""
-                for attempt in range(1, procs.restart_attempts + 1):
-                    try:
-                        await self.p.processes.restart(name)
-                    except MeshhaError as err:
-                        detail = f"attempt {attempt}: {err}"
-                    if await self.p.processes.is_alive(name):
-                        outcome, detail = "restarted", f"restarted after {attempt} attempt(s)"
-                        break
-                    await trio.sleep(procs.restart_backoff_s * attempt)
-                self.propose(
-                    E.process_failure(
-                        ts=self.p.now(),
-                        by=self.me,
-                        host=self.me,
-                        process=name,
-                        outcome=outcome,
-                        detail=detail or "still not running",
-                    )
+
+        def report(r: ProcessReport) -> None:
+            self.propose(
+                E.process_failure(
+                    ts=self.p.now(),
+                    by=self.me,
+                    host=self.me,
+                    process=r.name,
+                    outcome=r.outcome,
+                    detail=r.detail,
+                    since=r.since,
                 )
+            )
+
+        self.supervisor = Supervisor(
+            self.p.processes,
+            self.segment.processes,
+            report,
+            now=self.p.now,
+            paused=lambda: self.state.in_maintenance(self.me),
+        )
+        await self.supervisor.run()
 
     # -- reading -----------------------------------------------------------------------
 

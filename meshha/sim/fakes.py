@@ -539,7 +539,7 @@ class FakeProcesses:
         m = self.cloud.machines[self.host]
         await trio.sleep(0.1)
         if name in m.restart_fails or not m.alive:
-            raise ProcessError(f"restart of {name} failed", where=self.host)
+            raise ProcessError(f"restart of {name} failed", kind="restart_failed", where=self.host)
         m.processes[name] = True
 
 

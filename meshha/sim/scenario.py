@@ -185,12 +185,19 @@ async def _flap(r: Runner, s: Step) -> None:
     h, net = r.host(s.args[0]), s.args[1]
     opts = dict(zip(s.args[2::2], s.args[3::2], strict=True))
     every, total = seconds(opts["every"]), seconds(opts["for"])
-    end, up = trio.current_time() + total, False
+    r.sim.fault(f"flap {h} {net} every {every:g}s for {total:g}s")
+    await flap(r.sim, h, net, every, total)
+
+
+async def flap(sim: Sim, host: str, net: str, every_s: float, for_s: float) -> None:
+    """One fault (recorded by the caller): the NIC toggles, then ends up."""
+    nics = sim.cloud.machines[host].nics
+    end, up = trio.current_time() + for_s, False
     while trio.current_time() < end:
-        r.sim.nic(h, net, up)
+        nics[net] = up
         up = not up
-        await trio.sleep(every)
-    r.sim.nic(h, net, True)
+        await trio.sleep(every_s)
+    nics[net] = True
 
 
 async def _partition(r: Runner, s: Step) -> None:

@@ -242,13 +242,16 @@ def test_the_chain_waits_for_each_step() -> None:
     L.answers["fence"] = lambda i: None  # the BMC never answers
     L.observe("host2")
     L.run(30)
-    assert [e["action"] for e in L.intents() if e["host"] == "host2"] == ["fence"]
+    assert [e["action"] for e in L.intents() if e["host"] == "host2"] == ["fence", "alert"]
+    # A fence still running after the self-fence deadline is alerted, and nothing moves.
+    (stuck,) = [e for e in alerts(L) if e["host"] == "host2"]
+    assert stuck["params"]["subject"] == "cannot fence host2 through its BMC"
     assert not L.state.is_fenced("host2")
     # Only its result lets the chain go on.
     L.result("fence:host2:e1:a1")
     L.answers.pop("fence")
     L.run(2)
-    actions = [e["action"] for e in L.intents() if e["host"] == "host2"]
+    actions = [e["action"] for e in L.intents() if e["host"] == "host2" and e["action"] != "alert"]
     assert actions[:4] == ["fence", "disable_compute", "inventory", "evacuate"]
 
 
