@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 import structlog
@@ -82,6 +82,8 @@ class NodePorts:
     hypervisor: HypervisorPort | None = None
     vm_events: trio.abc.ReceiveChannel[VmEvent] | None = None
     processes: ProcessPort | None = None
+    # What the process port watches, if not the config's names (virtqemud for libvirtd)
+    process_names: tuple[str, ...] | None = None
     guard: Guard | None = None
     watchdog: WatchdogPort | None = None  # only for a host whose config declares one
     notifier: Notifier | None = None  # systemd's sd_notify
@@ -596,9 +598,12 @@ class Node:
                 )
             )
 
+        procs = self.segment.processes
+        if self.p.process_names is not None:
+            procs = replace(procs, names=self.p.process_names)
         self.supervisor = Supervisor(
             self.p.processes,
-            self.segment.processes,
+            procs,
             report,
             now=self.p.now,
             paused=lambda: self.state.in_maintenance(self.me),

@@ -33,9 +33,11 @@ the host's nova-compute service is up (Nova marks it down once its heartbeats st
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -124,19 +126,25 @@ def libvirt_probe(uri: str, limiter: trio.CapacityLimiter | None = None) -> Heal
     return probe
 
 
-def nova_service_probe(nova: NovaPort, host: str) -> HealthProbe:
+def nova_service_probe(nova: NovaPort, host: str, every_s: float = 30.0) -> HealthProbe:
     """A health probe for nova-compute: Nova's own view of the host's service. Down while
     enabled and not forced down (by us) means its heartbeats stopped: hung. Nova not
-    answering, or a service we forced down, says nothing: alive."""
+    answering, or a service we forced down, says nothing: alive. Nova is asked at most
+    every `every_s` (it marks a service down only after service_down_time, 60 s by
+    default, so asking more often learns nothing and loads its API)."""
+    last: list[float | bool] = [-math.inf, True]  # when asked, what it said
 
     async def probe() -> bool:
+        if trio.current_time() - float(last[0]) < every_s:
+            return bool(last[1])
+        last[0] = trio.current_time()
         try:
             (facts,) = await nova.host_facts([host])
         except (MeshhaError, ValueError):
+            last[1] = True
             return True
-        if facts.forced_down or not facts.service_enabled:
-            return True
-        return facts.service_up
+        last[1] = facts.forced_down or not facts.service_enabled or facts.service_up
+        return bool(last[1])
 
     return probe
 
