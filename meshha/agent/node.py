@@ -543,17 +543,11 @@ class Node:
         async for ev in self.p.vm_events:
             now = self.p.now()
             if ev.kind in ("hypervisor_down", "hypervisor_up"):
-                outcome = "down" if ev.kind == "hypervisor_down" else "restarted"
-                self.propose(
-                    E.process_failure(
-                        ts=now,
-                        by=self.me,
-                        host=self.me,
-                        process="libvirtd",
-                        outcome=outcome,
-                        detail=ev.detail,
-                    )
-                )
+                # Not a report of its own: the supervisor checks now and reports the
+                # outage once (probes/supervisor.py).
+                log.info("libvirt_connection", event=ev.kind, detail=ev.detail)
+                if ev.kind == "hypervisor_down" and self.supervisor is not None:
+                    self.supervisor.wake()
                 continue
             entry = E.vm_failure(
                 ts=now, by=self.me, host=self.me, vm=ev.vm or "", event=ev.kind, detail=ev.detail

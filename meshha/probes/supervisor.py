@@ -14,7 +14,8 @@ but failing its health probe) to the first check that finds it running again. Pe
   leader's steps for it (disable, alert) are proposed once;
 - nothing is restarted while `paused()` says so (the host is in maintenance: an operator
   works on it); an outage that began in maintenance starts counting when it ends.
-A process that is found dead and comes back by itself before any restart was tried
+`wake()` checks at once (the libvirt event monitor calls it when its connection drops:
+that is a hint, not a report of its own). A process that is found dead and comes back by itself before any restart was tried
 (systemd's own restart, within one check) is not an outage worth a report.
 """
 
@@ -76,11 +77,18 @@ class Supervisor:
         self.now, self.paused, self.max_pause_s = now, paused, max_pause_s
         self.outages: dict[str, Outage] = {}
         self.restarts = 0  # over the supervisor's life, for status and tests
+        self._woken = trio.Event()
 
     async def run(self) -> None:
         while True:
-            await trio.sleep(self.config.check_interval_s)
+            with trio.move_on_after(self.config.check_interval_s):
+                await self._woken.wait()
+            self._woken = trio.Event()
             await self.check_once()
+
+    def wake(self) -> None:
+        """Check now (libvirt's connection just dropped), not at the next interval."""
+        self._woken.set()
 
     async def check_once(self) -> None:
         for name in self.config.names:
