@@ -35,7 +35,7 @@ flap host1 admin every 2s for 60s
 tick 8s
 no-heal
 """,
-    "hung-bmc": """segment hosts=5 reserved=host5 vms=2
+    "hung-bmc": """segment hosts=5 reserved=host5 vms=2 watchdog=true
 wait-leader
 tick 3s
 bmc-hang host2
