@@ -19,6 +19,7 @@ from meshha.agent.service import ControlHandler
 from meshha.config.load import load_segment
 from meshha.lab.mesh import Mesh, conflicts
 from meshha.lab.segment_files import write_segment
+from meshha.raft.state import SegmentState
 
 HOSTS = tuple(f"host{i}" for i in range(1, 6))
 
@@ -108,7 +109,8 @@ async def test_maintenance_reply_names_the_committed_index(tmp_path: Path) -> No
     hosts = [(h, {"admin": f"127.0.9.{i}"}) for i, h in enumerate(HOSTS, 1)]
     cfg = write_segment(tmp_path, hosts, networks={"admin": "alert"})
     segment = load_segment(cfg)
-    state = SimpleNamespace(index=7)
+    state = SegmentState(segment)  # the handler reads the window's drain progress from it
+    state.index = 7
 
     async def wait_applied(index: int) -> None:
         state.index = index
