@@ -55,6 +55,7 @@ from meshha.lab.libvirt_setup import (
     PRIVATE_QEMU_CONF,
     SHARED_CACHE_DIR,
 )
+from meshha.lab.mesh import poll_until
 from meshha.lab.netns import Lab, LabError, _in_netns, run
 from meshha.lab.nova_client import NovaBox, venv_missing_reason
 from meshha.lab.segment_files import write_segment
@@ -135,14 +136,10 @@ class LabTimeout(AssertionError):
 
 
 def wait_until(cond: Callable[[], T | None], timeout_s: float, what: str, poll_s: float = 0.1) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        got = cond()
-        if got:
-            return got
-        if time.monotonic() >= deadline:
-            raise LabTimeout(f"not within {timeout_s:g}s: {what}")
-        time.sleep(poll_s)  # noqa: TID251  # a poll interval, not a wait for the event itself
+    got = poll_until(cond, timeout_s, poll_s)
+    if got is None:
+        raise LabTimeout(f"not within {timeout_s:g}s: {what}")
+    return got
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,19 @@ POLL_S = 0.02
 T = TypeVar("T")
 
 
+def poll_until(cond: Callable[[], T | None], timeout_s: float, poll_s: float) -> T | None:
+    """The lab's one synchronous poll: what `cond` returns once truthy, None at the
+    deadline (the caller raises its own timeout, with its own context)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = cond()
+        if got:
+            return got
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(poll_s)  # noqa: TID251  # a poll interval, not a wait for the event itself
+
+
 class MeshTimeout(AssertionError):
     """A condition did not hold before its deadline (an assertion failure in a test)."""
 
@@ -317,14 +330,10 @@ class Mesh:
     ) -> T:
         """Poll `cond` until it returns something truthy, and return that; MeshTimeout
         (with the agents' view) after `timeout_s`."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            got = cond()
-            if got:
-                return got
-            if time.monotonic() >= deadline:
-                raise MeshTimeout(f"not within {timeout_s:g}s: {what}\n{self.describe()}")
-            time.sleep(poll_s)  # noqa: TID251  # a poll interval, not a wait for the event itself
+        got = poll_until(cond, timeout_s, poll_s)
+        if got is None:
+            raise MeshTimeout(f"not within {timeout_s:g}s: {what}\n{self.describe()}")
+        return got
 
     def describe(self) -> str:
         """One line per host: running?, leader, verdicts; for failure messages."""

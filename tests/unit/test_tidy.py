@@ -52,8 +52,7 @@ FORBIDDEN = frozenset(
 # turns it into an XPASS (strict), which fails until it is taken off this list.
 KNOWN_SLEEPERS = {
     "meshha/lab/chassis.py": "ipmi_sim chassis script simulates a slow BMC with time.sleep",
-    "meshha/lab/mesh.py": "Mesh.wait_for polls its condition with time.sleep(poll_s)",
-    "meshha/lab/cloud.py": "wait_until polls lab conditions (Nova, ledgers, /proc) to a deadline",
+    "meshha/lab/mesh.py": "poll_until, the lab's one synchronous poll to a deadline (Mesh and Cloud use it)",
     "meshha/lab/lab_host.py": "a lab host's init polls libvirtd's socket at boot, children at stop",
 }
 
