@@ -190,6 +190,10 @@ class SegmentState:
             ended = self.maintenance.pop(host, None)
             if ended is not None:
                 self.maintenance_ended[host] = ended
+            # The operator ended the window: the drain stops where it is.
+            for i in list(self.intents.values()):
+                if not i.done and i.action == "drain" and i.host == host:
+                    self._finish(i, "abandoned", "maintenance ended", e["ts"])
 
     def _apply_intent(self, e: Entry) -> None:
         iid = e["intent"]
@@ -218,6 +222,8 @@ class SegmentState:
             self._finish(i, "abandoned", "host in maintenance when the intent committed", e["ts"])
         elif i.target is not None and self.in_maintenance(i.target):
             self._finish(i, "abandoned", "target in maintenance when the intent committed", e["ts"])
+        elif i.action == "drain" and not self.in_maintenance(host):
+            self._finish(i, "abandoned", "host no longer in maintenance", e["ts"])
         elif i.action == "maint_release" and self.roles.get(host) == "reserved":
             # It became reserve since the window ended: the reserve stays disabled.
             self._finish(i, "abandoned", "host is reserved now: it stays disabled", e["ts"])

@@ -111,6 +111,7 @@ class FakeCloud:
         self.nova_up = True
         self.alerts_up = True
         self.nova_delay_s = 0.3
+        self.nova_timeout_s = 30.0  # the real driver's deadline for one call
         self._clock = clock or trio.current_time
         self._events: dict[
             str, tuple[trio.MemorySendChannel[VmEvent], trio.MemoryReceiveChannel[VmEvent]]
@@ -431,11 +432,26 @@ class FakeNova:
     async def _board_changed(self) -> None:
         await self._board_wake.wait()
 
+    async def _cast(self, host: str, what: str) -> None:
+        """Nova's API answers a power action at once and casts it to the server's
+        nova-compute; a compute that is powered off, hung or dead never acts on it, and
+        the real driver gives up at its deadline."""
+        m = self.cloud.machines[host]
+        if m.alive and m.processes.get("nova-compute", False):
+            return
+        await trio.sleep(self.cloud.nova_timeout_s)
+        raise NovaError(
+            f"{what}: not done after {self.cloud.nova_timeout_s:g} s",
+            kind="timeout",
+            where="nova-api",
+        )
+
     async def start(self, server_id: str) -> None:
         await self._call()
         s = self._server(server_id)
         if s.status == "ACTIVE" and s.host in self.cloud.running.get(server_id, set()):
             return  # already running: a no-op, as with the real driver
+        await self._cast(s.host, f"start {server_id}")
         self.cloud.record(self.actor, "start", s.host, server_id)
         await trio.sleep(self.cloud.nova_delay_s)
         s.status = "ACTIVE"
@@ -446,6 +462,7 @@ class FakeNova:
         s = self._server(server_id)
         if s.status == "SHUTOFF":
             return  # already stopped: a no-op, as with the real driver
+        await self._cast(s.host, f"stop {server_id}")
         self.cloud.record(self.actor, "stop", s.host, server_id)
         s.status = "SHUTOFF"
         self.cloud._stop(server_id, s.host)
@@ -453,6 +470,7 @@ class FakeNova:
     async def hard_reboot(self, server_id: str) -> None:
         await self._call()
         s = self._server(server_id)
+        await self._cast(s.host, f"hard reboot {server_id}")
         self.cloud.record(self.actor, "hard_reboot", s.host, server_id)
         self.cloud._stop(server_id, s.host)
         await trio.sleep(self.cloud.nova_delay_s)

@@ -697,6 +697,18 @@ def test_no_vm_recovery_on_a_failed_host() -> None:
     assert [e for e in L.intents() if e["vm"] == "vm-a"] == []
 
 
+def test_no_vm_restart_on_a_host_that_is_about_to_be_fenced() -> None:
+    """A VM crash reported by a host degraded on a fencing network: the fence and the
+    evacuation take it, never a restart in place racing the power-off (swarm seed 52)."""
+    L = Leader(servers={"host3": [server("vm-a")]})
+    L.observe("host3", nets=("storage",))
+    L.run(1)
+    assert L.state.verdicts["host3"].kind == "degraded"
+    vm_failure(L)
+    L.run(10)
+    assert [e["action"] for e in L.intents() if e.get("vm") == "vm-a"] == ["evacuate"]
+
+
 # -- process failures --------------------------------------------------------------------
 
 
@@ -852,6 +864,8 @@ def broken(kind: str) -> tuple[SegmentState, list[Entry]]:
         iid = f"evacuate:host3:e{st.episode['host3'] + 1}:vm-x:a1"
         fail("host3")
         return st, [intent(iid, "evacuate", "host3", vm="vm-x", target="host5")]
+    if kind == "restart-while-fencing":
+        return st, [intent(f"{fail('host3')}:a1", "fence", "host3"), restart]
     if kind == "pending":
         st.apply(restart)
         return st, [intent("restart_vm:vm-x:1:a2", "restart_vm", "host3", vm="vm-x")]
@@ -881,6 +895,7 @@ BROKEN = {
     "engaging": "fence in the batch that engages the brake",
     "unfenced": "evacuation from host3, not fenced",
     "pending": "is still pending",
+    "restart-while-fencing": "restart_vm on host3, fenced in the same batch",
     "repeat": "already committed",
     "alert-retry": "an alert is sent once",
     "skipped-attempt": "attempt 2 after 0",

@@ -331,6 +331,20 @@ def test_intents_committed_during_maintenance_are_abandoned() -> None:
     assert not s.in_maintenance("host3")
 
 
+def test_the_end_of_maintenance_stops_the_drain() -> None:
+    """Drains pending when the window ends are abandoned, and one proposed before the end
+    but committed after it is abandoned at commit (swarm seed 90: it ran after `off`)."""
+    s = run(fresh(), maint("host3", True))
+    run(s, intent("drain:host3:vm-c:1:a1", "drain", "host3", vm="vm-c", target="host4"))
+    assert s.intents["drain:host3:vm-c:1:a1"].status == "pending"
+    run(s, maint("host3", False))
+    assert s.intents["drain:host3:vm-c:1:a1"].status == "abandoned"
+    assert s.intents["drain:host3:vm-c:1:a1"].detail == "maintenance ended"
+    run(s, intent("drain:host3:vm-d:1:a1", "drain", "host3", vm="vm-d", target="host4"))
+    assert s.intents["drain:host3:vm-d:1:a1"].status == "abandoned"
+    assert s.intents["drain:host3:vm-d:1:a1"].detail == "host no longer in maintenance"
+
+
 # -- the evacuation invariant, checked at commit -----------------------------------------
 
 

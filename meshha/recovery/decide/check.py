@@ -17,11 +17,14 @@ bug: crash rather than fence or evacuate wrongly). The invariants:
      again is re-enabled, and only after a committed reconcile report from its own
      agent for that fence episode (newer than every move of its VMs, clean, and not
      a BMC's lie no operator vouched for: decide/return_.py); nothing is restarted in
-     place on a fenced host; a self-fence proof follows a failed BMC fence;
+     place on a fenced host, nor on one fenced in the same batch; a self-fence proof
+     follows a failed BMC fence;
   6. the reserve is never enabled in Nova except as a chosen target: a reserved host is
      released only for a fenced host's evacuation (or a maintenance drain), never by
      the end of a maintenance window, and nothing is evacuated onto a reserved host
-     that is still disabled; a drain only moves VMs off a host in maintenance.
+     that is still disabled; a drain only moves VMs off a host in maintenance (one
+     that commits after the window ended is abandoned, as are the drains still
+     pending when it ends).
 
 `Audit` checks the same invariants a second time, on the committed log, one entry at a
 time against the state it commits onto (the simulator runs it after every step). There,
@@ -58,6 +61,7 @@ def decision_problems(
     against the state it commits onto (the caller applies them one by one)."""
     problems: list[str] = []
     engaging = any(e["kind"] == "brake" and e["on"] for e in entries)
+    fencing = {e["host"] for e in entries if _is_fence(e)}
     seen: set[str] = set()
     for e in entries:
         if e["kind"] == "intent":
@@ -68,6 +72,8 @@ def decision_problems(
             problems += _intent_problems(state, e, committed=committed)
         elif e["kind"] == "fenced":
             problems += _proof_problems(state, e, committed=committed)
+        if e["kind"] == "intent" and e["action"] in VM_FAILURE_STEPS and e["host"] in fencing:
+            problems.append(f"{_name(e)}: {e['action']} on {e['host']}, fenced in the same batch")
         if engaging and _is_fence(e):
             problems.append(f"{_name(e)}: fence in the batch that engages the brake")
     return problems

@@ -4,9 +4,9 @@ Each VM's latest failure gets the action its HA policy names (`on_vm_failure`, e
 segment's default): restart it in place, hard-reboot it, restart it elsewhere, alert,
 or ignore. A VM that keeps failing (`vm_restart_limit` failures within
 `vm_restart_window_s`), or whose restart in place failed, is restarted elsewhere
-instead. Nothing is done for a VM whose host is failed or fenced and not yet back in service
-(the host chain evacuates it; a VM must not start on a host that returns) or in
-maintenance.
+instead. Nothing is done for a VM whose host is to be fenced (failed, or degraded on a fencing
+network) or fenced and not yet back in service (the host chain evacuates it; a VM must
+not start on a host being powered off, nor on one that returns) or in maintenance.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Literal
 from meshha.raft.entries import Entry
 from meshha.raft.intent_key import alert, ms, vm_failure
 from meshha.raft.records import VmFailure
+from meshha.recovery.decide.host import needs_fence
 from meshha.recovery.decide.steps import Context
 
 VmStep = Literal["restart_vm", "hard_reboot", "migrate_vm"]
@@ -27,8 +28,8 @@ def vm_recovery(ctx: Context) -> list[Entry]:
         info = ctx.state.vm_last_failure.get(vm)
         if info is None or ctx.state.in_maintenance(info.host):
             continue
-        if ctx.state.verdicts[info.host].kind == "failed" or info.host in ctx.state.fenced:
-            continue  # the host chain evacuates it; a fenced host starts nothing
+        if needs_fence(ctx.segment, ctx.state.verdicts[info.host]) or info.host in ctx.state.fenced:
+            continue  # the host chain fences and evacuates it; a fenced host starts nothing
         out += _one_vm(ctx, vm, times, info)
     return out
 
