@@ -5,7 +5,8 @@ reserved, 10 VMs). Building a lab takes about half a minute, so the tests of a m
 share it and each test leaves it as it found it (hosts powered on, networks healed).
 Skipped, with the reason, where the machine cannot run the lab (not root, no ipmi_sim,
 libvirtd, QEMU or nova venv). Prefix "mhlt" and subnet 10.214 keep it apart from a
-`meshha-lab up` on the same machine; the state dir is per process.
+`meshha-lab up` on the same machine (MESHHA_LABTEST_PREFIX and MESHHA_LABTEST_SUBNET
+override them, so two test runs can share a machine); the state dir is per process.
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ def cloud(request: pytest.FixtureRequest) -> Iterator[Cloud]:
     if why:
         pytest.skip(why)
     spec = getattr(request.module, "LAB_SPEC", LabSpec(vms=10))
-    spec = LabSpec(**{**spec.__dict__, "prefix": "mhlt", "subnet": "10.214"})
-    c = Cloud(Path(f"/run/mhlt-{os.getpid()}"))
+    prefix = os.environ.get("MESHHA_LABTEST_PREFIX", "mhlt")
+    subnet = os.environ.get("MESHHA_LABTEST_SUBNET", "10.214")
+    spec = LabSpec(**{**spec.__dict__, "prefix": prefix, "subnet": subnet})
+    c = Cloud(Path(f"/run/{prefix}-{os.getpid()}"))
     c.down(say=lambda _: None)
     try:
         c.up(spec, say=print)
