@@ -165,7 +165,13 @@ class SegmentState:
             tuple((o, n, float(s)) for o, n, s in e["evidence"]),
         )
         old = self.verdicts[host]
-        if new.kind in ("failed", "degraded") and old.kind not in ("failed", "degraded"):
+        # A failure episode starts when a host in service fails. A fenced host is out of
+        # service until it is re-enabled: it was powered off, Nova holds it forced down
+        # and disabled, and it runs nothing Nova places elsewhere, so a loss of it in the
+        # meantime (its power-off seen as "failed", a boot with a link still cut) is the
+        # same episode: it is not fenced again, nor its VMs moved again.
+        starts = new.kind in ("failed", "degraded") and old.kind not in ("failed", "degraded")
+        if starts and host not in self.fenced:
             self.episode[host] += 1
         if new.kind == "failed":
             # What a dead host said it saw is stale; it reports again when it is back.

@@ -160,13 +160,30 @@ def test_a_failed_host_loses_its_own_stale_observations() -> None:
     assert ("host1", "host2", "admin") in s.lost
 
 
+def back_in_service(host: str, ep: int = 1) -> tuple[E.Entry, ...]:
+    """A fenced host heard again and re-enabled: in service, its episode over."""
+    iid = f"enable:{host}:e{ep}:a1"
+    return verdict(host, "healthy"), intent(iid, "enable_compute", host), result(iid)
+
+
 def test_fence_result_fences_for_the_current_episode_only() -> None:
     s = fenced_host()
     assert s.is_fenced("host2")
     assert s.fenced["host2"].method == "bmc"
     assert ("host2", 1) in s.ever_fenced
-    run(s, verdict("host2", "healthy"), verdict("host2", "failed", NETS))
+    run(s, *back_in_service("host2"), verdict("host2", "failed", NETS))
     assert s.episode["host2"] == 2 and not s.is_fenced("host2")
+
+
+def test_a_fenced_host_out_of_service_stays_in_its_episode() -> None:
+    """Its power-off seen as failed, a boot with its storage link still cut: the same
+    episode, still fenced, so it is neither fenced again nor its VMs moved again (the
+    lab's storage-cut test: it was powered off again on its way back)."""
+    s = fenced_host()
+    run(s, verdict("host2", "suspect"), verdict("host2", "failed", NETS))
+    run(s, verdict("host2", "suspect"), verdict("host2", "degraded", ("storage",)))
+    run(s, verdict("host2", "healthy"), verdict("host2", "failed", NETS))
+    assert s.episode["host2"] == 1 and s.is_fenced("host2")
 
 
 def test_failed_fence_result_does_not_fence() -> None:
@@ -374,7 +391,7 @@ def test_evacuate_after_the_host_was_unfenced_is_abandoned_not_raised() -> None:
 
 
 def test_a_fence_in_an_earlier_episode_does_not_cover_the_next() -> None:
-    s = run(fenced_host(), verdict("host2", "healthy"), verdict("host2", "failed", NETS))
+    s = run(fenced_host(), *back_in_service("host2"), verdict("host2", "failed", NETS))
     with pytest.raises(InvariantViolation):
         run(s, intent("evacuate:host2:e2:vm-a:a1", "evacuate", "host2", vm="vm-a", target="host5"))
 
@@ -432,7 +449,7 @@ def test_eviction_keeps_what_decide_can_still_reach_by_its_key(
     assert "alert:process:host4:libvirtd:999000:a1" not in s.intents
     run(s, verdict("host2", "failed", NETS), *done("fence:host2:e1:a1", "fence", "host2"))
     assert "fence:host2:e1:a1" in s.intents
-    run(s, verdict("host2", "healthy"), verdict("host2", "failed", NETS))  # episode 2
+    run(s, *back_in_service("host2"), verdict("host2", "failed", NETS))  # episode 2
     run(s, *done("alert:recovered:host5:e0:a1", "alert", "host5"))  # evicts what it can
     assert "fence:host2:e1:a1" not in s.intents
     assert set(s.attempts) == {s.intents[i].key.base for i in s.intents}  # type: ignore[union-attr]
