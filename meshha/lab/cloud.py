@@ -176,14 +176,23 @@ class Vm:
 def vm_plan(i: int) -> tuple[str, dict[str, str], bool]:
     """(flavor, metadata, protected?) of the lab's i-th VM (from 1): mostly protected by
     the AZ rule, every 10th unprotected by its flavor (m1.scratch), every 10th (+5) by
-    Masakari's HA_Enabled=False metadata, every 4th of the rest high priority (m1.gold)."""
+    Masakari's HA_Enabled=False metadata, every 3rd of the rest high priority (m1.gold),
+    every 10th (+1) low priority (its `meshha:priority` metadata). Booted round-robin over
+    4 compute hosts, the first two hosts each hold a high, a lower and an unprotected VM."""
     if i % 10 == 0:
         return "m1.scratch", {}, False
     if i % 10 == 5:
         return "m1.ha", {"HA_Enabled": "False"}, False
-    if i % 4 == 3:
+    if i % 3 == 0:
         return "m1.gold", {}, True
+    if i % 10 == 1:
+        return "m1.ha", {"meshha:priority": "low"}, True
     return "m1.ha", {}, True
+
+
+def planned_priority(flavor: str, metadata: dict[str, str]) -> str:
+    """The priority the lab's HA policy gives a VM booted with `flavor` and `metadata`."""
+    return metadata.get("meshha:priority") or ("high" if flavor == "m1.gold" else "medium")
 
 
 class Cloud:
@@ -689,7 +698,9 @@ class Cloud:
                 metadata=metadata,
             )
             ids.append(s.id)
-            self.desc["vms"].append({"id": s.id, "name": f"vm{i:02d}", "ha": ha, "flavor": flavor})
+            self.desc["vms"].append(
+                {"id": s.id, "name": f"vm{i:02d}", "ha": ha, "flavor": flavor, "metadata": metadata}
+            )
         self.save()
         shown = [-1]
 
