@@ -69,6 +69,16 @@ def nova_actions(conn: Any, vm: str, t0: float) -> list[tuple[str, float]]:
     return sorted(out, key=lambda x: x[1])
 
 
+def policy_mix(cloud: Cloud, vms: list[Vm], host: str) -> tuple[int, int]:
+    """(distinct priorities among its HA VMs, its HA-off VMs): what the HA-policy case
+    needs on its victim. The other cases take the hosts with the least of it."""
+    prio = {
+        v["id"]: planned_priority(v["flavor"], v.get("metadata", {})) for v in cloud.desc["vms"]
+    }
+    here = [v for v in vms if v.host == host]
+    return len({prio[v.id] for v in here if v.ha}), len([v for v in here if not v.ha])
+
+
 def since(rows: list[dict[str, Any]], t0: float) -> list[dict[str, Any]]:
     return [e for e in rows if e["ts"] >= t0]
 
@@ -105,8 +115,9 @@ def test_maintenance_drains_ignores_faults_and_returns(cloud: Cloud) -> None:
     conn = cloud.connect()
     leader = cloud.leader() or ""
     vms0 = cloud.vms()
-    host = max(
-        (h for h in cloud.computes if h != leader), key=lambda h: [v.host for v in vms0].count(h)
+    host = min(
+        (h for h in cloud.computes if h != leader and any(v.host == h for v in vms0)),
+        key=lambda h: policy_mix(cloud, vms0, h),
     )
     others = [h for h in cloud.hosts if h != host]
     doms0 = sampler.check()
@@ -231,10 +242,13 @@ def test_tenant_network_cut_live_migrates(cloud: Cloud) -> None:
     leader = cloud.leader() or ""
     doms0 = sampler.check()
     vms0 = cloud.vms()
-    host = next(
-        h
-        for h in cloud.computes
-        if h != leader and any(v.ha and v.host == h and doms0.get(v.id) for v in vms0)
+    host = min(
+        (
+            h
+            for h in cloud.computes
+            if h != leader and any(v.ha and v.host == h and doms0.get(v.id) for v in vms0)
+        ),
+        key=lambda h: policy_mix(cloud, vms0, h),
     )
     ha = [v for v in vms0 if v.host == host and v.ha and doms0.get(v.id)]
     left = [v for v in vms0 if v.host == host and not v.ha and doms0.get(v.id)]
@@ -271,8 +285,13 @@ def test_tenant_network_cut_live_migrates(cloud: Cloud) -> None:
 
         rows = wait_until(recorded, 30, "every live migration's result in every ledger")
         done = results(rows)
-        verdicts = [e for e in rows if e["kind"] == "verdict" and e["host"] == host]
-        assert verdicts[0]["verdict"] == "degraded" and verdicts[0]["networks"] == ["tenant"]
+        verdicts = [
+            (e["verdict"], e["networks"])
+            for e in rows
+            if e["kind"] == "verdict" and e["host"] == host
+        ]
+        assert ("degraded", ["tenant"]) in verdicts, verdicts  # after a moment's suspect
+        assert not [v for v in verdicts if v[0] == "failed"], verdicts
         mig = intents(rows, "live_migrate", host)
         assert sorted(e["vm"] for e in mig) == sorted(v.id for v in ha)
         assert all(done[e["intent"]]["outcome"] == "ok" for e in mig)
@@ -298,11 +317,10 @@ def test_vm_crashing_again_is_restarted_on_another_host(cloud: Cloud) -> None:
     sampler = Sampler(cloud)
     conn = cloud.connect()
     doms0 = sampler.check()
-    vm = next(
-        v
-        for h in reversed(cloud.computes)
-        for v in cloud.vms()
-        if v.host == h and v.ha and doms0.get(v.id) == [h]
+    vms0 = cloud.vms()
+    vm = min(
+        (v for v in vms0 if v.ha and v.host in cloud.hosts and doms0.get(v.id) == [v.host]),
+        key=lambda v: policy_mix(cloud, vms0, v.host or ""),
     )
     host = vm.host
     assert host is not None
@@ -373,14 +391,15 @@ def test_ha_policy_ha_off_left_and_priorities_ordered(cloud: Cloud) -> None:
     doms0 = sampler.check()
     vms0 = [v for v in cloud.vms() if doms0.get(v.id) == [v.host]]
 
-    def mix(h: str) -> tuple[int, int]:
-        here = [v for v in vms0 if v.host == h]
-        return len({prio[v.id] for v in here if v.ha}), len([v for v in here if not v.ha])
+    def fit(h: str) -> tuple[int, tuple[int, int]]:
+        m = policy_mix(cloud, vms0, h)
+        return min(m[0], 2) + min(m[1], 1), m
 
-    victim = max((h for h in cloud.computes if h != leader), key=mix)
+    victim = max((h for h in cloud.computes if h != leader), key=fit)
     ha = [v for v in vms0 if v.host == victim and v.ha]
     off = [v for v in vms0 if v.host == victim and not v.ha]
-    assert mix(victim)[0] >= 2 and off, (victim, [(v.name, prio[v.id], v.ha) for v in ha + off])
+    mix = policy_mix(cloud, vms0, victim)
+    assert mix[0] >= 2 and off, (victim, [(v.name, prio[v.id], v.ha) for v in ha + off])
     live = [h for h in cloud.hosts if h != victim]
 
     t0 = cloud.power_off(victim)
