@@ -900,6 +900,8 @@ class Cloud:
         if self.desc.get("namespaces") or self.desc.get("prefix"):
             self.net.teardown()  # kills what is left in the namespaces, deletes links
         for d in reversed(self.desc.get("made_dirs", [])):
+            if mounted_elsewhere(d):
+                continue  # another lab's host mounts it: removing it would unmount it there
             with contextlib.suppress(OSError):
                 os.rmdir(d)  # only if still empty
         shutil.rmtree(self.state, ignore_errors=True)
@@ -924,6 +926,32 @@ def _zombie(pid: int) -> bool:
     except OSError:
         return True
     return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def mounted_elsewhere(path: str) -> bool:
+    """Whether `path` is a mount point in another mount namespace: a host of another lab
+    on this machine (they share the mount points /etc/meshha, /run/meshha, ...). Removing
+    the directory here would detach that mount there too (Linux detaches the mounts on a
+    removed directory in every namespace): its agent's control socket, config and data
+    would vanish under it."""
+    seen = {os.stat("/proc/self/ns/mnt").st_ino}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            ino = os.stat(f"/proc/{entry.name}/ns/mnt").st_ino
+            if ino in seen:
+                continue
+            seen.add(ino)
+            mounts = Path(f"/proc/{entry.name}/mountinfo").read_text()
+        except OSError:
+            continue
+        for line in mounts.splitlines():
+            fields = line.split(" ")
+            # mountinfo escapes space, tab, newline and backslash as octal (\040 ...)
+            if len(fields) > 4 and fields[4].encode().decode("unicode_escape") == path:
+                return True
+    return False
 
 
 def _qemu_uuid(argv: list[bytes]) -> str | None:
