@@ -143,7 +143,7 @@ def keep_quorum(ctx: Context, computed: Mapping[str, Verdict], out: list[Entry])
 
 
 def _is_fence_intent(e: Entry) -> bool:
-    return e["kind"] == "intent" and e["action"] == "fence"
+    return bool(e["kind"] == "intent" and e["action"] == "fence")
 
 
 # -- the host chain ----------------------------------------------------------------------
