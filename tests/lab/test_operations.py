@@ -319,7 +319,7 @@ def test_vm_crashing_again_is_restarted_on_another_host(cloud: Cloud) -> None:
     doms0 = sampler.check()
     vms0 = cloud.vms()
     vm = min(
-        (v for v in vms0 if v.ha and v.host in cloud.hosts and doms0.get(v.id) == [v.host]),
+        (v for v in vms0 if v.ha and v.host in cloud.computes and doms0.get(v.id) == [v.host]),
         key=lambda v: policy_mix(cloud, vms0, v.host or ""),
     )
     host = vm.host
