@@ -79,6 +79,20 @@ def policy_mix(cloud: Cloud, vms: list[Vm], host: str) -> tuple[int, int]:
     return len({prio[v.id] for v in here if v.ha}), len([v for v in here if not v.ha])
 
 
+def victim_fit(cloud: Cloud, vms: list[Vm], host: str) -> tuple[int, tuple[int, int]]:
+    """How well `host` serves the HA-policy case: 3 when it has two priorities among its
+    HA VMs and an HA-off VM (then by how much of each)."""
+    m = policy_mix(cloud, vms, host)
+    return min(m[0], 2) + min(m[1], 1), m
+
+
+def spare(cloud: Cloud, vms: list[Vm], leader: str, moving: set[str]) -> int:
+    """How well the best HA-policy victim left (a compute host other than the leader's)
+    serves once the VMs `moving` have left: the other cases disturb what it needs least."""
+    left = [v for v in vms if v.id not in moving]
+    return max(victim_fit(cloud, left, h)[0] for h in cloud.computes if h != leader)
+
+
 def since(rows: list[dict[str, Any]], t0: float) -> list[dict[str, Any]]:
     return [e for e in rows if e["ts"] >= t0]
 
@@ -115,9 +129,12 @@ def test_maintenance_drains_ignores_faults_and_returns(cloud: Cloud) -> None:
     conn = cloud.connect()
     leader = cloud.leader() or ""
     vms0 = cloud.vms()
-    host = min(
+    host = max(
         (h for h in cloud.computes if h != leader and any(v.host == h for v in vms0)),
-        key=lambda h: policy_mix(cloud, vms0, h),
+        key=lambda h: (
+            spare(cloud, vms0, leader, {v.id for v in vms0 if v.host == h}),
+            [-x for x in policy_mix(cloud, vms0, h)],
+        ),
     )
     others = [h for h in cloud.hosts if h != host]
     doms0 = sampler.check()
@@ -242,13 +259,16 @@ def test_tenant_network_cut_live_migrates(cloud: Cloud) -> None:
     leader = cloud.leader() or ""
     doms0 = sampler.check()
     vms0 = cloud.vms()
-    host = min(
+    host = max(
         (
             h
             for h in cloud.computes
             if h != leader and any(v.ha and v.host == h and doms0.get(v.id) for v in vms0)
         ),
-        key=lambda h: policy_mix(cloud, vms0, h),
+        key=lambda h: (
+            spare(cloud, vms0, leader, {v.id for v in vms0 if v.host == h and v.ha}),
+            [-x for x in policy_mix(cloud, vms0, h)],
+        ),
     )
     ha = [v for v in vms0 if v.host == host and v.ha and doms0.get(v.id)]
     left = [v for v in vms0 if v.host == host and not v.ha and doms0.get(v.id)]
@@ -318,9 +338,13 @@ def test_vm_crashing_again_is_restarted_on_another_host(cloud: Cloud) -> None:
     conn = cloud.connect()
     doms0 = sampler.check()
     vms0 = cloud.vms()
-    vm = min(
+    leader = cloud.leader() or ""
+    vm = max(
         (v for v in vms0 if v.ha and v.host in cloud.computes and doms0.get(v.id) == [v.host]),
-        key=lambda v: policy_mix(cloud, vms0, v.host or ""),
+        key=lambda v: (
+            spare(cloud, vms0, leader, {v.id}),
+            [-x for x in policy_mix(cloud, vms0, v.host or "")],
+        ),
     )
     host = vm.host
     assert host is not None
@@ -391,11 +415,9 @@ def test_ha_policy_ha_off_left_and_priorities_ordered(cloud: Cloud) -> None:
     doms0 = sampler.check()
     vms0 = [v for v in cloud.vms() if doms0.get(v.id) == [v.host]]
 
-    def fit(h: str) -> tuple[int, tuple[int, int]]:
-        m = policy_mix(cloud, vms0, h)
-        return min(m[0], 2) + min(m[1], 1), m
-
-    victim = max((h for h in cloud.computes if h != leader), key=fit)
+    victim = max(
+        (h for h in cloud.computes if h != leader), key=lambda h: victim_fit(cloud, vms0, h)
+    )
     ha = [v for v in vms0 if v.host == victim and v.ha]
     off = [v for v in vms0 if v.host == victim and not v.ha]
     mix = policy_mix(cloud, vms0, victim)
