@@ -176,14 +176,23 @@ class Vm:
 def vm_plan(i: int) -> tuple[str, dict[str, str], bool]:
     """(flavor, metadata, protected?) of the lab's i-th VM (from 1): mostly protected by
     the AZ rule, every 10th unprotected by its flavor (m1.scratch), every 10th (+5) by
-    Masakari's HA_Enabled=False metadata, every 4th of the rest high priority (m1.gold)."""
+    Masakari's HA_Enabled=False metadata, every 3rd of the rest high priority (m1.gold),
+    every 10th (+1) low priority (its `meshha:priority` metadata). Booted round-robin over
+    4 compute hosts, the first two hosts each hold a high, a lower and an unprotected VM."""
     if i % 10 == 0:
         return "m1.scratch", {}, False
     if i % 10 == 5:
         return "m1.ha", {"HA_Enabled": "False"}, False
-    if i % 4 == 3:
+    if i % 3 == 0:
         return "m1.gold", {}, True
+    if i % 10 == 1:
+        return "m1.ha", {"meshha:priority": "low"}, True
     return "m1.ha", {}, True
+
+
+def planned_priority(flavor: str, metadata: dict[str, str]) -> str:
+    """The priority the lab's HA policy gives a VM booted with `flavor` and `metadata`."""
+    return metadata.get("meshha:priority") or ("high" if flavor == "m1.gold" else "medium")
 
 
 class Cloud:
@@ -689,7 +698,9 @@ class Cloud:
                 metadata=metadata,
             )
             ids.append(s.id)
-            self.desc["vms"].append({"id": s.id, "name": f"vm{i:02d}", "ha": ha, "flavor": flavor})
+            self.desc["vms"].append(
+                {"id": s.id, "name": f"vm{i:02d}", "ha": ha, "flavor": flavor, "metadata": metadata}
+            )
         self.save()
         shown = [-1]
 
@@ -889,6 +900,8 @@ class Cloud:
         if self.desc.get("namespaces") or self.desc.get("prefix"):
             self.net.teardown()  # kills what is left in the namespaces, deletes links
         for d in reversed(self.desc.get("made_dirs", [])):
+            if mounted_elsewhere(d):
+                continue  # another lab's host mounts it: removing it would unmount it there
             with contextlib.suppress(OSError):
                 os.rmdir(d)  # only if still empty
         shutil.rmtree(self.state, ignore_errors=True)
@@ -913,6 +926,32 @@ def _zombie(pid: int) -> bool:
     except OSError:
         return True
     return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def mounted_elsewhere(path: str) -> bool:
+    """Whether `path` is a mount point in another mount namespace: a host of another lab
+    on this machine (they share the mount points /etc/meshha, /run/meshha, ...). Removing
+    the directory here would detach that mount there too (Linux detaches the mounts on a
+    removed directory in every namespace): its agent's control socket, config and data
+    would vanish under it."""
+    seen = {os.stat("/proc/self/ns/mnt").st_ino}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            ino = os.stat(f"/proc/{entry.name}/ns/mnt").st_ino
+            if ino in seen:
+                continue
+            seen.add(ino)
+            mounts = Path(f"/proc/{entry.name}/mountinfo").read_text()
+        except OSError:
+            continue
+        for line in mounts.splitlines():
+            fields = line.split(" ")
+            # mountinfo escapes space, tab, newline and backslash as octal (\040 ...)
+            if len(fields) > 4 and fields[4].encode().decode("unicode_escape") == path:
+                return True
+    return False
 
 
 def _qemu_uuid(argv: list[bytes]) -> str | None:

@@ -604,6 +604,13 @@ def real_vm_driver(base, default_uri: str, uris: dict[str, str]):
             super().reboot(context, instance, *a, **kw)
             self._create(instance)
 
+        def migrate_disk_and_power_off(self, context, instance, *a, **kw):
+            # A cold migration stops the guest on the source before it is spawned on the
+            # destination (finish_migration spawns it; confirm_migration destroys it here).
+            out = super().migrate_disk_and_power_off(context, instance, *a, **kw)
+            self._destroy(instance.uuid)
+            return out
+
         def post_live_migration_at_destination(self, context, instance, *a, **kw):
             super().post_live_migration_at_destination(context, instance, *a, **kw)
             self._create(instance)

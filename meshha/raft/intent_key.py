@@ -68,6 +68,7 @@ AlertTopic = Literal[
     "vm",
     "fence-wait",
     "fence-failed",
+    "fence-quorum",
     "unplaced",
     "recovered",
     "degraded",
@@ -107,6 +108,7 @@ _SHAPES: dict[str, tuple[tuple[str, ...], ...]] = {
         for t in (
             "fence-wait",
             "fence-failed",
+            "fence-quorum",
             "unplaced",
             "recovered",
             "degraded",

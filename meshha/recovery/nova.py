@@ -668,6 +668,12 @@ class NovaDriver:
             if target_host and raw.compute_host == target_host and raw.task_state is None:
                 return to_server(raw)
             source = raw.compute_host
+            if raw.task_state == "migrating":
+                # A live migration is under way (an earlier try of ours that timed out
+                # while Nova went on): Nova refuses a second one (409), so follow it.
+                log.info("nova.live_migrate_following", server=server_id, source=source)
+                raw = await self._wait_moved(server_id, what, "live-migration", None, source)
+                return to_server(raw)
             await self._call(
                 what,
                 lambda: self._compute().live_migrate_server(

@@ -103,6 +103,7 @@ class FakeCloud:
     def __init__(self, clock: Callable[[], float] | None = None) -> None:
         self.machines: dict[str, FakeMachine] = {}
         self.servers: dict[str, FakeServer] = {}
+        self.migrating: dict[str, trio.Event] = {}  # live migrations under way
         self.running: dict[str, set[str]] = {}  # vm -> hosts where its process runs
         self.services: dict[str, dict[str, object]] = {}
         self.violations: list[str] = []
@@ -480,6 +481,10 @@ class FakeNova:
     async def _move(self, server_id: str, target_host: str | None, action: str) -> Server:
         await self._call()
         s = self._server(server_id)
+        under_way = self.cloud.migrating.get(server_id)
+        if action == "live_migrate" and under_way is not None:
+            await under_way.wait()  # one under way: followed, as NovaDriver does
+            return s.view()
         if target_host is not None and not self.cloud.schedulable(target_host):
             raise NovaError(
                 f"no valid host: {target_host} is disabled or down",
@@ -499,7 +504,16 @@ class FakeNova:
         self.cloud.record(self.actor, action, s.host, f"{server_id} -> {target}")
         was_running = s.host in self.cloud.running.get(server_id, set())
         self.cloud._stop(server_id, s.host)
-        await trio.sleep(self.cloud.nova_delay_s)
+        done = trio.Event()
+        if action == "live_migrate":
+            s.task_state = "migrating"
+            self.cloud.migrating[server_id] = done
+        try:
+            await trio.sleep(self.cloud.nova_delay_s)
+        finally:
+            s.task_state = None
+            self.cloud.migrating.pop(server_id, None)
+            done.set()
         s.host = target
         if action == "live_migrate" or was_running:
             s.status = "ACTIVE"

@@ -542,6 +542,31 @@ def test_hosts_failed_before_a_release_do_not_trip_the_brake_again() -> None:
     assert {e["host"] for e in L.intents("fence:")} == {"host2", "host6"}
 
 
+def test_a_voter_still_heard_is_not_fenced_when_that_costs_the_quorum() -> None:
+    """Six voters; two die and a third loses its storage network (seen by the three
+    others: degraded, not suspect). Within the brake's limit (3 of 6), so the two dead
+    ones are fenced; the degraded one is not: with it fenced, three of six voters would
+    be left, no majority, and nothing more could commit (no evacuation) while the rest
+    isolate themselves. A critical alert says why. (With five voters the verdict rule
+    already keeps it suspect: too few observers are left to call it degraded.)"""
+    L = Leader(synthetic_segment(hosts=6), servers={"host3": [server("vm-a")]}, me="host4")
+    for h in ("host1", "host2"):
+        L.observe(h, by=("host4", "host5", "host6"))
+    L.observe("host3", nets=("storage",), by=("host4", "host5", "host6"))
+    L.run(5)
+    assert L.state.verdicts["host3"].kind == "degraded" and not L.state.brake.on
+    assert {e["host"] for e in L.intents("fence:")} == {"host1", "host2"}
+    held = [e for e in alerts(L) if e["intent"].startswith("alert:fence-quorum:host3")]
+    assert len(held) == 1 and held[0]["params"]["severity"] == "critical"
+    assert "3 of 6 voters" in held[0]["params"]["body"]
+    assert not L.state.is_fenced("host3") and L.intents("evacuate:host3") == []
+    # One degraded voter alone is fenced as before: five of six stay up.
+    one = Leader(synthetic_segment(hosts=6))
+    one.observe("host3", nets=("storage",))
+    one.run(5)
+    assert [e["host"] for e in one.intents("fence:")] == ["host3"]
+
+
 def test_no_fence_in_the_batch_that_engages_the_brake() -> None:
     spec = synthetic_segment(hosts=7, brake_fraction=0.3)
     L = Leader(spec)

@@ -21,7 +21,8 @@ By failure kind, one module each, all sharing one `Context` (segment, state, now
   check     the decision invariants, checked on every batch `decide` returns
 Safety checks here (planning) and again in SegmentState.apply (commit):
   never evacuate from a host that is not fenced; nothing touches a host in maintenance;
-  nothing is fenced while the mass-failure brake holds.
+  nothing is fenced while the mass-failure brake holds, nor a voter still heard when
+  fencing it would leave fewer than a majority of voters up.
 """
 
 from __future__ import annotations
@@ -33,7 +34,14 @@ from meshha.raft.entries import Entry
 from meshha.raft.records import Intent
 from meshha.raft.state import SegmentState
 from meshha.recovery.decide.check import Audit, check_decisions, decision_problems
-from meshha.recovery.decide.host import brake, failing, host_recovery, needs_fence, verdict_entry
+from meshha.recovery.decide.host import (
+    brake,
+    failing,
+    host_recovery,
+    keep_quorum,
+    needs_fence,
+    verdict_entry,
+)
 from meshha.recovery.decide.isolation import isolation_recovery
 from meshha.recovery.decide.maintenance import maintenance_steps
 from meshha.recovery.decide.reserve import capacity_alert, reserve_holds
@@ -63,13 +71,15 @@ def decide(segment: Segment, state: SegmentState, now: float, me: str) -> list[E
     braking = brake(ctx, computed)
     out += braking
     engaging = any(e["kind"] == "brake" and e["on"] for e in braking)
+    hosts: list[Entry] = []
     for host in segment.host_names:
         if state.in_maintenance(host):
             continue
         steps = host_recovery(ctx, host)
         if engaging:  # the brake being proposed holds every fence in the same batch
             steps = [e for e in steps if not _is_fence(e)]
-        out += steps
+        hosts += steps
+    out += keep_quorum(ctx, computed, hosts)  # never fence the segment out of its majority
     out += vm_recovery(ctx)
     out += reserve_holds(ctx)
     out += maintenance_steps(ctx)

@@ -100,6 +100,52 @@ def brake(ctx: Context, computed: Mapping[str, Verdict]) -> list[Entry]:
     ]
 
 
+def keep_quorum(ctx: Context, computed: Mapping[str, Verdict], out: list[Entry]) -> list[Entry]:
+    """Drop from `out` every fence that would leave the segment without a majority of
+    its voters, and alert once about each. A voter still heard (degraded on a fencing
+    network: storage lost, admin fine) is part of the quorum that commits everything;
+    fencing it when too few others are up (the brake released over three of five
+    failing, two lost and one degraded) would stop the segment: no evacuation could
+    commit, and the rest would isolate themselves and kill their VMs. Lost voters and
+    hosts already fenced (or being fenced) count as down."""
+    state = ctx.state
+    voters = ctx.segment.voters
+    majority = len(voters) // 2 + 1
+    fencing = {i.host for i in state.intents.values() if i.action == "fence" and not i.done}
+    up = {
+        h
+        for h in voters
+        if computed[h].kind not in ("failed", "suspect", "unknown")
+        and not state.is_fenced(h)
+        and h not in fencing
+    }
+    kept: list[Entry] = []
+    for e in out:
+        h = e.get("host", "")
+        if not (_is_fence_intent(e) and h in up):
+            kept.append(e)
+            continue
+        if len(up) - 1 >= majority:
+            up.discard(h)
+            kept.append(e)
+            continue
+        v = computed[h]
+        kept += ctx.once(
+            alert("fence-quorum", host=h, episode=state.episode[h]),
+            h,
+            "critical",
+            f"not fencing {h}: the segment would lose its quorum",
+            f"{h} is {v.kind} ({v.reason}) but still votes; fencing it would leave "
+            f"{len(up) - 1} of {len(voters)} voters up, fewer than a majority ({majority}). "
+            "Its VMs are not evacuated: restore its networks, or bring other hosts back.",
+        )
+    return kept
+
+
+def _is_fence_intent(e: Entry) -> bool:
+    return bool(e["kind"] == "intent" and e["action"] == "fence")
+
+
 # -- the host chain ----------------------------------------------------------------------
 
 
