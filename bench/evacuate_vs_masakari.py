@@ -45,6 +45,7 @@ import logging
 import math
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -80,6 +81,7 @@ TINY_FLAVOR_ID = "1"
 FAILED, RESERVED = "host1", "host2"
 PRIORITY_CYCLE = ("low", "medium", "high", "low", "medium", "low", "low", "medium", "high", "low")
 DEADLINE_S = 600.0
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def ensure_masakari() -> Path:
@@ -122,11 +124,21 @@ class Run:
     peak_in_flight: int = 0
     first_request_s: float = math.nan  # the first evacuation Nova accepted
     steps_s: dict[str, float] = field(default_factory=dict)  # meshha: when each step ended
+    # Where the time goes (bench/results/evacuate_trace.json, not the summary):
+    # per VM: priority, evacuation accepted, each task state Nova saved, ACTIVE (s from
+    # t_start); meshha only: its limit and in-flight count over time, and every Nova
+    # call it made (kind, start, end).
+    trace: dict[str, Any] = field(default_factory=dict)
     outcome: str = "ok"
     error: str | None = None
+    load_avg: float = math.nan  # the machine's 1-minute load average at the end of the run
 
     def row(self) -> dict[str, Any]:
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in vars(self).items()}
+        return {
+            k: (round(v, 4) if isinstance(v, float) else v)
+            for k, v in vars(self).items()
+            if k != "trace"
+        }
 
 
 def fresh_box(work: Path, n: int) -> tuple[NovaBox, Any, dict[str, str]]:
@@ -187,6 +199,13 @@ def measure(run: Run, box: NovaBox, priorities: dict[str, str]) -> None:
         if uuid in priorities and task == "rebuilding":
             accepted.append(t - run.t_start)
     run.first_request_s = min(accepted, default=math.nan)
+    vms: dict[str, dict[str, Any]] = {
+        u: {"priority": p, "states": []} for u, p in priorities.items()
+    }
+    for uuid, host, vm_state, task, t in counters["changes"]:
+        if uuid in vms:
+            vms[uuid]["states"].append([round(t - run.t_start, 3), host, vm_state, task])
+    run.trace["vms"] = vms
     run.flow_s = run.t_end - run.t_start
     if len(active) != len(priorities):
         run.outcome = "incomplete"
@@ -272,13 +291,52 @@ async def run_meshha(run: Run, box: NovaBox) -> None:
             episode=1,
         )
 
+    calls: list[list[Any]] = []
+    samples: list[list[Any]] = []
+    real_call = nova._call
+
+    async def traced_call(what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        t0 = time.time()
+        try:
+            return await real_call(what, fn, *args)
+        finally:
+            kind = UUID.sub("*", what.removeprefix("nova: "))
+            calls.append([kind, round(t0 - run.t_start, 3), round(time.time() - run.t_start, 3)])
+
+    nova._call = traced_call  # type: ignore[method-assign]
+
+    async def sample_limit() -> None:
+        board = nova.board
+        while True:
+            queued = sum(1 for j in board.jobs.values() if j.phase == "queued")
+            samples.append(
+                [round(time.time() - run.t_start, 2), board.limit.limit, board.in_flight(), queued]
+            )
+            await trio.sleep(0.25)
+
+    await trio.to_thread.run_sync(lambda: box.counters(reset=True))
+    run.t_start = time.time()
+    async with trio.open_nursery() as watch:
+        watch.start_soon(sample_limit)
+        await run_meshha_flow(run, segment, executor, state, intent)
+        watch.cancel_scope.cancel()
+    run.t_end = time.time()
+    run.peak_in_flight = nova.board.peak_in_flight
+    run.trace.update(calls=calls, limit=samples, decreases=nova.board.limit.decreases)
+
+
+async def run_meshha_flow(
+    run: Run,
+    segment: Any,
+    executor: Executor,
+    state: Any,
+    intent: Callable[..., Intent],
+) -> None:
     async def step(i: Intent) -> dict[str, Any]:
         entry = await executor.execute(i, state, time.time)
         assert entry["outcome"] == "ok", entry
         return entry
 
-    await trio.to_thread.run_sync(lambda: box.counters(reset=True))
-    run.t_start = time.time()
     with trio.fail_after(DEADLINE_S):
         await step(intent("disable_compute"))
         run.steps_s["disable_compute"] = round(time.time() - run.t_start, 3)
@@ -303,8 +361,6 @@ async def run_meshha(run: Run, box: NovaBox) -> None:
             for i in intents:
                 await gate.acquire()  # handed out in order, as the node's loop does
                 nursery.start_soon(one, i)
-    run.t_end = time.time()
-    run.peak_in_flight = nova.board.peak_in_flight
 
 
 def one_run(strategy: str, n: int, rep: int, work: Path, masakari_python: Path) -> Run:
@@ -454,6 +510,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", default=str(RESULTS / "evacuate_vs_masakari.json"))
     p.add_argument(
+        "--trace",
+        metavar="JSON",
+        help="also write every run's trace (per-VM task states; meshha: limit, calls)",
+    )
+    p.add_argument(
         "--markdown", nargs="+", metavar="JSON", help="print results files as Markdown, run nothing"
     )
     p.add_argument("--combine", metavar="OUT", help="with --markdown: write the runs together")
@@ -497,6 +558,7 @@ def main(argv: list[str] | None = None) -> int:
                 plan += [("masakari-auto", n, 0) for n in sizes]
     started = time.monotonic()
     runs: list[Run] = []
+    traces: list[dict[str, Any]] = []
     out = Path(args.out)
     with tempfile.TemporaryDirectory(prefix="meshha-bench-evac-") as tmp:
         for k, (strategy, n, rep) in enumerate(plan):
@@ -504,8 +566,9 @@ def main(argv: list[str] | None = None) -> int:
             work.mkdir()
             run = one_run(strategy, n, rep, work, masakari_python)
             runs.append(run)
+            run.load_avg = round(os.getloadavg()[0], 2)
             print(
-                f"  {strategy:<18} N={n:<3} rep {rep}: first {run.first_active_s:6.2f} s  "
+                f"  {strategy:<18} N={n:<3} rep {rep}: load {run.load_avg:5.2f}  first {run.first_active_s:6.2f} s  "
                 f"all {run.all_active_s:6.2f} s  requests {run.requests:4d}  "
                 f"inversions {run.priority_inversions:3d}  first POST {run.first_request_s:5.2f} s "
                 f"{run.steps_s or ''} {run.outcome} {run.error or ''}",
@@ -528,6 +591,9 @@ def main(argv: list[str] | None = None) -> int:
             }
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(result, indent=2) + "\n")  # after every run: partial ok
+            if args.trace:
+                traces.append({**run.row(), "load_avg": os.getloadavg(), **run.trace})
+                Path(args.trace).write_text(json.dumps(traces) + "\n")
     print(table(result["summary"], sizes, result["ratios"]))
     print(f"wrote {out} ({result['wall_s']} s)")
     return 0

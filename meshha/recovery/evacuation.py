@@ -9,11 +9,26 @@ as an input and no IO:
 
 - `AdaptiveLimit`: how many evacuations may be in flight (AIMD). It starts small, so the
   first (highest-priority) VMs do not queue behind a crowd; grows by one per completed
-  window while completions stay fast (doubling per window until the first sign of
-  trouble: slow start); and shrinks by `backoff` when an evacuation takes more than
-  `tolerance` times the fastest recent one, or Nova answers with an error. At most one
+  window while Nova keeps up (doubling per window until the first sign of trouble: slow
+  start); and shrinks by `backoff` when Nova's time per evacuation rises to more than
+  `tolerance` times its recent lower quartile, or Nova answers with an error. At most one
   decrease per window (signals from evacuations started before the decrease are old
   news). Always within [min_limit, max_limit].
+
+  Nova's time per evacuation is an evacuation's latency divided by the number in flight
+  alongside it (time-averaged over its life, itself included). The raw latency is not a
+  load signal: Nova works on evacuations side by side and queues the rest, so by
+  Little's law latency grows with the number in flight while the rate of completions
+  stays or grows. A limit that backs off on raw latency (against the fastest one seen,
+  which came while Nova was idle) reads its own queue as overload and falls to one at a
+  time: bench/evacuate_vs_masakari.py at N=50 showed 16 decreases and the limit at 1-2
+  for most of the run, each server then taking 7-10 s instead of 1.6-2.5 s at 3-4 in
+  flight. Latency per evacuation in flight stays flat while Nova only queues, and falls
+  while more in flight means more done; it rises when Nova does less per second with
+  more in flight (thrashing) or gets slower for everyone, which is what backs off. The
+  baseline is the lower quartile of recent samples, not the minimum: Nova's time per
+  server drifts up as the target fills and with the machine's load, and a minimum taken
+  early (one lucky sample) turns that drift and noise into decreases that never end.
 - `Board`: the evacuations of this agent: queued, posted, done. `admit` starts the best
   ranked queued ones (high priority before medium before low, then plan order) while the
   limit allows. Progress comes from one server listing per target host per poll, trimmed
@@ -51,9 +66,14 @@ def rank_of(priority: str, *tiebreak: int) -> Rank:
 class LimitSettings:
     """initial_limit: in flight at the start (small: the first VMs are not slowed by a
     crowd). min_limit/max_limit: the bounds (max_limit is the hard cap on evacuations in
-    flight). tolerance: an evacuation slower than tolerance x the fastest of the last
-    `baseline_samples` (plus `slack_s`, the watching granularity) means Nova is queueing.
-    backoff: the factor applied on a decrease."""
+    flight). tolerance: an evacuation whose time per evacuation in flight (latency / mean
+    in flight) is above tolerance x the lower quartile of the last `baseline_samples`
+    (plus `slack_s`, the watching granularity, on the latency) means Nova is doing less
+    with more: back off. Lower is touchier (a noisy Nova makes it back off for nothing),
+    higher lets a thrashing Nova run longer before it does. slow_start_exit: above this
+    multiple of the baseline (but under tolerance) the limit stops doubling and grows by
+    one per window: a Nova that slows a little per extra evacuation is approached
+    gently instead of overshot. backoff: the factor applied on a decrease."""
 
     initial_limit: int = 2
     min_limit: int = 1
@@ -62,11 +82,13 @@ class LimitSettings:
     slack_s: float = 0.25
     backoff: float = 0.7
     baseline_samples: int = 20
+    slow_start_exit: float = 1.2
 
     def __post_init__(self) -> None:
         assert 1 <= self.min_limit <= self.initial_limit <= self.max_limit
         assert self.tolerance > 1.0 and 0.0 < self.backoff < 1.0 and self.slack_s >= 0
         assert self.baseline_samples >= 1
+        assert 1.0 <= self.slow_start_exit <= self.tolerance
 
 
 class AdaptiveLimit:
@@ -76,7 +98,8 @@ class AdaptiveLimit:
         self.s = settings or LimitSettings()
         self.value = float(self.s.initial_limit)
         self.slow_start = True
-        self._recent: deque[float] = deque(maxlen=self.s.baseline_samples)
+        self._recent: deque[float] = deque(maxlen=self.s.baseline_samples)  # latencies
+        self._costs: deque[float] = deque(maxlen=self.s.baseline_samples)  # per in flight
         self._seq = 0  # admissions so far
         self._decreased_at = -1  # the admission count when we last decreased
         self.decreases = 0
@@ -91,14 +114,30 @@ class AdaptiveLimit:
         return self._seq
 
     def baseline_s(self) -> float | None:
+        """The fastest recent evacuation (how long a straggler may go unseen)."""
         return min(self._recent) if self._recent else None
 
-    def on_done(self, seq: int, latency_s: float) -> None:
-        base = self.baseline_s()
+    def cost_baseline_s(self) -> float | None:
+        """The lower quartile of the recent times per evacuation in flight (what a
+        decrease compares to)."""
+        if not self._costs:
+            return None
+        return sorted(self._costs)[len(self._costs) // 4]
+
+    def on_done(self, seq: int, latency_s: float, in_flight: float = 1.0) -> None:
+        """One evacuation done after `latency_s`, with `in_flight` evacuations in flight on
+        average over its life (itself included)."""
+        in_flight = max(1.0, in_flight)
+        cost = latency_s / in_flight
+        base = self.cost_baseline_s()
         self._recent.append(latency_s)
-        if base is not None and latency_s > self.s.tolerance * base + self.s.slack_s:
+        self._costs.append(cost)
+        if base is not None and cost > self.s.tolerance * base + self.s.slack_s / in_flight:
             self._decrease(seq)
-        elif self.slow_start:
+            return
+        if base is not None and cost > self.s.slow_start_exit * base:
+            self.slow_start = False  # Nova starts to do less per server: stop doubling
+        if self.slow_start:
             self.value = min(self.s.max_limit, self.value + 1.0)
         else:
             self.value = min(self.s.max_limit, self.value + 1.0 / max(1.0, self.value))
@@ -141,6 +180,7 @@ class Job:
     phase: Phase = "queued"
     seq: int = 0
     posted_s: float | None = None
+    area_at_post: float = 0.0  # the board's in-flight-seconds when it was posted
     done_s: float | None = None
     last_look_s: float | None = None
     view: View | None = None
@@ -158,6 +198,21 @@ class Board:
     jobs: dict[str, Job] = field(default_factory=dict)
     since: dict[str, str] = field(default_factory=dict)  # host -> changes-since (Nova clock)
     peak_in_flight: int = 0  # the most ever in flight at once (for tests and benchmarks)
+    # The integral of the number moving over time (in-flight-seconds), to give each
+    # evacuation the mean number in flight over its life.
+    _area: float = 0.0
+    _area_t: float | None = None
+    _moving: int = 0
+
+    def _tick(self, now: float) -> float:
+        """Bring the in-flight integral up to `now`; returns it."""
+        if self._area_t is not None and now > self._area_t:
+            self._area += self._moving * (now - self._area_t)
+        self._area_t = now if self._area_t is None else max(self._area_t, now)
+        return self._area
+
+    def _recount(self) -> None:
+        self._moving = sum(1 for j in self.jobs.values() if j.phase == "moving")
 
     def submit(self, vm: str, target: str, rank: Rank, now: float) -> Job:
         assert vm not in self.jobs or self.jobs[vm].phase in ("done", "failed"), vm
@@ -172,6 +227,7 @@ class Board:
 
     def forget(self, vm: str) -> None:
         self.jobs.pop(vm, None)
+        self._recount()
 
     def in_flight(self) -> int:
         return sum(1 for j in self.jobs.values() if j.phase in ("admitted", "moving"))
@@ -199,16 +255,22 @@ class Board:
         finish sooner than a fresh one and so says nothing about Nova's latency)."""
         j = self.jobs[vm]
         assert j.phase == "admitted", j
+        j.area_at_post = self._tick(now)
         j.phase, j.last_look_s = "moving", now
         j.posted_s = None if adopted else now
+        self._recount()
 
     def done(self, vm: str, view: View, now: float) -> None:
         j = self.jobs[vm]
         if j.phase in ("done", "failed"):
             return
+        area = self._tick(now)
         j.phase, j.done_s, j.view = "done", now, view
+        self._recount()
         if j.posted_s is not None:
-            self.limit.on_done(j.seq, now - j.posted_s)
+            latency = now - j.posted_s
+            in_flight = (area - j.area_at_post) / latency if latency > 0 else 1.0
+            self.limit.on_done(j.seq, latency, in_flight)
 
     def failed(self, vm: str, error: str, kind: str = "failed", *, overload: bool) -> None:
         """The evacuation failed (`kind` as in NovaError). `overload`: Nova's own trouble
@@ -219,6 +281,7 @@ class Board:
             return
         admitted = j.phase in ("admitted", "moving")
         j.phase, j.error, j.error_kind = "failed", error, kind
+        self._recount()
         if overload and admitted:  # one still queued (its deadline ran out) says nothing
             self.limit.on_error(j.seq)
 
