@@ -10,10 +10,10 @@ as an input and no IO:
 - `AdaptiveLimit`: how many evacuations may be in flight (AIMD). It starts small, so the
   first (highest-priority) VMs do not queue behind a crowd; grows by one per completed
   window while Nova keeps up (doubling per window until the first sign of trouble: slow
-  start); and shrinks by `backoff` when Nova's time per evacuation rises to more than
-  `tolerance` times its recent lower quartile, or Nova answers with an error. At most one
-  decrease per window (signals from evacuations started before the decrease are old
-  news). Always within [min_limit, max_limit].
+  start); and shrinks by `backoff` when Nova's time per evacuation and the latency both
+  rise to more than `tolerance` times their recent lower quartiles, or Nova answers with
+  an error. At most one decrease per window (signals from evacuations started before the
+  decrease are old news). Always within [min_limit, max_limit].
 
   Nova's time per evacuation is an evacuation's latency divided by the number in flight
   alongside it (time-averaged over its life, itself included). The raw latency is not a
@@ -25,10 +25,13 @@ as an input and no IO:
   for most of the run, each server then taking 7-10 s instead of 1.6-2.5 s at 3-4 in
   flight. Latency per evacuation in flight stays flat while Nova only queues, and falls
   while more in flight means more done; it rises when Nova does less per second with
-  more in flight (thrashing) or gets slower for everyone, which is what backs off. The
-  baseline is the lower quartile of recent samples, not the minimum: Nova's time per
-  server drifts up as the target fills and with the machine's load, and a minimum taken
-  early (one lucky sample) turns that drift and noise into decreases that never end.
+  more in flight (thrashing) or gets slower for everyone, which is what backs off, when
+  the latency is up by as much too (on a Nova that works side by side, fewer in flight
+  because nothing is left to admit raises the time per evacuation in flight, not the
+  latency, and is no load). The baselines are the lower quartiles of recent samples,
+  not the minimum: Nova's time per server drifts up as the target fills and with the
+  machine's load, and a minimum taken early (one lucky sample) turns that drift and
+  noise into decreases that never end.
 - `Board`: the evacuations of this agent: queued, posted, done. `admit` starts the best
   ranked queued ones (high priority before medium before low, then plan order) while the
   limit allows. Progress comes from one server listing per target host per poll, trimmed
@@ -66,10 +69,10 @@ def rank_of(priority: str, *tiebreak: int) -> Rank:
 class LimitSettings:
     """initial_limit: in flight at the start (small: the first VMs are not slowed by a
     crowd). min_limit/max_limit: the bounds (max_limit is the hard cap on evacuations in
-    flight). tolerance: an evacuation whose time per evacuation in flight (latency / mean
-    in flight) is above tolerance x the lower quartile of the last `baseline_samples`
-    (plus `slack_s`, the watching granularity, on the latency) means Nova is doing less
-    with more: back off. Lower is touchier (a noisy Nova makes it back off for nothing),
+    flight). tolerance: an evacuation whose latency and time per evacuation in flight
+    (latency / mean in flight) are both above tolerance x their lower quartiles over the
+    last `baseline_samples` (plus `slack_s`, the watching granularity, on the latency)
+    means Nova is doing less with more: back off. Lower is touchier (a noisy Nova makes it back off for nothing),
     higher lets a thrashing Nova run longer before it does. slow_start_exit: above this
     multiple of the baseline (but under tolerance) the limit stops doubling and grows by
     one per window: a Nova that slows a little per extra evacuation is approached
@@ -118,26 +121,39 @@ class AdaptiveLimit:
         return min(self._recent) if self._recent else None
 
     def cost_baseline_s(self) -> float | None:
-        """The lower quartile of the recent times per evacuation in flight (what a
-        decrease compares to)."""
-        if not self._costs:
-            return None
-        return sorted(self._costs)[len(self._costs) // 4]
+        """The lower quartile of the recent times per evacuation in flight."""
+        return _lower_quartile(self._costs)
+
+    def latency_baseline_s(self) -> float | None:
+        """The lower quartile of the recent latencies."""
+        return _lower_quartile(self._recent)
+
+    def _above(self, factor: float, latency_s: float, in_flight: float) -> bool:
+        """Both the latency and the time per evacuation in flight above `factor` x their
+        baselines (the slack on the latency). Latency alone is Nova's queue; the time per
+        evacuation in flight alone rises when fewer are in flight on a Nova that works
+        side by side (nothing left to admit), which is not load either."""
+        lat_base, cost_base = self.latency_baseline_s(), self.cost_baseline_s()
+        if lat_base is None or cost_base is None:
+            return False
+        slack = self.s.slack_s
+        return (
+            latency_s > factor * lat_base + slack
+            and latency_s / in_flight > factor * cost_base + slack / in_flight
+        )
 
     def on_done(self, seq: int, latency_s: float, in_flight: float = 1.0) -> None:
         """One evacuation done after `latency_s`, with `in_flight` evacuations in flight on
         average over its life (itself included)."""
         in_flight = max(1.0, in_flight)
-        cost = latency_s / in_flight
-        base = self.cost_baseline_s()
-        self._recent.append(latency_s)
-        self._costs.append(cost)
-        if base is not None and cost > self.s.tolerance * base + self.s.slack_s / in_flight:
-            self._decrease(seq)
-            return
-        if base is not None and cost > self.s.slow_start_exit * base:
+        slower = self._above(self.s.tolerance, latency_s, in_flight)
+        if self._above(self.s.slow_start_exit, latency_s, in_flight):
             self.slow_start = False  # Nova starts to do less per server: stop doubling
-        if self.slow_start:
+        self._recent.append(latency_s)
+        self._costs.append(latency_s / in_flight)
+        if slower:
+            self._decrease(seq)
+        elif self.slow_start:
             self.value = min(self.s.max_limit, self.value + 1.0)
         else:
             self.value = min(self.s.max_limit, self.value + 1.0 / max(1.0, self.value))
@@ -153,6 +169,10 @@ class AdaptiveLimit:
         self.value = max(float(self.s.min_limit), self.value * self.s.backoff)
         self._decreased_at = self._seq
         self.decreases += 1
+
+
+def _lower_quartile(samples: deque[float]) -> float | None:
+    return sorted(samples)[len(samples) // 4] if samples else None
 
 
 # ---- the board --------------------------------------------------------------------------

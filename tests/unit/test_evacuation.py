@@ -179,6 +179,23 @@ def test_the_limit_sees_the_time_per_evacuation_in_flight() -> None:
     assert sorted(board.limit._costs) == pytest.approx([2.0, 6.0 / (10.0 / 6.0)])
 
 
+def test_fewer_in_flight_with_nothing_left_to_admit_is_not_a_slowdown() -> None:
+    """Eight done together after 2 s (0.25 s each), then one alone, also after 2 s: its
+    time per evacuation in flight is 8x, but its latency is not up: no decrease."""
+    board = Board(AdaptiveLimit(LimitSettings(initial_limit=8, max_limit=10)))
+    vms = [f"v{i}" for i in range(8)]
+    for vm in vms:
+        board.submit(vm, "t", (1,), 0.0)
+    for job in board.admit():
+        board.posted(job.vm, 0.0)
+    board.observe_listing("t", [View(vm, "t", "ACTIVE", None) for vm in vms], 2.0)
+    board.submit("last", "t", (1,), 2.0)
+    board.admit()
+    board.posted("last", 2.0)
+    board.observe_listing("t", [View("last", "t", "ACTIVE", None)], 4.0)
+    assert board.limit.decreases == 0 and board.limit.slow_start
+
+
 def test_a_late_high_priority_vm_jumps_the_queue() -> None:
     board = Board(AdaptiveLimit(LimitSettings(initial_limit=1, max_limit=1)))
     board.submit("low1", "t", rank_of("low", 0), 0.0)
