@@ -46,6 +46,7 @@ import math
 import os
 import platform
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -132,6 +133,11 @@ class Run:
     outcome: str = "ok"
     error: str | None = None
     load_avg: float = math.nan  # the machine's 1-minute load average at the end of the run
+    # CPU seconds spent during the flow by Nova's process and by the client (meshha's
+    # bench process, or Masakari's flow process): what each side costs, whatever the
+    # machine's load did to the wall clock.
+    nova_cpu_s: float = math.nan
+    client_cpu_s: float = math.nan
 
     def row(self) -> dict[str, Any]:
         return {
@@ -139,6 +145,17 @@ class Run:
             for k, v in vars(self).items()
             if k != "trace"
         }
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def nova_pid(box: NovaBox) -> int:
+    assert box.proc is not None
+    return box.proc.pid
 
 
 def fresh_box(work: Path, n: int) -> tuple[NovaBox, Any, dict[str, str]]:
@@ -243,10 +260,15 @@ def run_masakari(
         str(mk),
     ]
     box.counters(reset=True)
+    nova_cpu0 = process_cpu_s(nova_pid(box))
+    child0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(work / "masakari.log", "w") as err:
         proc = subprocess.run(
             cmd, stdout=subprocess.PIPE, stderr=err, text=True, timeout=DEADLINE_S
         )
+    child1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run.nova_cpu_s = process_cpu_s(nova_pid(box)) - nova_cpu0
+    run.client_cpu_s = (child1.ru_utime - child0.ru_utime) + (child1.ru_stime - child0.ru_stime)
     line = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "{}"
     out = json.loads(line)
     if proc.returncode != 0 or out.get("outcome") != "ok":
@@ -315,12 +337,15 @@ async def run_meshha(run: Run, box: NovaBox) -> None:
             await trio.sleep(0.25)
 
     await trio.to_thread.run_sync(lambda: box.counters(reset=True))
+    nova_cpu0, self_cpu0 = process_cpu_s(nova_pid(box)), time.process_time()
     run.t_start = time.time()
     async with trio.open_nursery() as watch:
         watch.start_soon(sample_limit)
         await run_meshha_flow(run, segment, executor, state, intent)
         watch.cancel_scope.cancel()
     run.t_end = time.time()
+    run.nova_cpu_s = process_cpu_s(nova_pid(box)) - nova_cpu0
+    run.client_cpu_s = time.process_time() - self_cpu0
     run.peak_in_flight = nova.board.peak_in_flight
     run.trace.update(calls=calls, limit=samples, decreases=nova.board.limit.decreases)
 
@@ -412,6 +437,9 @@ def summarise(runs: list[Run], sizes: list[int]) -> dict[str, Any]:
                 "priority_inversions": median(rows, lambda r: float(r.priority_inversions)),
                 "high_last_s": median(rows, lambda r: r.high_last_s),
                 "first_request_s": median(rows, lambda r: r.first_request_s),
+                "nova_cpu_s": median(rows, lambda r: r.nova_cpu_s),
+                "client_cpu_s": median(rows, lambda r: r.client_cpu_s),
+                "load_avg": median(rows, lambda r: r.load_avg),
                 "first_active_runs_s": [round(r.first_active_s, 3) for r in rows],
                 "all_active_runs_s": [round(r.all_active_s, 3) for r in rows],
             }
@@ -438,6 +466,8 @@ def table(summary: dict[str, Any], sizes: list[int], rat: dict[str, float]) -> s
         ("all ACTIVE (s)", "all_active_s"),
         ("HTTP requests to Nova", "requests"),
         ("first evacuation accepted (s)", "first_request_s"),
+        ("Nova CPU during flow (s)", "nova_cpu_s"),
+        ("client CPU during flow (s)", "client_cpu_s"),
         ("priority inversions", "priority_inversions"),
     ]
     strategies = sorted({k.rsplit("_", 1)[0] for k in summary})
@@ -471,6 +501,9 @@ def markdown(result: dict[str, Any]) -> str:
         ("all ACTIVE, s", "all_active_s", "{:.2f}"),
         ("HTTP requests to Nova", "requests", "{:.0f}"),
         ("first evacuation accepted, s", "first_request_s", "{:.2f}"),
+        ("Nova CPU during the flow, s", "nova_cpu_s", "{:.1f}"),
+        ("client CPU during the flow, s", "client_cpu_s", "{:.1f}"),
+        ("load average (1 min) at the end", "load_avg", "{:.1f}"),
         ("priority inversions", "priority_inversions", "{:.0f}"),
     ]
     for label, key, fmt in rows:
@@ -478,7 +511,7 @@ def markdown(result: dict[str, Any]) -> str:
             cells = []
             for n in sizes:
                 cell = summary.get(f"{s}_{n}")
-                if cell is None or math.isnan(cell[key]):
+                if cell is None or math.isnan(cell.get(key, math.nan)):
                     cells.append("-")
                 else:
                     cells.append(fmt.format(cell[key]) + f" ({cell['ok']})")
@@ -571,6 +604,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"  {strategy:<18} N={n:<3} rep {rep}: load {run.load_avg:5.2f}  first {run.first_active_s:6.2f} s  "
                 f"all {run.all_active_s:6.2f} s  requests {run.requests:4d}  "
                 f"inversions {run.priority_inversions:3d}  first POST {run.first_request_s:5.2f} s "
+                f"cpu nova {run.nova_cpu_s:5.1f} s client {run.client_cpu_s:5.1f} s "
                 f"{run.steps_s or ''} {run.outcome} {run.error or ''}",
                 flush=True,
             )
