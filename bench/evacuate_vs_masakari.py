@@ -69,7 +69,7 @@ from meshha.config.synthetic import synthetic_segment  # noqa: E402
 from meshha.lab.nova_client import NovaBox, venv_missing_reason  # noqa: E402
 from meshha.raft.records import Inventory  # noqa: E402
 from meshha.raft.state import Intent  # noqa: E402
-from meshha.recovery.evacuation import PRIORITY_RANK  # noqa: E402
+from meshha.recovery.evacuation import PRIORITY_RANK, LimitSettings  # noqa: E402
 from meshha.recovery.executor import Drivers, Executor  # noqa: E402
 from meshha.recovery.nova import NovaDriver  # noqa: E402
 
@@ -292,7 +292,12 @@ class BenchState:
 
 async def run_meshha(run: Run, box: NovaBox) -> None:
     segment = synthetic_segment(2, reserved=(RESERVED,))
-    nova = NovaDriver(box.connect, timeout_s=DEADLINE_S)
+    width = segment.recovery.max_parallel_evacuations
+    nova = NovaDriver(  # the limits as meshha.agent.main sets them
+        box.connect,
+        timeout_s=DEADLINE_S,
+        limits=LimitSettings(initial_limit=min(2, width), min_limit=min(3, width), max_limit=width),
+    )
     executor = Executor(segment, Drivers(fence=None, nova=nova, alerts=None), "bench")  # type: ignore[arg-type]
     state: Any = BenchState()
     index = iter(range(1, 1_000_000))

@@ -149,6 +149,7 @@ def real_drivers(segment: Segment) -> Drivers | None:
             poll_interval_s=0.25,  # one small listing per poll, whatever the number moving
             limits=LimitSettings(
                 initial_limit=min(2, segment.recovery.max_parallel_evacuations),
+                min_limit=min(3, segment.recovery.max_parallel_evacuations),
                 max_limit=segment.recovery.max_parallel_evacuations,
             ),
         ),

@@ -13,7 +13,8 @@ as an input and no IO:
   start); and shrinks by `backoff` when Nova's time per evacuation and the latency both
   rise to more than `tolerance` times their recent lower quartiles, or Nova answers with
   an error. At most one decrease per window (signals from evacuations started before the
-  decrease are old news). Always within [min_limit, max_limit].
+  decrease are old news). Never above max_limit; a decrease never takes it below
+  min_limit (it may start below, at initial_limit).
 
   Nova's time per evacuation is an evacuation's latency divided by the number in flight
   alongside it (time-averaged over its life, itself included). The raw latency is not a
@@ -68,8 +69,11 @@ def rank_of(priority: str, *tiebreak: int) -> Rank:
 @dataclass(frozen=True)
 class LimitSettings:
     """initial_limit: in flight at the start (small: the first VMs are not slowed by a
-    crowd). min_limit/max_limit: the bounds (max_limit is the hard cap on evacuations in
-    flight). tolerance: an evacuation whose latency and time per evacuation in flight
+    crowd; it may be below min_limit). min_limit: the fewest in flight a decrease leaves
+    (the agent uses 3, Masakari's constant width: Nova does the work of an evacuation
+    under one lock of the target's compute, so a few in flight keep it busy, and fewer
+    leave it idle between one finishing and the next being accepted). max_limit: the
+    hard cap on evacuations in flight. tolerance: an evacuation whose latency and time per evacuation in flight
     (latency / mean in flight) are both above tolerance x their lower quartiles over the
     last `baseline_samples` (plus `slack_s`, the watching granularity, on the latency)
     means Nova is doing less with more: back off. Lower is touchier (a noisy Nova makes it back off for nothing),
@@ -88,7 +92,7 @@ class LimitSettings:
     slow_start_exit: float = 1.2
 
     def __post_init__(self) -> None:
-        assert 1 <= self.min_limit <= self.initial_limit <= self.max_limit
+        assert 1 <= self.min_limit <= self.max_limit and 1 <= self.initial_limit <= self.max_limit
         assert self.tolerance > 1.0 and 0.0 < self.backoff < 1.0 and self.slack_s >= 0
         assert self.baseline_samples >= 1
         assert 1.0 <= self.slow_start_exit <= self.tolerance
@@ -109,7 +113,7 @@ class AdaptiveLimit:
 
     @property
     def limit(self) -> int:
-        return max(self.s.min_limit, min(self.s.max_limit, math.floor(self.value)))
+        return max(1, min(self.s.max_limit, math.floor(self.value)))
 
     def admitted(self) -> int:
         """Count an admission; returns its sequence number (give it back with the result)."""

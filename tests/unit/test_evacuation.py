@@ -65,6 +65,14 @@ def test_congestion_avoidance_adds_one_per_window() -> None:
     assert lim.limit == 3  # about +1 after a window's worth of completions
 
 
+def test_a_decrease_never_leaves_fewer_than_min_even_if_it_started_below() -> None:
+    lim = AdaptiveLimit(LimitSettings(initial_limit=2, min_limit=3, max_limit=10))
+    assert lim.limit == 2  # the first VMs: a small start
+    for _ in range(5):
+        lim.on_error(lim.admitted())
+    assert lim.limit == 3 and lim.decreases == 5
+
+
 def test_limit_never_below_min() -> None:
     lim = AdaptiveLimit(LimitSettings(initial_limit=1, min_limit=1))
     for _ in range(20):
