@@ -19,12 +19,6 @@ import pytest
 from meshha.lab.cloud import Cloud, LabSpec, Vm, wait_until
 
 pytestmark = [
-    # Known gap after this session's merges: a host powered on again after a fence is
-    # never re-enabled in the lab, because the returning-host reconcile (agent/reconcile.py)
-    # takes the boot time from a kernel every lab host shares; the lab's power-off test also
-    # timed out with the reserve held in Nova. Kept running, reported as XFAIL/XPASS, until
-    # the lab gives each host its own boot time (next session).
-    pytest.mark.xfail(strict=False, reason="returning-host reconcile in the lab: see above"),
     pytest.mark.integration,
     pytest.mark.lab,
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
@@ -83,7 +77,11 @@ def action_names(cloud: Cloud, conn: Any, vm: str) -> list[str]:
 
 
 def back_in_service(cloud: Cloud, sampler: Sampler, hosts: list[str], since: float) -> None:
-    """Power `hosts` on again and wait until each is healthy and enabled in Nova."""
+    """Power `hosts` on again and wait until each is healthy and enabled in Nova; then
+    check the way back in every ledger: each fenced host's own agent reported a clean
+    reconcile, with its own boot time (after the fence: the lab host's /proc/stat btime),
+    before the `enable_compute` that succeeded; and no returning host runs a VM Nova
+    places elsewhere."""
     for h in hosts:
         if not cloud.powered_on(h):
             cloud.power_on(h)
@@ -91,10 +89,64 @@ def back_in_service(cloud: Cloud, sampler: Sampler, hosts: list[str], since: flo
     conn = cloud.connect()
 
     def enabled() -> bool:
+        doms = sampler.check()
+        servers = {s.id: s for s in cloud.vms()}
+        strays = [
+            vm
+            for vm, hs in doms.items()
+            for h in hs
+            if h in hosts
+            and vm in servers
+            and servers[vm].host != h
+            and servers[vm].task_state is None
+        ]
+        assert not strays, f"a returning host runs a VM Nova places elsewhere: {strays}"
         svcs = {s.host: s for s in conn.compute.services() if s.binary == "nova-compute"}
         return all(svcs[h].status == "enabled" and not svcs[h].is_forced_down for h in hosts)
 
-    sampler.until(enabled, 60, f"{hosts} enabled in Nova again")
+    sampler.until(enabled, 90, f"{hosts} enabled in Nova again")
+
+    def reported() -> list[dict[str, Any]] | None:
+        rows = [e for e in wait_ledgers_equal(cloud, cloud.hosts) if e["ts"] >= since]
+        done = results(rows)
+        fenced = {e["host"] for e in rows if e["kind"] == "intent" and e["action"] == "fence"}
+        enables = [e for e in rows if e["kind"] == "intent" and e["action"] == "enable_compute"]
+        ok = all(
+            any(
+                e["host"] == h and done.get(e["intent"], {}).get("outcome") == "ok" for e in enables
+            )
+            for h in fenced & set(hosts)
+        )
+        return rows if ok else None
+
+    rows = wait_until(reported, 30, "each fenced host's enable_compute result in every ledger")
+    done = results(rows)
+    for h in hosts:
+        fences = [
+            e
+            for e in rows
+            if e["kind"] == "intent"
+            and e["action"] == "fence"
+            and e["host"] == h
+            and done.get(e["intent"], {}).get("outcome") == "ok"
+        ]
+        if not fences:
+            continue  # never fenced (healed in time): nothing to reconcile
+        fenced_at = done[fences[-1]["intent"]]["ts"]
+        reports = [e for e in rows if e["kind"] == "reconcile" and e["host"] == h and e["ok"]]
+        assert reports, f"{h}: enabled without a clean reconcile report"
+        assert reports[-1]["by"] == h
+        if done[fences[-1]["intent"]]["data"].get("method") == "bmc":
+            assert reports[-1]["booted_at"] > fenced_at - 1, (h, reports[-1], fenced_at)
+        (enable,) = [
+            e
+            for e in rows
+            if e["kind"] == "intent"
+            and e["action"] == "enable_compute"
+            and e["host"] == h
+            and done[e["intent"]]["outcome"] == "ok"
+        ][-1:]
+        assert enable["ts"] >= reports[-1]["ts"], (enable, reports[-1])
 
 
 def by_host(vms: list[Vm]) -> dict[str, list[Vm]]:
