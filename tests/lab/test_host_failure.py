@@ -338,3 +338,70 @@ def test_partition_2_3_only_the_majority_acts(cloud: Cloud) -> None:
         cloud.heal()
     back_in_service(cloud, sampler, minority, t0)
     print(f"{sampler.samples} samples of every host's QEMUs, no VM in two places")
+
+
+def test_host_hung_fenced_and_never_runs_an_evacuated_vm(cloud: Cloud) -> None:
+    """Case 6: every process of a host frozen (SIGSTOP: links up, the kernel answers,
+    nothing else does). Its watchdog (not fed) or its BMC powers it off; the majority
+    fences it through the BMC, evacuates its HA VMs once each and leaves the rest; resumed
+    and powered on again, it reconciles, is enabled, and never runs an evacuated VM."""
+    sampler = Sampler(cloud)
+    conn = cloud.connect()
+    leader = cloud.leader() or ""
+    doms0 = sampler.check()
+    vms0 = cloud.vms()
+    victim = next(
+        h
+        for h in cloud.computes
+        if h != leader and any(v.ha and v.host == h and doms0.get(v.id) == [h] for v in vms0)
+    )
+    ha = [v for v in vms0 if v.host == victim and v.ha]
+    non_ha = [v for v in vms0 if v.host == victim and not v.ha]
+    others = [h for h in cloud.hosts if h != victim]
+    t0 = cloud.hang(victim)
+    try:
+
+        def evacuated() -> bool:
+            doms = sampler.check()
+            servers = {s.id: s for s in cloud.vms()}
+            return all(
+                servers[v.id].host != victim
+                and servers[v.id].status == "ACTIVE"
+                and servers[v.id].task_state is None
+                and doms.get(v.id) == [servers[v.id].host]
+                for v in ha
+            )
+
+        sampler.until(evacuated, 150, f"HA VMs of hung {victim} ACTIVE elsewhere")
+        took_s = time.time() - t0
+    finally:
+        cloud.resume(victim)  # a no-op once it is powered off
+    assert not cloud.powered_on(victim)
+    for v in ha:
+        assert action_names(cloud, conn, v.id).count("evacuate") == 1, v.name
+    servers = {s.id: s for s in cloud.vms()}
+    for v in non_ha:
+        assert servers[v.id].host == victim and "evacuate" not in action_names(cloud, conn, v.id)
+
+    def complete() -> list[dict[str, Any]] | None:
+        rows = [e for e in wait_ledgers_equal(cloud, others) if e["ts"] >= t0]
+        evac = intents(rows, "evacuate", victim)
+        done = results(rows)
+        return rows if len(evac) >= len(ha) and all(e["intent"] in done for e in evac) else None
+
+    rows = wait_until(complete, 30, "every evacuation's result in every live ledger")
+    done = results(rows)
+    (fence,) = intents(rows, "fence", victim)
+    assert done[fence["intent"]]["outcome"] == "ok"
+    assert done[fence["intent"]]["data"]["method"] == "bmc"
+    evac = intents(rows, "evacuate", victim)
+    assert sorted(e["vm"] for e in evac) == sorted(v.id for v in ha)
+    assert min(e["ts"] for e in evac) >= done[fence["intent"]]["ts"]
+    assert not [
+        e for e in rows if e["kind"] == "intent" and e["action"] == "fence" and e["host"] != victim
+    ]
+    print(f"hang -> {len(ha)} HA VMs ACTIVE elsewhere: {took_s:.1f}s")
+
+    back_in_service(cloud, sampler, [victim], t0)
+    doms = sampler.check()
+    assert not [v.name for v in ha if victim in doms.get(v.id, [])]
