@@ -52,10 +52,14 @@ def cloud() -> Iterator[Cloud]:
     why = _why_not()
     if why:
         pytest.skip(why)
-    c = Cloud(Path(f"/run/mhlp-{os.getpid()}"))
+    # MESHHA_LABTEST_PREFIX/SUBNET (conftest) move it too, for a second run on the machine.
+    prefix = os.environ.get("MESHHA_LABTEST_PREFIX", LAB_SPEC.prefix)
+    subnet = os.environ.get("MESHHA_LABTEST_SUBNET", LAB_SPEC.subnet)
+    spec = LabSpec(**{**LAB_SPEC.__dict__, "prefix": prefix, "subnet": subnet})
+    c = Cloud(Path(f"/run/{prefix}-{os.getpid()}"))
     c.down(say=lambda _: None)
     try:
-        c.up(LAB_SPEC, say=print)
+        c.up(spec, say=print)
         yield c
     finally:
         c.down(say=print)
