@@ -85,7 +85,12 @@ def back_in_service(cloud: Cloud, sampler: Sampler, hosts: list[str], since: flo
     for h in hosts:
         if not cloud.powered_on(h):
             cloud.power_on(h)
-    cloud.wait_agents(cloud.hosts, timeout_s=90)
+    try:
+        cloud.wait_agents(cloud.hosts, timeout_s=90)
+    except AssertionError:
+        for h in hosts:
+            dump_host(cloud, h)
+        raise
     conn = cloud.connect()
 
     def enabled() -> bool:
@@ -147,6 +152,18 @@ def back_in_service(cloud: Cloud, sampler: Sampler, hosts: list[str], since: flo
             and done[e["intent"]]["outcome"] == "ok"
         ][-1:]
         assert enable["ts"] >= reports[-1]["ts"], (enable, reports[-1])
+
+
+def dump_host(cloud: Cloud, host: str, lines: int = 25) -> None:
+    """The end of a host's logs (init, agent, BMC chassis, watchdog), for a failure's report."""
+    d = cloud.host_dir(host) / "logs"
+    b = cloud.state / "bmc" / host
+    for path in (d / "init.log", d / "meshha-agent.log", b / "chassis.log", b / "watchdog.log"):
+        try:
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+        except OSError as err:
+            tail = [f"({err})"]
+        print(f"--- {path}", *tail, sep="\n  ")
 
 
 def by_host(vms: list[Vm]) -> dict[str, list[Vm]]:
