@@ -157,9 +157,10 @@ class LabSpec:
     profile: str = "lan-safe"
     timings_toml: str = ""
     # Each host's watchdog (meshha.lab.watchdog, declared in the config as the shipped
-    # example declares /dev/watchdog): whole seconds; 0 declares none. 10 rides an agent
-    # stall of 10 s on a loaded machine and fires well before lan-safe's deadline (30 s).
-    watchdog_s: int = 10
+    # example declares /dev/watchdog): whole seconds; 0 declares none. 15 = lan-safe's
+    # stall_grace_s: rides an agent stall (or a host hung) up to about 12 s, as the
+    # example's rule asks, and fires well before lan-safe's self-fence deadline (30 s).
+    watchdog_s: int = 15
 
     def host_names(self) -> list[str]:
         return [f"host{i}" for i in range(1, self.hosts + 1)]

@@ -41,7 +41,7 @@ pytestmark = [
     pytest.mark.lab,
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
 ]
-LAB_SPEC = LabSpec(hosts=5, reserved=1, vms=8, watchdog_s=10)
+LAB_SPEC = LabSpec(hosts=5, reserved=1, vms=8, watchdog_s=10)  # fires sooner: a shorter test
 
 
 def watchdog_fired(cloud: Cloud, host: str, since: float) -> float | None:
