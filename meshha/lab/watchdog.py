@@ -155,7 +155,8 @@ def spawn(socket_path: Path, chassis_dir: Path, log_path: Path) -> int:
     """Start one lab watchdog as its own process (its own session); its pid, once its
     socket exists."""
     import subprocess
-    import time
+
+    from meshha.lab.mesh import poll_until
 
     with contextlib.suppress(FileNotFoundError):
         socket_path.unlink()
@@ -165,11 +166,10 @@ def spawn(socket_path: Path, chassis_dir: Path, log_path: Path) -> int:
         p = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
         )
-    deadline = time.monotonic() + 15
-    while not socket_path.exists():
-        if p.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"lab watchdog {socket_path} did not start; see {log_path}")
-        time.sleep(0.05)  # noqa: TID251  # start-up: a poll with a deadline
+    if not poll_until(lambda: socket_path.exists() or p.poll() is not None, 15, 0.05):
+        p.kill()
+    if not socket_path.exists():
+        raise RuntimeError(f"lab watchdog {socket_path} did not start; see {log_path}")
     return p.pid
 
 
