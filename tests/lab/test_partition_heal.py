@@ -299,18 +299,6 @@ def test_admin_network_cut_alerts_only(cloud: Cloud) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "product bug, seen in 2 runs of 3: after the BMC fence of a host degraded on storage, "
-        "its verdict goes degraded -> suspect (lost everywhere, not yet by a majority) -> "
-        "degraded(storage) again (its old storage loss is counted before the fresh losses "
-        "on the other networks), which opens a new episode (raft/state.py _apply_verdict: "
-        "suspect -> degraded counts as a new failure), so is_fenced() is false and the "
-        "leader fences the host again; when that second fence lands after the host was "
-        "powered on, it powers the returning host off and it never comes back"
-    ),
-)
 def test_storage_network_cut_fenced_and_evacuated(cloud: Cloud) -> None:
     """Storage network (on_loss = fence_evacuate) of one host cut: degraded on storage,
     fenced through its BMC, its HA VMs ACTIVE on the reserved host (once each), its
