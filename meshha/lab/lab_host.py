@@ -14,7 +14,14 @@ so a lab host looks like a small machine to what runs on it:
   directories (bind mounts of directories under STATE/hosts/<host>/): the agent runs with
   the systemd unit's argv, `meshctl status` finds /run/meshha/control.sock, and
   `qemu:///system` is this host's own libvirtd;
-- its network namespace's interfaces (one per lab network) and `lo`.
+- its network namespace's interfaces (one per lab network) and `lo`;
+- its own boot time: every lab host runs on the one kernel, whose /proc/stat `btime` never
+  changes, so init writes a copy of /proc/stat whose `btime` is this host's power-on (the
+  moment init starts) and bind-mounts it over /proc/stat, as LXCFS does for containers.
+  The agent, unchanged, reads its host's boot time there (meshha.agent.reconcile: a host
+  fenced by its BMC must have booted after the fence, or the BMC lied). The copy is a
+  snapshot: its CPU counters do not move (nothing on a lab host reads them). /proc/uptime
+  is left alone: meshha does not read it.
 
 This process is the host's init, and a very small systemd: it starts the services of the
 spec in order (libvirtd, then nova-compute, then meshha-agent), reaps every orphan at once
@@ -102,6 +109,18 @@ class Init:
         for target, source in self.spec["mounts"].items():
             _mount_bind(source, target)
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.own_boot_time(int(time.time()))
+
+    def own_boot_time(self, booted: int) -> None:
+        """/proc/stat with `btime` = this host's power-on (see the module doc)."""
+        text = Path("/proc/stat").read_text()
+        lines = [f"btime {booted}" if ln.startswith("btime ") else ln for ln in text.splitlines()]
+        copy = self.log_dir.parent / "proc-stat"
+        copy.write_text("\n".join(lines) + "\n")
+        if _libc().mount(str(copy).encode(), b"/proc/stat", None, _MS_BIND, None) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"mount --bind {copy} /proc/stat: {os.strerror(err)}")
+        self.log(f"boot time (/proc/stat btime) {booted}")
 
     def spawn(self, svc: Service) -> None:
         argv = list(svc.argv) + (svc.again_args if svc.starts else [])

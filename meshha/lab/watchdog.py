@@ -13,7 +13,14 @@ the simulator's watchdog does (a reset host would come back without its VMs).
 Semantics kept from drivers/watchdog/watchdog_dev.c: opening starts the timer, one
 opener at a time (the next is refused "busy"), any write feeds it, a write containing 'V'
 allows the next close to stop it, a close without it leaves it running; the timeout is
-whole seconds, 60 until set.
+whole seconds, 60 until set. Like a hardware timer, which loses power with its host, it
+stops when its chassis is powered off (the chassis `power` file reads 0): a host that is
+powered off and on again by its BMC does not get a stale firing from before.
+
+`meshha-lab up` runs one per host (`spawn`), outside the host's namespaces (a hung host
+does not freeze its watchdog), serving `/run/meshha/watchdog.sock` inside the host, and
+the lab's segment config declares it (`[watchdog] device = ...`), as the shipped example
+declares /dev/watchdog.
 
     wd = LabWatchdog(Path("run/host1-wd.sock"), chassis_dir=bmc.state_dir)
     await nursery.start(wd.run)       # or, as its own process:
@@ -95,7 +102,7 @@ class LabWatchdog:
                 pass  # the opener died: the same as a close without the magic character
             finally:
                 self.held = False
-                if self._allow_release:
+                if self._allow_release or self._powered_off():
                     self.armed = False
 
     def _handle(self, msg: bytes) -> bytes:
@@ -120,10 +127,20 @@ class LabWatchdog:
     async def _timer(self) -> None:
         while True:
             await trio.sleep(CHECK_INTERVAL_S)
+            if self.armed and self._powered_off():
+                self.armed = False  # the host lost power, and its watchdog with it
             if self.armed and trio.current_time() - self.last_feed >= self.timeout_s:
                 self.armed = False
                 self.fired_at = trio.current_time()
                 await self._fire()
+
+    def _powered_off(self) -> bool:
+        if self.chassis_dir is None:
+            return False
+        try:
+            return (self.chassis_dir / "power").read_text().strip() == "0"
+        except OSError:
+            return False
 
     async def _fire(self) -> None:
         if self._on_fire is not None:
@@ -132,6 +149,28 @@ class LabWatchdog:
         assert self.chassis_dir is not None
         argv = [sys.executable, "-S", "-I", str(CHASSIS_PROGRAM), str(self.chassis_dir)]
         await trio.run_process([*argv, "set", "power", "0"], check=False)
+
+
+def spawn(socket_path: Path, chassis_dir: Path, log_path: Path) -> int:
+    """Start one lab watchdog as its own process (its own session); its pid, once its
+    socket exists."""
+    import subprocess
+
+    from meshha.lab.mesh import poll_until
+
+    with contextlib.suppress(FileNotFoundError):
+        socket_path.unlink()
+    argv = [sys.executable, "-m", "meshha.lab.watchdog", "--socket", str(socket_path)]
+    argv += ["--chassis-dir", str(chassis_dir)]
+    with open(log_path, "ab") as log:
+        p = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+        )
+    if not poll_until(lambda: socket_path.exists() or p.poll() is not None, 15, 0.05):
+        p.kill()
+    if not socket_path.exists():
+        raise RuntimeError(f"lab watchdog {socket_path} did not start; see {log_path}")
+    return p.pid
 
 
 def main(argv: list[str] | None = None) -> int:

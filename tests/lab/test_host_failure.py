@@ -19,12 +19,6 @@ import pytest
 from meshha.lab.cloud import Cloud, LabSpec, Vm, wait_until
 
 pytestmark = [
-    # Known gap after this session's merges: a host powered on again after a fence is
-    # never re-enabled in the lab, because the returning-host reconcile (agent/reconcile.py)
-    # takes the boot time from a kernel every lab host shares; the lab's power-off test also
-    # timed out with the reserve held in Nova. Kept running, reported as XFAIL/XPASS, until
-    # the lab gives each host its own boot time (next session).
-    pytest.mark.xfail(strict=False, reason="returning-host reconcile in the lab: see above"),
     pytest.mark.integration,
     pytest.mark.lab,
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
@@ -83,18 +77,93 @@ def action_names(cloud: Cloud, conn: Any, vm: str) -> list[str]:
 
 
 def back_in_service(cloud: Cloud, sampler: Sampler, hosts: list[str], since: float) -> None:
-    """Power `hosts` on again and wait until each is healthy and enabled in Nova."""
+    """Power `hosts` on again and wait until each is healthy and enabled in Nova; then
+    check the way back in every ledger: each fenced host's own agent reported a clean
+    reconcile, with its own boot time (after the fence: the lab host's /proc/stat btime),
+    before the `enable_compute` that succeeded; and no returning host runs a VM Nova
+    places elsewhere."""
     for h in hosts:
         if not cloud.powered_on(h):
             cloud.power_on(h)
-    cloud.wait_agents(cloud.hosts, timeout_s=90)
+    try:
+        cloud.wait_agents(cloud.hosts, timeout_s=90)
+    except AssertionError:
+        for h in hosts:
+            dump_host(cloud, h)
+        raise
     conn = cloud.connect()
 
     def enabled() -> bool:
+        doms = sampler.check()
+        servers = {s.id: s for s in cloud.vms()}
+        strays = [
+            vm
+            for vm, hs in doms.items()
+            for h in hs
+            if h in hosts
+            and vm in servers
+            and servers[vm].host != h
+            and servers[vm].task_state is None
+        ]
+        assert not strays, f"a returning host runs a VM Nova places elsewhere: {strays}"
         svcs = {s.host: s for s in conn.compute.services() if s.binary == "nova-compute"}
         return all(svcs[h].status == "enabled" and not svcs[h].is_forced_down for h in hosts)
 
-    sampler.until(enabled, 60, f"{hosts} enabled in Nova again")
+    sampler.until(enabled, 90, f"{hosts} enabled in Nova again")
+
+    def reported() -> list[dict[str, Any]] | None:
+        rows = [e for e in wait_ledgers_equal(cloud, cloud.hosts) if e["ts"] >= since]
+        done = results(rows)
+        fenced = {e["host"] for e in rows if e["kind"] == "intent" and e["action"] == "fence"}
+        enables = [e for e in rows if e["kind"] == "intent" and e["action"] == "enable_compute"]
+        ok = all(
+            any(
+                e["host"] == h and done.get(e["intent"], {}).get("outcome") == "ok" for e in enables
+            )
+            for h in fenced & set(hosts)
+        )
+        return rows if ok else None
+
+    rows = wait_until(reported, 30, "each fenced host's enable_compute result in every ledger")
+    done = results(rows)
+    for h in hosts:
+        fences = [
+            e
+            for e in rows
+            if e["kind"] == "intent"
+            and e["action"] == "fence"
+            and e["host"] == h
+            and done.get(e["intent"], {}).get("outcome") == "ok"
+        ]
+        if not fences:
+            continue  # never fenced (healed in time): nothing to reconcile
+        fenced_at = done[fences[-1]["intent"]]["ts"]
+        reports = [e for e in rows if e["kind"] == "reconcile" and e["host"] == h and e["ok"]]
+        assert reports, f"{h}: enabled without a clean reconcile report"
+        assert reports[-1]["by"] == h
+        if done[fences[-1]["intent"]]["data"].get("method") == "bmc":
+            assert reports[-1]["booted_at"] > fenced_at - 1, (h, reports[-1], fenced_at)
+        (enable,) = [
+            e
+            for e in rows
+            if e["kind"] == "intent"
+            and e["action"] == "enable_compute"
+            and e["host"] == h
+            and done[e["intent"]]["outcome"] == "ok"
+        ][-1:]
+        assert enable["ts"] >= reports[-1]["ts"], (enable, reports[-1])
+
+
+def dump_host(cloud: Cloud, host: str, lines: int = 25) -> None:
+    """The end of a host's logs (init, agent, BMC chassis, watchdog), for a failure's report."""
+    d = cloud.host_dir(host) / "logs"
+    b = cloud.state / "bmc" / host
+    for path in (d / "init.log", d / "meshha-agent.log", b / "chassis.log", b / "watchdog.log"):
+        try:
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+        except OSError as err:
+            tail = [f"({err})"]
+        print(f"--- {path}", *tail, sep="\n  ")
 
 
 def by_host(vms: list[Vm]) -> dict[str, list[Vm]]:
@@ -286,3 +355,70 @@ def test_partition_2_3_only_the_majority_acts(cloud: Cloud) -> None:
         cloud.heal()
     back_in_service(cloud, sampler, minority, t0)
     print(f"{sampler.samples} samples of every host's QEMUs, no VM in two places")
+
+
+def test_host_hung_fenced_and_never_runs_an_evacuated_vm(cloud: Cloud) -> None:
+    """Case 6: every process of a host frozen (SIGSTOP: links up, the kernel answers,
+    nothing else does). Its watchdog (not fed) or its BMC powers it off; the majority
+    fences it through the BMC, evacuates its HA VMs once each and leaves the rest; resumed
+    and powered on again, it reconciles, is enabled, and never runs an evacuated VM."""
+    sampler = Sampler(cloud)
+    conn = cloud.connect()
+    leader = cloud.leader() or ""
+    doms0 = sampler.check()
+    vms0 = cloud.vms()
+    victim = next(
+        h
+        for h in cloud.computes
+        if h != leader and any(v.ha and v.host == h and doms0.get(v.id) == [h] for v in vms0)
+    )
+    ha = [v for v in vms0 if v.host == victim and v.ha]
+    non_ha = [v for v in vms0 if v.host == victim and not v.ha]
+    others = [h for h in cloud.hosts if h != victim]
+    t0 = cloud.hang(victim)
+    try:
+
+        def evacuated() -> bool:
+            doms = sampler.check()
+            servers = {s.id: s for s in cloud.vms()}
+            return all(
+                servers[v.id].host != victim
+                and servers[v.id].status == "ACTIVE"
+                and servers[v.id].task_state is None
+                and doms.get(v.id) == [servers[v.id].host]
+                for v in ha
+            )
+
+        sampler.until(evacuated, 150, f"HA VMs of hung {victim} ACTIVE elsewhere")
+        took_s = time.time() - t0
+    finally:
+        cloud.resume(victim)  # a no-op once it is powered off
+    assert not cloud.powered_on(victim)
+    for v in ha:
+        assert action_names(cloud, conn, v.id).count("evacuate") == 1, v.name
+    servers = {s.id: s for s in cloud.vms()}
+    for v in non_ha:
+        assert servers[v.id].host == victim and "evacuate" not in action_names(cloud, conn, v.id)
+
+    def complete() -> list[dict[str, Any]] | None:
+        rows = [e for e in wait_ledgers_equal(cloud, others) if e["ts"] >= t0]
+        evac = intents(rows, "evacuate", victim)
+        done = results(rows)
+        return rows if len(evac) >= len(ha) and all(e["intent"] in done for e in evac) else None
+
+    rows = wait_until(complete, 30, "every evacuation's result in every live ledger")
+    done = results(rows)
+    (fence,) = intents(rows, "fence", victim)
+    assert done[fence["intent"]]["outcome"] == "ok"
+    assert done[fence["intent"]]["data"]["method"] == "bmc"
+    evac = intents(rows, "evacuate", victim)
+    assert sorted(e["vm"] for e in evac) == sorted(v.id for v in ha)
+    assert min(e["ts"] for e in evac) >= done[fence["intent"]]["ts"]
+    assert not [
+        e for e in rows if e["kind"] == "intent" and e["action"] == "fence" and e["host"] != victim
+    ]
+    print(f"hang -> {len(ha)} HA VMs ACTIVE elsewhere: {took_s:.1f}s")
+
+    back_in_service(cloud, sampler, [victim], t0)
+    doms = sampler.check()
+    assert not [v.name for v in ha if victim in doms.get(v.id, [])]

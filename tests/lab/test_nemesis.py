@@ -20,12 +20,6 @@ from meshha.lab.cloud import Cloud, LabSpec
 from meshha.lab.nemesis import nemesis
 
 pytestmark = [
-    # Known gap after this session's merges: a host powered on again after a fence is
-    # never re-enabled in the lab, because the returning-host reconcile (agent/reconcile.py)
-    # takes the boot time from a kernel every lab host shares; the lab's power-off test also
-    # timed out with the reserve held in Nova. Kept running, reported as XFAIL/XPASS, until
-    # the lab gives each host its own boot time (next session).
-    pytest.mark.xfail(strict=False, reason="returning-host reconcile in the lab: see above"),
     pytest.mark.integration,
     pytest.mark.lab,
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),

@@ -153,6 +153,17 @@ def test_episodes_count_failures_not_verdict_changes() -> None:
     assert s.episode["host2"] == 3
 
 
+def test_a_suspect_verdict_inside_a_failure_does_not_open_a_new_episode() -> None:
+    """Seen in the lab (storage cut): fenced while degraded on storage, the powered-off
+    host is suspect (lost everywhere, not yet by a majority), then degraded on storage
+    again from its older loss. Still episode 1, still fenced: no second fence."""
+    s = fenced_host()
+    run(s, verdict("host2", "suspect"), verdict("host2", "degraded", ("storage",)))
+    assert s.episode["host2"] == 1 and s.is_fenced("host2")
+    run(s, verdict("host2", "suspect"), verdict("host2", "failed", NETS))
+    assert s.episode["host2"] == 1 and s.is_fenced("host2")
+
+
 def test_a_failed_host_loses_its_own_stale_observations() -> None:
     s = run(fresh(), obs("host2", "host3", "admin"), obs("host1", "host2", "admin"))
     run(s, verdict("host2", "failed", NETS))
