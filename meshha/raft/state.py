@@ -71,6 +71,7 @@ class SegmentState:
         self.hosts: tuple[str, ...] = segment.host_names
         self.voters: tuple[str, ...] = segment.voters
         self.max_clock_skew_s = segment.timings.max_clock_skew_s  # for reading reconcile reports
+        self.reserve_disable = segment.recovery.reserve_disable  # reserve held off in Nova
         self.index = 0
         self.last_ts = 0.0
         self.lost: dict[tuple[str, str, str], float] = {}  # (observer, target, net) -> since
@@ -230,7 +231,11 @@ class SegmentState:
             self._finish(i, "abandoned", "target in maintenance when the intent committed", e["ts"])
         elif i.action == "drain" and not self.in_maintenance(host):
             self._finish(i, "abandoned", "host no longer in maintenance", e["ts"])
-        elif i.action == "maint_release" and self.roles.get(host) == "reserved":
+        elif (
+            i.action == "maint_release"
+            and self.roles.get(host) == "reserved"
+            and self.reserve_disable
+        ):
             # It became reserve since the window ended: the reserve stays disabled.
             self._finish(i, "abandoned", "host is reserved now: it stays disabled", e["ts"])
         elif i.action == "evacuate" and not self.is_fenced(host):

@@ -250,6 +250,22 @@ def test_maintenance_off_brings_the_host_back_but_the_reserve_stays_disabled() -
     assert len(L.intents("release:")) == 1
 
 
+def test_with_the_reserve_not_held_maintenance_off_enables_the_reserve_again() -> None:
+    """reserve_disable = false: the reserve is an ordinary enabled host in Nova, so the
+    end of its window enables it again, and neither the check nor the state refuses that
+    (found by the random segment life test)."""
+    L = Leader(servers={"host2": [server("vm-a")]})  # reserve_disable = False
+    L.run(1)
+    maint(L, "host5", True)
+    since = int(L.now * 1000)
+    L.run(2)
+    maint(L, "host5", False)
+    L.run(2)
+    iid = f"release:host5:maintenance:{since}:a1"
+    assert [i for _, i in actions(L, "release:")] == [iid]
+    assert L.state.intents[iid].status == "ok"
+
+
 def test_a_host_in_maintenance_is_not_a_target_and_its_window_is_kept() -> None:
     L = leader(servers={"host2": [server("vm-a")]})
     L.run(1)

@@ -21,7 +21,7 @@ bug: crash rather than fence or evacuate wrongly). The invariants:
      follows a failed BMC fence;
   6. the reserve is never enabled in Nova except as a chosen target: a reserved host is
      released only for a fenced host's evacuation (or a maintenance drain), never by
-     the end of a maintenance window, and nothing is evacuated onto a reserved host
+     the end of a maintenance window (where the reserve is held: `reserve_disable`), and nothing is evacuated onto a reserved host
      that is still disabled; a drain only moves VMs off a host in maintenance (one
      that commits after the window ended is abandoned, as are the drains still
      pending when it ends).
@@ -137,7 +137,7 @@ def _reserve_problems(state: SegmentState, e: Entry) -> list[str]:
         )
         if not reserved or not chosen:
             out.append(f"{iid}: enabling {host}, not a reserved host chosen as a target")
-    if action == "maint_release" and reserved:
+    if action == "maint_release" and reserved and state.reserve_disable:
         out.append(f"{iid}: the end of maintenance would enable reserved {host}")
     if action == "reserve_hold" and not reserved:
         out.append(f"{iid}: holding {host}, which is not reserved")
