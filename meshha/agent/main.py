@@ -249,6 +249,7 @@ async def run_agent(
     probe_port = metrics.MeteredTransport(transport, meters)
     drivers = None if opts.dry_run else real_drivers(segment)
     hypervisor = monitor = vm_events = vm_send = processes = watchdog = None
+    process_names: tuple[str, ...] | None = None
     uri = opts.libvirt_uri or segment.host(me).hypervisor_uri
     if uri and not opts.dry_run:
         from meshha.probes.libvirt_events import LibvirtEventMonitor, LibvirtHypervisor
@@ -257,13 +258,23 @@ async def run_agent(
         monitor = LibvirtEventMonitor(uri)
         vm_send, vm_events = trio.open_memory_channel[VmEvent](256)
     if segment.processes.names and not opts.dry_run:
-        from meshha.probes.processes import ProcessChecker, libvirt_probe
+        from meshha.probes.processes import (
+            NOVA_SERVICE_GRACE_S,
+            ProcessChecker,
+            libvirt_probe,
+            nova_service_probe,
+        )
 
         procs = libvirt_daemon_names(segment.processes)
         # Monolithic libvirtd or modular virtqemud: whichever is watched gets the probe.
         daemons = [n for n in LIBVIRT_DAEMONS if n in procs.names]
         health = {n: libvirt_probe(uri) for n in daemons} if uri else {}
-        processes = ProcessChecker(procs, health=health)
+        if drivers is not None:  # a hung nova-compute: Nova says its service is down
+            health["nova-compute"] = nova_service_probe(drivers.nova, me)
+        processes = ProcessChecker(
+            procs, health=health, health_grace_s={"nova-compute": NOVA_SERVICE_GRACE_S}
+        )
+        process_names = procs.names
     declared = segment.host(me).watchdog
     if declared is not None and not opts.dry_run:
         from meshha.agent.watchdog import open_watchdog
@@ -288,6 +299,7 @@ async def run_agent(
             hypervisor=hypervisor,
             vm_events=vm_events,
             processes=processes,
+            process_names=process_names,
             watchdog=watchdog,
             notifier=notifier,
             clock=transport,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 import structlog
@@ -38,6 +38,7 @@ from meshha.raft.entries import Entry
 from meshha.raft.intent_key import IntentKey, ms
 from meshha.raft.log import LogPort
 from meshha.raft.state import Intent, SegmentState
+from meshha.recovery.damping import ObservationDamper
 from meshha.recovery.decide import decide, pending_intents
 from meshha.recovery.executor import Drivers, Executor, Guard
 from meshha.recovery.ports import HypervisorPort, ProcessPort, VmEvent, WatchdogPort
@@ -82,6 +83,8 @@ class NodePorts:
     hypervisor: HypervisorPort | None = None
     vm_events: trio.abc.ReceiveChannel[VmEvent] | None = None
     processes: ProcessPort | None = None
+    # What the process port watches, if not the config's names (virtqemud for libvirtd)
+    process_names: tuple[str, ...] | None = None
     guard: Guard | None = None
     watchdog: WatchdogPort | None = None  # only for a host whose config declares one
     notifier: Notifier | None = None  # systemd's sd_notify
@@ -132,6 +135,8 @@ class Node:
         self._in_flight: set[Any] = set()
         self._running: dict[str, trio.CancelScope] = {}
         self._dry_logged: set[str] = set()
+        self._damper = ObservationDamper()
+        self.supervisor: Any = None  # the process Supervisor, once running
         self._send, self._recv = trio.open_memory_channel[tuple[Entry, Any]](PROPOSAL_QUEUE)
         self._applied = trio.Event()
         self.alive = True
@@ -289,6 +294,7 @@ class Node:
         for (target, net), since in local.items():
             if (target, net) in self.stalled_peers:
                 continue  # its kernel answers: a stalled agent, not (yet) a lost host
+            self._damper.lost(target, net, since)
             if (target, net) not in committed:
                 self.propose(
                     E.observation(
@@ -306,6 +312,12 @@ class Node:
                 pv = self.prober.peer(target, net)
                 if pv.last_ack is None:
                     continue  # not heard since this agent started: unknown, not reachable
+                other_up = any(
+                    (target, n) not in local for n in self.segment.host(target).networks if n != net
+                )
+                now_m = trio.current_time()  # the prober's clock
+                if self._damper.hold_regain(target, net, pv.since or now_m, other_up, now_m):
+                    continue  # a flapping link: reachable again once it stays so
                 self.propose(
                     E.observation(
                         ts=now,
@@ -576,17 +588,11 @@ class Node:
         async for ev in self.p.vm_events:
             now = self.p.now()
             if ev.kind in ("hypervisor_down", "hypervisor_up"):
-                outcome = "down" if ev.kind == "hypervisor_down" else "restarted"
-                self.propose(
-                    E.process_failure(
-                        ts=now,
-                        by=self.me,
-                        host=self.me,
-                        process="libvirtd",
-                        outcome=outcome,
-                        detail=ev.detail,
-                    )
-                )
+                # Not a report of its own: the supervisor checks now and reports the
+                # outage once (probes/supervisor.py).
+                log.info("libvirt_connection", event=ev.kind, detail=ev.detail)
+                if ev.kind == "hypervisor_down" and self.supervisor is not None:
+                    self.supervisor.wake()
                 continue
             entry = E.vm_failure(
                 ts=now, by=self.me, host=self.me, vm=ev.vm or "", event=ev.kind, detail=ev.detail
@@ -612,35 +618,36 @@ class Node:
         return {"ha": p.ha, "on_vm_failure": p.on_vm_failure, "priority": p.priority}
 
     async def _process_loop(self) -> None:
-        procs = self.segment.processes
+        """One supervision path (probes/supervisor.py): bounded restarts, at most one
+        failure and one recovery report per outage, none while in maintenance."""
+        from meshha.probes.supervisor import ProcessReport, Supervisor
+
         assert self.p.processes is not None
-        while True:
-            await trio.sleep(procs.check_interval_s)
-            if self.state.in_maintenance(self.me):
-                continue  # the operator's host: no local restarts fighting them
-            for name in procs.names:
-                if await self.p.processes.is_alive(name):
-                    continue
-                outcome, detail = "restart_failed", ""
-                for attempt in range(1, procs.restart_attempts + 1):
-                    try:
-                        await self.p.processes.restart(name)
-                    except MeshhaError as err:
-                        detail = f"attempt {attempt}: {err}"
-                    if await self.p.processes.is_alive(name):
-                        outcome, detail = "restarted", f"restarted after {attempt} attempt(s)"
-                        break
-                    await trio.sleep(procs.restart_backoff_s * attempt)
-                self.propose(
-                    E.process_failure(
-                        ts=self.p.now(),
-                        by=self.me,
-                        host=self.me,
-                        process=name,
-                        outcome=outcome,
-                        detail=detail or "still not running",
-                    )
+
+        def report(r: ProcessReport) -> None:
+            self.propose(
+                E.process_failure(
+                    ts=self.p.now(),
+                    by=self.me,
+                    host=self.me,
+                    process=r.name,
+                    outcome=r.outcome,
+                    detail=r.detail,
+                    since=r.since,
                 )
+            )
+
+        procs = self.segment.processes
+        if self.p.process_names is not None:
+            procs = replace(procs, names=self.p.process_names)
+        self.supervisor = Supervisor(
+            self.p.processes,
+            procs,
+            report,
+            now=self.p.now,
+            paused=lambda: self.state.in_maintenance(self.me),
+        )
+        await self.supervisor.run()
 
     # -- reading -----------------------------------------------------------------------
 

@@ -244,7 +244,8 @@ class Processes:
     check_interval_s: float = 2.0
     restart_attempts: int = 3
     restart_backoff_s: float = 2.0
-    # Used when the host does not run systemd; "{name}" is replaced by the process name.
+    # "{name}" is replaced by the process name. Used when set (systemd hosts too); else
+    # `systemctl restart NAME` on systemd hosts (meshha.probes.processes).
     restart_command: str | None = None
 
 

@@ -15,48 +15,50 @@ every process's stat and cmdline (7 ms of CPU for 170 processes on the test mach
 with two names every 2 s, 0.7 % of a core); a check of a known pid reads one small file
 (20 us).
 
-Restarting runs `systemctl restart NAME` when the host runs systemd (/run/systemd/system
-exists), else the configured `restart_command` template with "{name}" replaced, split
-with shlex and run without a shell. After each attempt the process must be alive within
-`confirm_timeout_s`; `restart_attempts` attempts are made, `restart_backoff_s` apart
-(doubling), before ProcessError(kind="restart_failed").
+The libvirt daemon is `libvirtd` or, on hosts with modular daemons, `virtqemud`: the
+agent watches whichever runs (agent/main.py, `LIBVIRT_DAEMONS`).
 
-`ProcessChecker.supervise()` is the loop: every `check_interval_s` it checks each name,
-restarts the dead ones and reports a `ProcessResult` (restarted / restart_failed) on a
-channel. A name whose restart failed is retried on later checks, with the pause between
-tries doubling up to `max_retry_pause_s`; its failure is reported once per outage.
+Restarting (one attempt per `restart` call; the `Supervisor` in probes/supervisor.py
+decides when to try, how often, and what to report) runs the configured
+`restart_command` template with "{name}" replaced, split with shlex and run without a
+shell, when one is configured - containerised nodes (`podman restart nova_compute`) and
+RHEL (`systemctl restart openstack-nova-compute`) need it even under systemd; else
+`systemctl restart NAME` when the host runs systemd (/run/systemd/system exists). The
+process must then be alive within `confirm_timeout_s`, else ProcessError(restart_failed).
+
+nova-compute can hang with its process present: `nova_service_probe` asks Nova whether
+the host's nova-compute service is up (Nova marks it down once its heartbeats stop for
+`service_down_time`). Nova unreachable is no evidence either way: the probe says alive.
+Nova's answer lags: it still says "down" for a while after a restart, so a process younger
+than its `health_grace_s` (NOVA_SERVICE_GRACE_S for nova-compute) is judged by its
+presence alone - else every restart of a hung nova-compute would look failed, and the
+next one would kill the fresh process.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import structlog
 import trio
 
 from meshha.config.model import Processes
-from meshha.errors import ProcessError
+from meshha.errors import MeshhaError, ProcessError
 from meshha.probes.libvirt_events import libvirt_answers
+from meshha.recovery.ports import NovaPort
 
 log = structlog.get_logger(__name__)
 
 HealthProbe = Callable[[], Awaitable[bool]]
+# service_down_time (60 s by default) + report_interval (10 s) + the probe's own 30 s
+# between questions: by then Nova's answer is about the process running now.
+NOVA_SERVICE_GRACE_S = 100.0
 _COMM_BYTES = 15
-
-
-@dataclass(frozen=True)
-class ProcessResult:
-    """What supervision did about a dead process."""
-
-    name: str
-    outcome: Literal["restarted", "restart_failed"]
-    attempts: int
-    detail: str
 
 
 def find_pids(name: str, proc_root: Path = Path("/proc")) -> list[int]:
@@ -131,6 +133,29 @@ def libvirt_probe(uri: str, limiter: trio.CapacityLimiter | None = None) -> Heal
     return probe
 
 
+def nova_service_probe(nova: NovaPort, host: str, every_s: float = 30.0) -> HealthProbe:
+    """A health probe for nova-compute: Nova's own view of the host's service. Down while
+    enabled and not forced down (by us) means its heartbeats stopped: hung. Nova not
+    answering, or a service we forced down, says nothing: alive. Nova is asked at most
+    every `every_s` (it marks a service down only after service_down_time, 60 s by
+    default, so asking more often learns nothing and loads its API)."""
+    last: list[float | bool] = [-math.inf, True]  # when asked, what it said
+
+    async def probe() -> bool:
+        if trio.current_time() - float(last[0]) < every_s:
+            return bool(last[1])
+        last[0] = trio.current_time()
+        try:
+            (facts,) = await nova.host_facts([host])
+        except (MeshhaError, ValueError):
+            last[1] = True
+            return True
+        last[1] = facts.forced_down or not facts.service_enabled or facts.service_up
+        return bool(last[1])
+
+    return probe
+
+
 class ProcessChecker:
     """ProcessPort for this host (see the module doc)."""
 
@@ -139,21 +164,21 @@ class ProcessChecker:
         processes: Processes,
         *,
         health: Mapping[str, HealthProbe] | None = None,
+        health_grace_s: Mapping[str, float] | None = None,
         use_systemd: bool | None = None,
         probe_timeout_s: float = 5.0,
         command_timeout_s: float = 60.0,
         confirm_timeout_s: float = 30.0,
-        max_retry_pause_s: float = 300.0,
         proc_root: Path = Path("/proc"),
     ) -> None:
-        assert processes.restart_attempts >= 1 and processes.check_interval_s > 0
+        assert processes.restart_attempts >= 0 and processes.check_interval_s > 0
         self._config = processes
         self._health = dict(health or {})
+        self._health_grace_s = dict(health_grace_s or {})
         self._systemd = host_runs_systemd() if use_systemd is None else use_systemd
         self._probe_timeout_s = probe_timeout_s
         self._command_timeout_s = command_timeout_s
         self._confirm_timeout_s = confirm_timeout_s
-        self._max_retry_pause_s = max_retry_pause_s
         self._proc_root = proc_root
         self._known: dict[str, _Known] = {}  # name -> the process last found for it
         self.scans = 0  # full /proc scans since start
@@ -178,89 +203,43 @@ class ProcessChecker:
         probe = self._health.get(name)
         if probe is None:
             return True
+        grace_s = self._health_grace_s.get(name, 0.0)
+        if grace_s > 0 and self.age_s(name) < grace_s:
+            return True  # too young for its probe's answer to be about it (module doc)
         with trio.move_on_after(self._probe_timeout_s):
             return await probe()
         return False  # a probe that hangs is a process that hangs
 
-    async def restart(self, name: str) -> None:
-        """Restart `name` until it is alive again, or raise ProcessError(restart_failed)."""
-        await self._restart(name)
+    def age_s(self, name: str) -> float:
+        """Seconds since the process found for `name` started (inf when unknown)."""
+        known = self._known.get(name)
+        try:
+            uptime_s = float((self._proc_root / "uptime").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return math.inf
+        if known is None:
+            return math.inf
+        return uptime_s - int(known.start) / os.sysconf("SC_CLK_TCK")
 
-    async def _restart(self, name: str) -> int:
-        """Restart `name`; the number of attempts it took."""
-        argv = self.restart_argv(name)
-        backoff_s = self._config.restart_backoff_s
-        problems = []
-        for attempt in range(1, self._config.restart_attempts + 1):
-            problem = await self._run(argv)
-            if problem is None:
-                if await self._wait_alive(name):
-                    log.info("process.restarted", name=name, attempt=attempt)
-                    return attempt
-                problem = f"not alive {self._confirm_timeout_s}s after the restart"
-            problems.append(f"attempt {attempt}: {problem}")
-            log.warning("process.restart_attempt_failed", name=name, attempt=attempt)
-            if attempt < self._config.restart_attempts:
-                await trio.sleep(backoff_s)
-                backoff_s *= 2
-        raise ProcessError(
-            f"{name} not restarted after {self._config.restart_attempts} attempt(s): "
-            + "; ".join(problems),
-            kind="restart_failed",
-            where=name,
-        )
+    async def restart(self, name: str) -> None:
+        """One restart of `name`: alive within `confirm_timeout_s`, or ProcessError."""
+        problem = await self._run(self.restart_argv(name))
+        if problem is None:
+            if await self._wait_alive(name):
+                log.info("process.restarted", name=name)
+                return
+            problem = f"not alive {self._confirm_timeout_s}s after the restart"
+        raise ProcessError(f"{name} not restarted: {problem}", kind="restart_failed", where=name)
 
     def restart_argv(self, name: str) -> list[str]:
         """The command that restarts `name` here (no shell; the name is one argument)."""
+        template = self._config.restart_command
+        if template:
+            return [part.replace("{name}", name) for part in shlex.split(template)]
         if self._systemd:
             return ["systemctl", "restart", name]
-        template = self._config.restart_command
-        if not template:
-            raise ProcessError(
-                "no systemd and no restart_command configured", kind="config", where=name
-            )
-        return [part.replace("{name}", name) for part in shlex.split(template)]
-
-    async def supervise(
-        self,
-        results: trio.MemorySendChannel[ProcessResult],
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Check every `check_interval_s`; restart what died; report on `results` (owned
-        and closed here). Runs until cancelled."""
-        failed_at: dict[str, float] = {}  # name -> when it may be tried again
-        retry_pause_s: dict[str, float] = {}
-        async with results:
-            task_status.started()
-            while True:
-                for name in self._config.names:
-                    if trio.current_time() < failed_at.get(name, 0.0):
-                        continue
-                    if await self.is_alive(name):
-                        failed_at.pop(name, None)
-                        retry_pause_s.pop(name, None)
-                        continue
-                    result = await self._restart_reported(name)
-                    if result.outcome == "restarted":
-                        failed_at.pop(name, None)
-                        retry_pause_s.pop(name, None)
-                        await results.send(result)
-                        continue
-                    pause_s = retry_pause_s.get(name, self._config.check_interval_s)
-                    if name not in retry_pause_s:  # first failure of this outage
-                        await results.send(result)
-                    retry_pause_s[name] = min(pause_s * 2, self._max_retry_pause_s)
-                    failed_at[name] = trio.current_time() + pause_s
-                await trio.sleep(self._config.check_interval_s)
-
-    async def _restart_reported(self, name: str) -> ProcessResult:
-        try:
-            attempts = await self._restart(name)
-        except ProcessError as e:
-            return ProcessResult(name, "restart_failed", self._config.restart_attempts, str(e))
-        return ProcessResult(
-            name, "restarted", attempts, f"alive again after {attempts} attempt(s)"
+        raise ProcessError(
+            "no systemd and no restart_command configured", kind="config", where=name
         )
 
     async def _run(self, argv: list[str]) -> str | None:

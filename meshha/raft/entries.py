@@ -157,10 +157,20 @@ def vm_failure(*, ts: float, by: str, host: str, vm: str, event: str, detail: st
 
 
 def process_failure(
-    *, ts: float, by: str, host: str, process: str, outcome: str, detail: str
+    *,
+    ts: float,
+    by: str,
+    host: str,
+    process: str,
+    outcome: str,
+    detail: str,
+    since: float | None = None,
 ) -> Entry:
+    """`since`: when the outage began (every report of one outage carries the same)."""
     e = _base("process_failure", ts, by)
     e.update(host=host, process=process, outcome=outcome, detail=detail)
+    if since is not None:
+        e["since"] = since
     return e
 
 

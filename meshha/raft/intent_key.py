@@ -23,7 +23,7 @@ order, each present only if set, `:`-separated:
     alert:process-brake:4:1700000:a1        4 hosts' processes failing, latest at 1700000 ms
     alert:process:host2:libvirtd:1700000:a1
     alert:vm:vm-a:1700000:a1
-    alert:fence-wait:host2:e1:a1            (fence-failed, unplaced, recovered, degraded)
+    alert:fence-wait:host2:e1:a1            (fence-failed, unplaced, recovered, degraded, flapping)
     alert:clock:host2:1700000:a1            host2's clock off segment time, alerted at 1700000 ms
     hold:host5:reserve:0:a1                 disable reserved host5 in Nova (role since 0 ms)
     release:host5:reserve:0:a1              enable it: chosen as an evacuation target
@@ -78,6 +78,7 @@ AlertTopic = Literal[
     "bmc-lied",
     "unreconciled",
     "enable-failed",
+    "flapping",
 ]
 ALERT_TOPICS: tuple[AlertTopic, ...] = get_args(AlertTopic)
 VM_FAILURE_STEPS = ("restart_vm", "hard_reboot", "migrate_vm")
@@ -115,6 +116,7 @@ _SHAPES: dict[str, tuple[tuple[str, ...], ...]] = {
             "bmc-lied",
             "unreconciled",
             "enable-failed",
+            "flapping",
         )
     },
 }

@@ -192,6 +192,12 @@ class ProcessFailure:
     outcome: ProcessOutcome
     detail: str
     ts: float
+    since: float | None = None  # when the outage began, if the report says
+
+    @property
+    def began(self) -> float:
+        """The failure this report is about: its outage's start (older reports: ts)."""
+        return self.ts if self.since is None else self.since
 
 
 @dataclass(frozen=True, slots=True)

@@ -81,6 +81,8 @@ class SegmentState:
         self.changed_at: dict[str, float] = {}
         self.verdicts: dict[str, Verdict] = {h: HEALTHY for h in self.hosts}
         self.verdict_since: dict[str, float] = {h: 0.0 for h in self.hosts}
+        # The last few times each host's verdict changed (flap damping, recovery/damping.py)
+        self.verdict_changes: dict[str, deque[float]] = {}
         self.episode: dict[str, int] = {h: 0 for h in self.hosts}
         self.maintenance: dict[str, Maintenance] = {}
         self.roles: dict[str, str] = {h.name: h.role for h in segment.hosts}
@@ -180,6 +182,7 @@ class SegmentState:
                 del self.lost[key]
         self.verdicts[host] = new
         self.verdict_since[host] = e["ts"]
+        self.verdict_changes.setdefault(host, deque(maxlen=16)).append(e["ts"])
 
     def _apply_maintenance(self, e: Entry) -> None:
         host = e["host"]
@@ -300,7 +303,7 @@ class SegmentState:
 
     def _apply_process_failure(self, e: Entry) -> None:
         self.process_failures[(e["host"], e["process"])] = ProcessFailure(
-            e["outcome"], e["detail"], e["ts"]
+            e["outcome"], e["detail"], e["ts"], e.get("since")
         )
 
     def _apply_brake(self, e: Entry) -> None:
@@ -363,7 +366,7 @@ class SegmentState:
         An intent it can still reach is kept, or it would be proposed again (its id is
         the only memory that it was done). The ledger keeps every one regardless."""
         live_vm = {(vm, ms(t[-1])) for vm, t in self.vm_failures.items() if t}
-        live_process = {(h, ms(rec.ts)) for (h, _), rec in self.process_failures.items()}
+        live_process = {(h, ms(rec.began)) for (h, _), rec in self.process_failures.items()}
 
         def reachable(i: Intent) -> bool:
             k = i.key

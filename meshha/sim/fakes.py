@@ -32,6 +32,9 @@ from meshha.recovery.ports import (
 )
 
 UNREACHABLE_BMC_S = 4.6  # what pyghmi takes to give up on a dead BMC (environment.md)
+# A hung BMC accepts the session and never answers: the IPMI adapter gives up when its
+# confirm deadline passes (fence_ipmi's confirm_timeout_s), with kind "timeout".
+HUNG_BMC_S = 30.0
 
 
 @dataclass
@@ -44,6 +47,7 @@ class FakeMachine:
     powered: bool = True
     hung: bool = False
     bmc_alive: bool = True
+    bmc_hung: bool = False  # accepts the session, never answers (see HUNG_BMC_S)
     bmc_password: bytes = b"secret"
     bmc_delay_s: float = 0.02
     nics: dict[str, bool] = field(default_factory=dict)
@@ -268,6 +272,13 @@ class FakeBmc:
         await trio.sleep(m.bmc_delay_s)
         if host in self.credentials and self.credentials[host] != m.bmc_password:
             raise FenceError("BMC refused the credentials", kind="auth", where=f"bmc of {host}")
+        if m.bmc_hung:
+            await trio.sleep(HUNG_BMC_S)
+            raise FenceError(
+                f"BMC accepted the session but did not answer in {HUNG_BMC_S:g}s",
+                kind="timeout",
+                where=f"bmc of {host}",
+            )
         return m
 
     async def power_off(self, host: str) -> FenceProof:
@@ -575,7 +586,7 @@ class FakeProcesses:
         m = self.cloud.machines[self.host]
         await trio.sleep(0.1)
         if name in m.restart_fails or not m.alive:
-            raise ProcessError(f"restart of {name} failed", where=self.host)
+            raise ProcessError(f"restart of {name} failed", kind="restart_failed", where=self.host)
         m.processes[name] = True
 
 

@@ -185,6 +185,32 @@ async def _restart_agents(r: Runner, s: Step) -> None:
     r.sim.restart_agents(r.hosts(s.args[0]) if s.args else sorted(r.sim.cloud.machines))
 
 
+async def _bmc_hang(r: Runner, s: Step) -> None:
+    for h in r.hosts(s.args[0]):
+        r.sim.bmc_hang(h)
+
+
+async def _flap(r: Runner, s: Step) -> None:
+    """`flap HOST NET every 2s for 60s`: the NIC goes down and up, `every` apart, for
+    `for`, and ends up."""
+    h, net = r.host(s.args[0]), s.args[1]
+    opts = dict(zip(s.args[2::2], s.args[3::2], strict=True))
+    every, total = seconds(opts["every"]), seconds(opts["for"])
+    r.sim.fault(f"flap {h} {net} every {every:g}s for {total:g}s")
+    await flap(r.sim, h, net, every, total)
+
+
+async def flap(sim: Sim, host: str, net: str, every_s: float, for_s: float) -> None:
+    """One fault (recorded by the caller): the NIC toggles, then ends up."""
+    nics = sim.cloud.machines[host].nics
+    end, up = trio.current_time() + for_s, False
+    while trio.current_time() < end:
+        nics[net] = up
+        up = not up
+        await trio.sleep(every_s)
+    nics[net] = True
+
+
 async def _partition(r: Runner, s: Step) -> None:
     groups = [set(r.hosts(g.strip())) for g in " ".join(s.args).split("|")]
     r.sim.partition(groups)
@@ -439,6 +465,8 @@ STEPS: dict[str, script.Verb[Handler]] = script.table(
         "bmc-alive": _bmc(True),
         "bmc-lies": _bmc_lies,
         "restart-agents": _restart_agents,
+        "bmc-hang": _bmc_hang,
+        "flap": _flap,
         "partition": _partition,
         "heal": _heal,
         "loss": _loss,

@@ -59,6 +59,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "bmc-alive": ("HOSTS", "BMCs answer again"),
     "bmc-lies": ("HOSTS", "BMCs confirm a power-off that does not happen"),
     "restart-agents": ("[HOSTS]", "the agents restart, knowing only the log (default: all)"),
+    "bmc-hang": ("HOSTS", "BMCs accept the session and never answer"),
+    "flap": ("HOST NET every DURATION for DURATION", "a NIC goes down and up repeatedly"),
     "partition": ("HOSTS | HOSTS [| HOSTS ...]", "split every network into these groups"),
     "heal": ("", "remove every partition"),
     "loss": ("PERCENT [jitter DURATION] [delay DURATION] [dup PERCENT]", "link quality"),

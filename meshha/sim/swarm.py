@@ -14,7 +14,7 @@ from typing import Any
 
 import trio
 
-from meshha.sim.scenario import timeline
+from meshha.sim.scenario import flap, timeline
 from meshha.sim.world import Sim, SimSpec, SimTimeout
 
 FAULT_KINDS = (
@@ -30,6 +30,8 @@ FAULT_KINDS = (
     "process-dead",
     "power-on",
     "heal-links",
+    "flap",
+    "bmc-hang",
 )
 
 
@@ -67,6 +69,19 @@ async def _faulty_phase(sim: Sim, rng: random.Random, duration_s: float, run: Sw
     mean_gap = rng.uniform(2.0, 10.0)
     hosts = list(sim.segment.host_names)
     end = trio.current_time() + duration_s
+    async with trio.open_nursery() as nursery:  # flapping links run beside the schedule
+        await _schedule(sim, rng, enabled, mean_gap, hosts, end, nursery)
+
+
+async def _schedule(
+    sim: Sim,
+    rng: random.Random,
+    enabled: list[str],
+    mean_gap: float,
+    hosts: list[str],
+    end: float,
+    nursery: trio.Nursery,
+) -> None:
     while True:
         gap = rng.expovariate(1.0 / mean_gap)
         if trio.current_time() + gap >= end:
@@ -120,6 +135,14 @@ async def _faulty_phase(sim: Sim, rng: random.Random, duration_s: float, run: Sw
             if rng.random() < 0.5:
                 m.restart_fails.add("nova-compute")
             sim.fault(f"process-dead {h} nova-compute")
+        elif kind == "flap":
+            net = rng.choice(sim.segment.network_names)
+            every = rng.choice((1.0, 2.0, 3.0))
+            for_s = min(rng.uniform(10.0, 60.0), max(0.0, end - trio.current_time()))
+            sim.fault(f"flap {h} {net} every {every:g}s for {for_s:.0f}s")
+            nursery.start_soon(flap, sim, h, net, every, for_s)
+        elif kind == "bmc-hang":
+            sim.bmc_hang(h)
         elif kind == "heal-links":
             sim.net.heal()
             sim.fault("heal-links")

@@ -9,7 +9,8 @@ the run goes (a guard called before every action) and at its end:
   3. only the leader of a majority acts;
   4. nothing acts on a host in maintenance, nor targets one;
   5. every live host's ledger holds every committed entry, in order;
-  6. the decision invariants (recovery/decide/check.py) hold on every committed entry.
+  6. the decision invariants (recovery/decide/check.py) hold on every committed entry;
+  7. one fault costs a bounded number of alerts, verdicts and process reports (noise.py).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from meshha.recovery.executor import Drivers
 from meshha.recovery.ports import Flavor
 from meshha.sim.fakes import FakeAlerts, FakeBmc, FakeCloud, FakeHypervisor, FakeNova, FakeProcesses
 from meshha.sim.network import SimNetwork, SimTransport
+from meshha.sim.noise import noise_problems
 from meshha.sim.raft_standin import SimLog, SimRaft
 from meshha.sim.watchdog import FakeWatchdog
 
@@ -296,6 +298,10 @@ class Sim:
                 self._stop_node(h)
                 self._start_node(h)
 
+    def bmc_hang(self, host: str, hung: bool = True) -> None:
+        self.fault(f"bmc-{'hang' if hung else 'unhang'} {host}")
+        self.cloud.machines[host].bmc_hung = hung
+
     def partition(self, groups: list[set[str]], networks: tuple[str, ...] | None = None) -> None:
         self.fault("partition " + " | ".join(",".join(sorted(g)) for g in groups))
         self.net.partition(groups, networks)
@@ -308,7 +314,7 @@ class Sim:
         for h, m in self.cloud.machines.items():
             if not m.alive:
                 self.cloud.power_on(h)
-            m.bmc_alive, m.bmc_lies = True, False
+            m.bmc_alive, m.bmc_lies, m.bmc_hung = True, False, False
             m.nics = {n: True for n in m.nics}
             m.restart_fails.clear()
 
@@ -354,6 +360,9 @@ class Sim:
     def check_invariants(self, *, converged: bool) -> list[str]:
         self._audit()
         problems = list(self.cloud.violations) + list(self.violations)
+        problems += noise_problems(
+            self.segment, self.raft.log, self.raft.commit_times, len(self.faults)
+        )
         if converged:
             n = len(self.raft.log)
             for h in sorted(self.scopes):

@@ -1,7 +1,7 @@
 """ProcessChecker against real processes: a dummy daemon found by its name in /proc (and
-no longer once it is a zombie), killed with SIGKILL and brought back by the supervise
-loop through its restart command; restarts that fail are reported once; libvirtd killed
-for real is restarted and the event monitor sees it go and come back."""
+no longer once it is a zombie), killed with SIGKILL and brought back by the Supervisor
+through its restart command; restarts that fail are reported once per outage;
+libvirtd killed for real is restarted and the event monitor sees it go and come back."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ import trio
 
 from meshha.config.model import Processes
 from meshha.errors import ProcessError
-from meshha.probes.processes import ProcessChecker, ProcessResult, find_pids, libvirt_probe
+from meshha.probes.processes import ProcessChecker, find_pids, libvirt_probe
+from meshha.probes.supervisor import ProcessReport, Supervisor
 
 pytestmark = pytest.mark.integration
 
@@ -90,9 +91,17 @@ def proc_state(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[0]
 
 
-async def next_result(results: trio.MemoryReceiveChannel[ProcessResult]) -> ProcessResult:
-    with trio.fail_after(DEADLINE_S):
-        return await results.receive()
+async def next_result(reports: list[ProcessReport], n: int) -> ProcessReport:
+    """The n-th report (1-based), once there is one."""
+    await wait_for(lambda: len(reports) >= n)
+    return reports[n - 1]
+
+
+def supervisor(
+    checker: ProcessChecker, processes: Processes
+) -> tuple[Supervisor, list[ProcessReport]]:
+    reports: list[ProcessReport] = []
+    return Supervisor(checker, processes, reports.append, now=trio.current_time), reports
 
 
 async def test_presence_by_name_and_a_zombie_is_dead(dummy: Dummy) -> None:
@@ -147,52 +156,77 @@ async def test_health_probe_decides_for_a_present_process(dummy: Dummy) -> None:
             await process.wait()
 
 
-async def test_killed_process_is_restarted_by_the_supervise_loop(
+async def test_a_young_process_is_judged_by_presence_within_its_grace(dummy: Dummy) -> None:
+    """Nova's service state lags a restart: within its grace a fresh nova-compute is not
+    judged by it (else the next restart would kill the process the last one started)."""
+    process = await trio.lowlevel.open_process([str(dummy.binary), "600"])
+    try:
+
+        async def down() -> bool:
+            return False
+
+        young = ProcessChecker(
+            config(dummy), health={dummy.name: down}, health_grace_s={dummy.name: 3600.0}
+        )
+        assert await young.is_alive(dummy.name)
+        assert 0.0 <= young.age_s(dummy.name) < 60.0
+        judged = ProcessChecker(
+            config(dummy), health={dummy.name: down}, health_grace_s={dummy.name: 0.0}
+        )
+        assert not await judged.is_alive(dummy.name)
+    finally:
+        process.kill()
+        with trio.fail_after(5):
+            await process.wait()
+
+
+async def test_killed_process_is_restarted_by_the_supervisor(
     dummy: Dummy, nursery: trio.Nursery
 ) -> None:
     await trio.run_process([str(dummy.start_script)])
     await wait_for(lambda: bool(find_pids(dummy.name)))
     (first,) = find_pids(dummy.name)
-    checker = ProcessChecker(config(dummy), use_systemd=False)
-    send, results = trio.open_memory_channel[ProcessResult](8)
-    await nursery.start(checker.supervise, send)
+    processes = config(dummy)
+    sup, reports = supervisor(ProcessChecker(processes, use_systemd=False), processes)
+    nursery.start_soon(sup.run)
 
     os.kill(first, signal.SIGKILL)
-    result = await next_result(results)
-    assert result == ProcessResult(dummy.name, "restarted", 1, "alive again after 1 attempt(s)")
+    result = await next_result(reports, 1)
+    assert result.outcome == "restarted" and result.attempts == 1
     (second,) = find_pids(dummy.name)
     assert second != first
+    await trio.sleep(0.5)
+    assert len(reports) == 1  # one report for the outage
 
 
 async def test_failing_restarts_are_reported_once_then_recovery(
     dummy: Dummy, nursery: trio.Nursery
 ) -> None:
     dummy.broken_flag.touch()
-    checker = ProcessChecker(config(dummy), use_systemd=False)
-    send, results = trio.open_memory_channel[ProcessResult](8)
-    await nursery.start(checker.supervise, send)
+    processes = config(dummy)
+    sup, reports = supervisor(ProcessChecker(processes, use_systemd=False), processes)
+    nursery.start_soon(sup.run)
 
-    failed = await next_result(results)
+    failed = await next_result(reports, 1)
     assert failed.outcome == "restart_failed" and failed.attempts == 2
     assert "exited 3: start refused" in failed.detail
+    await wait_for(lambda: sup.restarts >= 4)  # it keeps trying, backed off
 
     dummy.broken_flag.unlink()  # fixed: a later retry must bring it back
-    # The next result is the recovery: restart_failed was not reported again meanwhile.
-    recovered = await next_result(results)
-    assert recovered.outcome == "restarted"
+    # The next report is the recovery: restart_failed was not reported again meanwhile.
+    recovered = await next_result(reports, 2)
+    assert recovered.outcome == "restarted" and recovered.since == failed.since
     assert find_pids(dummy.name)
 
 
 async def test_restart_that_starts_nothing_is_restart_failed(dummy: Dummy) -> None:
     checker = ProcessChecker(
-        config(dummy, restart_command="true", restart_attempts=2),
-        use_systemd=False,
-        confirm_timeout_s=0.3,
+        config(dummy, restart_command="true"), use_systemd=False, confirm_timeout_s=0.3
     )
     with pytest.raises(ProcessError) as caught:
         await checker.restart(dummy.name)
     assert caught.value.kind == "restart_failed"
-    assert "attempt 2: not alive 0.3s after the restart" in str(caught.value)
+    assert "not alive 0.3s after the restart" in str(caught.value)
 
 
 def test_restart_argv_no_shell_and_systemd(dummy: Dummy) -> None:
@@ -206,8 +240,11 @@ def test_restart_argv_no_shell_and_systemd(dummy: Dummy) -> None:
         "-rf",
         "/",
     ]
+    # A configured restart_command wins on a systemd host too (containers, RHEL units).
     systemd = ProcessChecker(tricky, use_systemd=True)
-    assert systemd.restart_argv("nova-compute") == ["systemctl", "restart", "nova-compute"]
+    assert systemd.restart_argv("nova-compute")[:2] == ["/usr/sbin/service", "nova-compute"]
+    plain = ProcessChecker(config(dummy, restart_command=None), use_systemd=True)
+    assert plain.restart_argv("nova-compute") == ["systemctl", "restart", "nova-compute"]
     unconfigured = ProcessChecker(config(dummy, restart_command=None), use_systemd=False)
     with pytest.raises(ProcessError) as caught:
         unconfigured.restart_argv("libvirtd")
@@ -242,13 +279,13 @@ async def test_killed_libvirtd_is_restarted_and_the_monitor_sees_it(
             processes, health={"libvirtd": libvirt_probe(libvirtd.uri)}, use_systemd=False
         )
         assert await checker.is_alive("libvirtd")
-        send_results, results = trio.open_memory_channel[ProcessResult](8)
-        await nursery.start(checker.supervise, send_results)
+        sup, reports = supervisor(checker, processes)
+        nursery.start_soon(sup.run)
 
         libvirtd.kill_libvirtd()
         with trio.fail_after(DEADLINE_S):
             assert (await events.receive()).kind == "hypervisor_down"
-            assert (await results.receive()).outcome == "restarted"
+            assert (await next_result(reports, 1)).outcome == "restarted"
             assert (await events.receive()).kind == "hypervisor_up"
         assert await checker.is_alive("libvirtd")
     finally:

@@ -242,13 +242,16 @@ def test_the_chain_waits_for_each_step() -> None:
     L.answers["fence"] = lambda i: None  # the BMC never answers
     L.observe("host2")
     L.run(30)
-    assert [e["action"] for e in L.intents() if e["host"] == "host2"] == ["fence"]
+    assert [e["action"] for e in L.intents() if e["host"] == "host2"] == ["fence", "alert"]
+    # A fence still running after the self-fence deadline is alerted, and nothing moves.
+    (stuck,) = [e for e in alerts(L) if e["host"] == "host2"]
+    assert stuck["params"]["subject"] == "cannot fence host2 through its BMC"
     assert not L.state.is_fenced("host2")
     # Only its result lets the chain go on.
     L.result("fence:host2:e1:a1")
     L.answers.pop("fence")
     L.run(2)
-    actions = [e["action"] for e in L.intents() if e["host"] == "host2"]
+    actions = [e["action"] for e in L.intents() if e["host"] == "host2" and e["action"] != "alert"]
     assert actions[:4] == ["fence", "disable_compute", "inventory", "evacuate"]
 
 
@@ -1065,3 +1068,73 @@ def test_segment_default_recovery_is_what_these_tests_assume() -> None:
     r = synthetic_segment().recovery
     assert r == Recovery()
     assert r.intent_max_attempts == 5 and r.intent_retry_backoff_s == 2.0
+
+
+# -- a fence that cannot complete is always alerted; damping of a flapping host --------
+
+
+def test_a_hung_bmc_is_alerted_even_when_the_deadline_proof_is_due() -> None:
+    """The BMC accepts the session and answers nothing: the attempt fails only after its
+    own timeout, when the self-fence deadline has long passed. The fence is still
+    alerted (before: straight to the proof, no alert), before anything is evacuated."""
+    L = Leader(servers={"host2": [server("vm-a")]})
+    L.answers["fence"] = lambda i: None
+    L.observe("host2")
+    L.run(40)  # the attempt hangs for 40 s
+    stuck = [e for e in alerts(L) if e["intent"] == "alert:fence-wait:host2:e1:a1"]
+    assert len(stuck) == 1 and "has not completed" in stuck[0]["params"]["body"]
+    assert L.first("alert:fence-wait:host2") < L.now - 20  # type: ignore[operator]
+    L.result("fence:host2:e1:a1", "failed", error_kind="timeout", detail="BMC silent")
+    L.answers["fence"] = bmc_down
+    L.run(5)
+    assert L.state.fenced["host2"].method == "self_fence_deadline"
+    assert len([e for e in alerts(L) if "fence-wait:host2" in e["intent"]]) == 1
+
+
+def test_a_fence_that_fails_after_the_deadline_is_alerted_with_the_proof() -> None:
+    L = Leader(servers={"host2": [server("vm-a")]})
+    L.answers["fence"] = lambda i: None
+    L.observe("host2")
+    L.run(2)
+    L.now += 60  # the leader was away; the failure arrives after the deadline
+    L.result("fence:host2:e1:a1", "failed", error_kind="auth", detail="wrong credentials")
+    out = L.step()
+    kinds = [(e["kind"], e.get("action")) for e in out]
+    assert ("fenced", None) in kinds
+    (al,) = [e for e in alerts(L) if e["intent"] == "alert:fence-wait:host2:e1:a1"]
+    assert al["params"]["subject"] == "cannot fence host2 through its BMC"
+    assert "wrong credentials" in al["params"]["body"]
+
+
+def flap(L: Leader, host: str, net: str, cycles: int, period: float = 2.0) -> None:
+    others = tuple(v for v in L.seg.voters if v != host)
+    for _ in range(cycles):
+        L.observe(host, nets=(net,), by=others)
+        L.run(period)
+        L.observe(host, nets=(net,), by=others, reachable=True)
+        L.run(period)
+
+
+def test_a_flapping_host_is_alerted_once_and_its_verdict_damped() -> None:
+    L = Leader()
+    flap(L, "host1", "admin", cycles=15)  # a minute of a link flapping every 2 s
+    verdicts = [e for _, e in L.entries("verdict") if e["host"] == "host1"]
+    host_alerts = [e for e in alerts(L) if e["host"] == "host1"]
+    flapping = [e for e in host_alerts if e["intent"].startswith("alert:flapping:host1")]
+    assert len(flapping) == 1 and "flapping" in flapping[0]["params"]["subject"]
+    assert len(host_alerts) <= 2  # at most the first "lost admin" before it was clear
+    assert len(verdicts) <= 8, [v["verdict"] for v in verdicts]
+    assert L.intents("fence:") == []
+    # Hysteresis: once the link stays up, the host is healthy again after the hold.
+    L.run(15)
+    assert L.state.verdicts["host1"].kind == "healthy"
+
+
+def test_damping_never_holds_a_host_that_gets_worse() -> None:
+    L = Leader()
+    flap(L, "host2", "admin", cycles=4)
+    assert L.state.verdicts["host2"].kind in ("suspect", "degraded")
+    L.observe("host2")  # now lost on every network: dead
+    L.run(3)
+    assert L.state.verdicts["host2"].kind == "failed"
+    assert L.intents("fence:host2:")

@@ -31,8 +31,10 @@ from collections.abc import Iterable
 
 from meshha.config.model import Segment
 from meshha.raft.entries import Entry
+from meshha.raft.intent_key import alert
 from meshha.raft.records import Intent
 from meshha.raft.state import SegmentState
+from meshha.recovery.damping import FLAP_WINDOW_S, hold_verdict, is_flapping, recent
 from meshha.recovery.decide.check import Audit, check_decisions, decision_problems
 from meshha.recovery.decide.host import (
     brake,
@@ -66,8 +68,9 @@ def decide(segment: Segment, state: SegmentState, now: float, me: str) -> list[E
     out: list[Entry] = []
     computed = compute(segment, state, now)
     for host, v in computed.items():
-        if not v.same_as(state.verdicts[host]):
+        if not v.same_as(state.verdicts[host]) and not hold_verdict(segment, state, host, v, now):
             out.append(verdict_entry(ctx, host, v))
+        out += flapping_alert(ctx, host)
     braking = brake(ctx, computed)
     out += braking
     engaging = any(e["kind"] == "brake" and e["on"] for e in braking)
@@ -102,6 +105,27 @@ def _one_release_each(out: list[Entry]) -> list[Entry]:
             seen.add(e["intent"])
         kept.append(e)
     return kept
+
+
+def flapping_alert(ctx: Context, host: str) -> list[Entry]:
+    """One alert for a flapping host per failure episode (recovery/damping.py)."""
+    state = ctx.state
+    v = state.verdicts[host]
+    if v.kind not in ("suspect", "degraded") or not is_flapping(state, host, ctx.now):
+        return []
+    ep = state.episode[host]
+    before = ctx.latest(alert("flapping", host=host, episode=ep - 1)) if ep > 0 else None
+    if before is not None and before.created_ts > ctx.now - FLAP_WINDOW_S:
+        return []  # the same flapping, now in a new episode: said already
+    n = recent(state.verdict_changes.get(host), ctx.now)
+    return ctx.once(
+        alert("flapping", host=host, episode=ep),
+        host,
+        "warning",
+        f"{host} is flapping ({v.kind} {','.join(v.networks)})".replace(" )", ")"),
+        f"its verdict changed {n} times within the last minute; recoveries are held until "
+        f"it has been stable for a while. Last: {v.reason}",
+    )
 
 
 def _is_fence(e: Entry) -> bool:

@@ -22,6 +22,7 @@ from meshha.raft import entries as E
 from meshha.raft.entries import Entry
 from meshha.raft.intent_key import alert, host_step, inventory, vm_move
 from meshha.raft.records import Intent, Inventory, Verdict
+from meshha.recovery.damping import is_flapping
 from meshha.recovery.decide.evacuate import evacuations
 from meshha.recovery.decide.process import process_recovery
 from meshha.recovery.decide.return_ import returning
@@ -202,6 +203,8 @@ def fence(ctx: Context, host: str, ep: int) -> list[Entry]:
     if out:
         return out
     last = ctx.latest(step)
+    if last is not None and last.status == "pending":
+        return fence_stuck(ctx, host, ep, last)
     if last is None or last.status != "failed":
         return []
     # The BMC could not do it. A host that lost the majority kills its own VMs within
@@ -226,8 +229,19 @@ def self_fence_proof(ctx: Context, host: str, ep: int, last: Intent, heard: floa
     fenced. Until then, alert that evacuation waits for it."""
     t = ctx.segment.timings
     deadline = heard + t.self_fence_deadline_s + t.max_clock_skew_s
+    # A fence that cannot complete is always alerted, also when the deadline proof is
+    # already due (a hung BMC fails the attempt only after its own long timeout).
+    out = ctx.once(
+        alert("fence-wait", host=host, episode=ep),
+        host,
+        "critical",
+        f"cannot fence {host} through its BMC",
+        f"{last.error_kind}: {last.detail}. No evacuation until the self-fence "
+        f"deadline passes at {deadline:.3f}.",
+    )
     if ctx.now >= deadline:
         return [
+            *out,
             E.fenced(
                 ts=ctx.now,
                 by=ctx.me,
@@ -239,15 +253,24 @@ def self_fence_proof(ctx: Context, host: str, ep: int, last: Intent, heard: floa
                     f"{t.max_clock_skew_s:g}s passed at {deadline:.3f}"
                 ),
                 evidence={"last_heard": heard, "deadline": deadline, "fence_intent": last.id},
-            )
+            ),
         ]
+    return out
+
+
+def fence_stuck(ctx: Context, host: str, ep: int, last: Intent) -> list[Entry]:
+    """A fence still running after the self-fence deadline is not completing (a BMC
+    that accepted the session and does not answer): alert now, not when it gives up."""
+    stuck_s = ctx.now - last.created_ts
+    if stuck_s < ctx.segment.timings.self_fence_deadline_s:
+        return []
     return ctx.once(
         alert("fence-wait", host=host, episode=ep),
         host,
         "critical",
         f"cannot fence {host} through its BMC",
-        f"{last.error_kind}: {last.detail}. No evacuation until the self-fence "
-        f"deadline passes at {deadline:.3f}.",
+        f"the fence ({last.id}) has not completed after {stuck_s:.0f}s: the BMC does "
+        "not answer. No evacuation until it is fenced.",
     )
 
 
@@ -271,7 +294,14 @@ def degraded(ctx: Context, host: str, v: Verdict, ep: int) -> list[Entry]:
     out: list[Entry] = []
     actions = {ctx.segment.network(n).on_loss for n in v.networks}
     nets = ",".join(v.networks)
-    if "alert" in actions or "live_migrate" in actions:
+    # A flapping host's "flapping" alert says it (recovery/damping.py), also in the
+    # episode after it, when the flapping has just stopped.
+    flapping = is_flapping(ctx.state, host, ctx.now) or any(
+        ctx.latest(alert("flapping", host=host, episode=e)) is not None
+        for e in (ep, ep - 1)
+        if e > 0
+    )
+    if ("alert" in actions or "live_migrate" in actions) and not flapping:
         out += ctx.once(
             alert("degraded", host=host, episode=ep),
             host,

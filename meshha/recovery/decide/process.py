@@ -20,7 +20,7 @@ def process_failed(state: SegmentState, host: str) -> tuple[str, float] | None:
     """(process, since) of the first process `host` could not restart, if any."""
     for (h, proc), rec in sorted(state.process_failures.items()):
         if h == host and rec.outcome == "restart_failed":
-            return proc, rec.ts
+            return proc, rec.began
     return None
 
 
@@ -57,7 +57,7 @@ def _process_brake(ctx: Context, failing: list[str]) -> list[Entry]:
     """The brake's rule, applied to processes: disabling them all would leave nowhere to
     evacuate to."""
     segment, state = ctx.segment, ctx.state
-    latest = max(ms(rec.ts) for (h, _), rec in state.process_failures.items() if h in failing)
+    latest = max(ms(rec.began) for (h, _), rec in state.process_failures.items() if h in failing)
     return ctx.once(
         alert("process-brake", count=len(failing), failure_ms=latest),
         None,
