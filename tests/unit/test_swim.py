@@ -273,6 +273,58 @@ def test_a_duplicated_ack_counts_once() -> None:
     assert p.peer(ping.to, "admin").last_ack == 0.01
 
 
+def missed_round(p: Prober) -> Send:
+    """A first direct ping whose round (direct, then indirect) closed as a miss."""
+    ping = first_ping(p)
+    p.tick(T.probe_timeout_s)  # ping-reqs to helpers
+    p.tick(T.probe_interval_s)  # the round closes: a miss (and the next round starts)
+    assert p.peer(ping.to, "admin").misses == 1
+    return ping
+
+
+def test_a_late_ack_still_counts_once() -> None:
+    """Jitter or a queue: the ack echoes our challenge after its round closed. It proves
+    the peer was alive after the ping, so it ends the misses (issue: lossy-network-hour
+    flooded the log with lost/regained pairs without this)."""
+    p = Prober(SEG, "host1")
+    ping = missed_round(p)
+    forged = {"t": "ack", "id": ping.msg["id"]}
+    p.receive("admin", "host5" if ping.to != "host5" else "host4", forged, 0.25)
+    assert p.peer(ping.to, "admin").misses == 1  # not from the target, not relayed
+    p.receive("admin", ping.to, {"t": "ack", "id": ping.msg["id"]}, 0.26)
+    v = p.peer(ping.to, "admin")
+    assert v.misses == 0 and v.last_ack == 0.26
+    assert p.stats.by_type["late_ack"] == 1
+    p.receive("admin", ping.to, {"t": "ack", "id": ping.msg["id"]}, 0.27)
+    assert v.last_ack == 0.26 and p.stats.by_type["late_ack"] == 1  # once
+
+
+def test_a_late_relayed_ack_counts_from_an_asked_helper_only() -> None:
+    seg = synthetic_segment(hosts=6, networks=ONE_NET)  # one host is never asked
+    p = Prober(seg, "host1")
+    first = first_ping(p)
+    reqs = p.tick(T.probe_timeout_s)
+    helpers = [s.to for s in reqs if s.msg["t"] == "req" and s.msg["target"] == first.to]
+    assert helpers
+    p.tick(T.probe_interval_s)
+    never = next(h for h in seg.host_names if h not in (*helpers, first.to, "host1"))
+    relay = {"t": "ack", "id": first.msg["id"]}
+    p.receive("admin", never, {**relay, "via": never}, 0.25)
+    assert p.peer(first.to, "admin").misses == 1
+    p.receive("admin", helpers[0], {**relay, "via": helpers[0]}, 0.26)
+    assert p.peer(first.to, "admin").misses == 0
+
+
+def test_an_ack_later_than_misses_before_suspect_periods_does_not_count() -> None:
+    p = Prober(SEG, "host1")
+    ping = missed_round(p)
+    too_late = T.probe_interval_s * (T.misses_before_suspect + 1)
+    p.tick(too_late)  # the closed round is forgotten
+    misses = p.peer(ping.to, "admin").misses
+    p.receive("admin", ping.to, {"t": "ack", "id": ping.msg["id"]}, too_late + 0.01)
+    assert p.peer(ping.to, "admin").misses == misses > 0
+
+
 def test_a_relayed_ack_from_a_host_never_asked_to_help_does_not_count() -> None:
     p = Prober(SEG, "host1")
     ping = first_ping(p)  # direct phase: no ping-req sent to anyone yet
