@@ -113,6 +113,8 @@ def flapping_alert(ctx: Context, host: str) -> list[Entry]:
     v = state.verdicts[host]
     if v.kind not in ("suspect", "degraded") or not is_flapping(state, host, ctx.now):
         return []
+    if host in state.fenced:
+        return []  # a fenced host on its way back (failed, then suspect, degraded): not flapping
     ep = state.episode[host]
     before = ctx.latest(alert("flapping", host=host, episode=ep - 1)) if ep > 0 else None
     if before is not None and before.created_ts > ctx.now - FLAP_WINDOW_S:
