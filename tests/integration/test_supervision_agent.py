@@ -5,8 +5,8 @@ script, over the control socket).
 
 The three agents share this machine, so they watch one dummy daemon (a copy of `sleep`
 under a unique name, started by an idempotent script under a lock). Proves:
-- killed with SIGKILL, it is restarted and every host reports that outage once
-  ("restarted", naming the outage's start), nothing more;
+- killed with SIGKILL, it is restarted and each host that saw it dead reports that
+  outage once ("restarted", naming the outage's start), nothing more;
 - while its restarts fail, every host reports "restart_failed" once however long it
   lasts (bounded, backed-off restarts go on meanwhile), and once restarts work again
   each host reports "restarted" once, with the same outage start; the leader's alerts
@@ -144,13 +144,16 @@ def test_one_report_per_outage_through_the_console_scripts(mesh: Mesh, daemon: D
     mesh.wait_leader(30)
     daemon.kill()
     mesh.wait_until(
-        lambda: len(process_reports(mesh, daemon.name)) >= len(HOSTS) or None,
+        lambda: len(process_reports(mesh, daemon.name)) >= 1 or None,
         30,
-        "every host reports the restart",
+        "a host reports the restart",
     )
     time.sleep(3)  # noqa: TID251  # six checks more: nothing else may be reported
     quick = process_reports(mesh, daemon.name)
-    assert sorted(e["host"] for e in quick) == list(HOSTS), quick
+    # Whoever saw it dead reports it once (a fast restart by one host may beat the
+    # others' next check).
+    hosts = [e["host"] for e in quick]
+    assert hosts and len(hosts) == len(set(hosts)), quick
     assert {e["outcome"] for e in quick} == {"restarted"}, quick
     assert all("since" in e for e in quick), quick
     assert find_pids(daemon.name)
@@ -175,7 +178,7 @@ def test_one_report_per_outage_through_the_console_scripts(mesh: Mesh, daemon: D
         lambda: (
             (
                 sum(e["outcome"] == "restarted" for e in process_reports(mesh, daemon.name))
-                >= 2 * len(HOSTS)
+                >= len(quick) + len(HOSTS)
             )
             or None
         ),
@@ -195,7 +198,11 @@ def test_one_report_per_outage_through_the_console_scripts(mesh: Mesh, daemon: D
     # gets its own disable and alert (the brake no longer holds).
     intents = [e["intent"] for e in events(mesh, "host1", "intent")]
     assert len(intents) == len(set(intents)), intents
-    about = [i for i in intents if i.startswith(("alert:process", "disable:"))]
-    assert about and len(about) <= 2 * len(HOSTS), intents
+    disables = Counter(i.split(":")[1] for i in intents if i.startswith("disable:"))
+    assert all(n == 1 for n in disables.values()), intents
+    # The brake's alert is keyed by (count, latest failure): staggered reports and
+    # recoveries change the count at most once per report.
+    brakes = [i for i in intents if i.startswith("alert:process-brake:")]
+    assert len(brakes) <= 2 * len(HOSTS), intents
     per_host = Counter(i.split(":")[2] for i in intents if i.startswith("alert:process:"))
     assert all(n == 1 for n in per_host.values()), intents
