@@ -32,7 +32,7 @@ from meshha.errors import MeshhaError
 from meshha.raft import entries as E
 from meshha.raft.entries import Entry
 from meshha.raft.state import SegmentState
-from meshha.recovery.decide.return_ import MOVES
+from meshha.recovery.decide.return_ import episode_moves
 from meshha.recovery.ports import HypervisorPort, NovaPort
 
 if TYPE_CHECKING:
@@ -54,11 +54,7 @@ def wanted(state: SegmentState, me: str) -> int | None:
     rep = state.reconciled.get(me)
     if rep is None or rep.episode != fence.episode or rep.ts < fence.ts or not rep.ok:
         return fence.episode
-    moved = [
-        i.done_ts or 0.0
-        for i in state.intents_for(me, fence.episode)
-        if i.action in MOVES and i.done
-    ]
+    moved = [i.done_ts or 0.0 for i in episode_moves(state, me, fence.episode) if i.done]
     return fence.episode if any(t > rep.ts for t in moved) else None
 
 
