@@ -134,6 +134,13 @@ class SimProbeTransport:
     def skewed_hosts(self) -> dict[str, float]:
         return self.clock.skewed(trio.current_time(), self.wall())
 
+    def clock_judged(self) -> bool:
+        return self.clock.judged(trio.current_time(), self.wall())
+
+    def wall_to_segment(self, wall_ts: float) -> float:
+        wall = self.wall()
+        return wall_ts + self.clock.now(trio.current_time(), wall) - wall
+
     # -- knocks (KernelPort) -------------------------------------------------------------
 
     def knock(self, network: str, peer: str) -> None:
