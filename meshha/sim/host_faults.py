@@ -291,6 +291,12 @@ def resume_due(sim: Sim, *, all_now: bool = False) -> None:
             continue
         if all_now or trio.current_time() >= until:
             del hf.stalled[host]
+            wd = sim.watchdogs.get(host)
+            if wd is not None and wd.armed:
+                # Stopping the tasks closed it as a dying process would; a stopped one
+                # keeps it open: held again as it was, its timer running since the
+                # last feed before the stall.
+                wd.held = True
             if host not in sim.raft.disk_full:
                 sim.raft.frozen.discard(host)
             sim.resume_node(host)

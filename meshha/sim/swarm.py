@@ -9,11 +9,12 @@ phase that must converge, and checks the invariants. The seed reproduces the run
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import trio
 
+from meshha.sim import host_faults
 from meshha.sim.scenario import timeline
 from meshha.sim.world import Sim, SimSpec, SimTimeout
 
@@ -31,6 +32,11 @@ FAULT_KINDS = (
     "power-on",
     "heal-links",
 )
+# Faults inside a host (meshha.sim.host_faults), drawn from a PRNG of their own: a seed's
+# schedule of the kinds above is the same whether or not these are drawn too.
+HOST_FAULT_KINDS = ("clock-step", "disk-full", "stall")
+CLOCK_STEPS_S = (-600.0, -300.0, -5.0, -1.0, -0.3, 0.3, 1.0, 5.0, 300.0, 600.0)
+STALLS_S = (0.3, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 
 @dataclass
@@ -125,16 +131,50 @@ async def _faulty_phase(sim: Sim, rng: random.Random, duration_s: float, run: Sw
             sim.fault("heal-links")
 
 
+async def _host_fault_phase(
+    sim: Sim, rng: random.Random, kinds: list[str], duration_s: float
+) -> None:
+    """Clock steps, full disks and agent stalls, at their own pace."""
+    mean_gap = rng.uniform(3.0, 15.0)
+    hosts = list(sim.segment.host_names)
+    hf = sim.host_faults
+    end = trio.current_time() + duration_s
+    while True:
+        gap = rng.expovariate(1.0 / mean_gap)
+        if trio.current_time() + gap >= end:
+            await trio.sleep(max(0.0, end - trio.current_time()))
+            return
+        await trio.sleep(gap)
+        kind = rng.choice(kinds)
+        h = rng.choice(hosts)
+        if kind == "clock-step":
+            off = hf.offsets.get(h, 0.0)
+            step = -off if off and rng.random() < 0.3 else rng.choice(CLOCK_STEPS_S)
+            host_faults.clock_step(sim, h, step)
+        elif kind == "disk-full":
+            host_faults.disk(sim, h, h not in hf.disk_full)
+        elif kind == "stall":
+            host_faults.stall(sim, h, rng.choice(STALLS_S))
+
+
 async def swarm_run(seed: int, *, faulty_s: float = 60.0) -> SwarmRun:
     rng = random.Random(seed)
     spec = draw_spec(rng)
+    hrng = random.Random(f"host-faults:{seed}")
+    host_kinds = [k for k in HOST_FAULT_KINDS if hrng.random() < 0.5]
+    spec = replace(spec, clocks="clock-step" in host_kinds, disks="disk-full" in host_kinds)
     sim = Sim(spec, seed)
     run = SwarmRun(seed, spec.hosts)
 
     async def body(sim: Sim) -> None:
         await sim.wait_for(lambda: sim.raft.leader is not None, 10, "a first leader")
         await trio.sleep(2.0)
-        await _faulty_phase(sim, rng, faulty_s, run)
+        if host_kinds:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_host_fault_phase, sim, hrng, host_kinds, faulty_s)
+                await _faulty_phase(sim, rng, faulty_s, run)
+        else:
+            await _faulty_phase(sim, rng, faulty_s, run)
         sim.heal()
         await sim.wait_for(lambda: sim.raft.leader is not None, 30, "a leader after healing")
         for h in sim.segment.host_names:  # maintenance ends with the faults
