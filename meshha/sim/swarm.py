@@ -200,6 +200,9 @@ async def swarm_run(seed: int, *, faulty_s: float = 60.0) -> SwarmRun:
         await sim.run(body)
     except* SimTimeout as group:
         run.failure = "; ".join(str(e) for e in _leaves(group))
+    except* Exception as group:  # noqa: BLE001  a crash is a finding: counted with its seed
+        crashes = [f"crash: {type(e).__name__}: {e}" for e in _leaves(group)]
+        sim.violations += crashes
     run.violations = sim.check_invariants(converged=not run.failure)
     run.faults = [f"t={t:.2f} {w}" for t, w in sim.faults]
     run.committed = len(sim.raft.log)
