@@ -60,12 +60,20 @@ async def nk_status(
     reserve = reserve_hosts(segment, state)
     loads: dict[str, HostLoad] = {}
     limiter = trio.CapacityLimiter(NOVA_PARALLEL)
+    # A child's error reaches the nursery's caller wrapped in an ExceptionGroup, which
+    # `except MeshhaError` does not catch: each lookup keeps its own (a Nova outage in the
+    # middle of a measurement once took the measuring leader's agent down).
+    failed: list[MeshhaError] = []
     try:
         facts = await nova.host_facts(list(segment.host_names))
 
         async def one(host: str) -> None:
-            async with limiter:
-                servers = await nova.list_servers(host)
+            try:
+                async with limiter:
+                    servers = await nova.list_servers(host)
+            except MeshhaError as err:
+                failed.append(err)
+                return
             own = next((f for f in facts if f.host == host), None)
             vms = []
             for s in servers:
@@ -86,6 +94,8 @@ async def nk_status(
         async with trio.open_nursery() as nursery:
             for h in hosts:
                 nursery.start_soon(one, h)
+        if failed:
+            raise failed[0]
     except MeshhaError as err:
         return {"k": k, "error": f"Nova: {err.kind}: {err}"}
     targets = [target_of(f) for f in facts if f.host in reserve]

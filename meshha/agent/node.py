@@ -72,6 +72,14 @@ class ClockPort(Protocol):
         """Hosts whose wall clock is off segment time by more than max_clock_skew_s."""
         ...
 
+    def wall_to_segment(self, wall_ts: float) -> float:
+        """A time read on this host's own wall clock (its boot time), in segment time."""
+        ...
+
+    def clock_judged(self) -> bool:
+        """A majority of the hosts answered: segment time is the median, not our clock."""
+        ...
+
 
 @dataclass
 class NodePorts:

@@ -13,7 +13,9 @@ starts. So the agent does the rest, whatever nova-compute did or will do:
   an evacuation of it is in flight (task_state rebuilding*), destroy the domain.
 
 Then it commits a `reconcile` entry (what it destroyed, what it kept because Nova places
-it here, what it could not check, and when this host booted), the positive evidence
+it here, what it could not check, and when this host booted, in segment time: the boot
+time is read on this host's own wall clock, which may be minutes off, and the leader
+compares it with the fence's committed time), the positive evidence
 `decide/return_.py` needs before nova-compute is enabled again. It reconciles while its
 host is fenced and the report is missing, failed (retried with backoff), or older than
 a move of its VMs the majority finished since.
@@ -32,7 +34,7 @@ from meshha.errors import MeshhaError
 from meshha.raft import entries as E
 from meshha.raft.entries import Entry
 from meshha.raft.state import SegmentState
-from meshha.recovery.decide.return_ import MOVES
+from meshha.recovery.decide.return_ import episode_moves
 from meshha.recovery.ports import HypervisorPort, NovaPort
 
 if TYPE_CHECKING:
@@ -54,11 +56,7 @@ def wanted(state: SegmentState, me: str) -> int | None:
     rep = state.reconciled.get(me)
     if rep is None or rep.episode != fence.episode or rep.ts < fence.ts or not rep.ok:
         return fence.episode
-    moved = [
-        i.done_ts or 0.0
-        for i in state.intents_for(me, fence.episode)
-        if i.action in MOVES and i.done
-    ]
+    moved = [i.done_ts or 0.0 for i in episode_moves(state, me, fence.episode) if i.done]
     return fence.episode if any(t > rep.ts for t in moved) else None
 
 
@@ -89,14 +87,18 @@ async def reconcile_once(
     hv: HypervisorPort,
     nova: NovaPort | None,
     now: Callable[[], float],
+    to_segment: Callable[[float], float] = lambda t: t,
 ) -> Entry:
-    """One pass; never raises an operating error: a failure is in the report."""
+    """One pass; never raises an operating error: a failure is in the report.
+    `to_segment` turns a time read on this host's wall clock (its boot time) into
+    segment time (meshha.probes.clock), the time `now` gives and the log holds."""
     destroyed: list[str] = []
     kept: list[str] = []
     problems: list[str] = []
     booted = None
     try:
         booted = await boot_time(hv)
+        booted = None if booted is None else to_segment(booted)
         running = (await hv.running_vms())[:MAX_DOMAINS]
     except MeshhaError as err:
         running = []
@@ -148,6 +150,8 @@ async def reconcile_loop(node: Node) -> None:
     agent without a hypervisor port reports once that it cannot: that is no evidence,
     and the leader alerts instead of enabling."""
     hv = node.p.hypervisor
+    clock = node.p.clock
+    to_segment = clock.wall_to_segment if clock is not None else (lambda t: t)
     backoff = RETRY_BASE_S
     next_try = -math.inf
     sent: tuple[float, float] | None = None  # (entry ts, trio time) of the last report
@@ -161,6 +165,8 @@ async def reconcile_loop(node: Node) -> None:
         t = trio.current_time()
         if t < next_try or not node.p.log.has_quorum:
             continue
+        if clock is not None and not clock.clock_judged():
+            continue  # its boot time could not be put in segment time yet
         rep = node.state.reconciled.get(node.me)
         if sent is not None and (rep is None or rep.ts < sent[0]) and t < sent[1] + RETRY_MAX_S:
             continue  # the last report is still on its way to the log
@@ -168,21 +174,21 @@ async def reconcile_loop(node: Node) -> None:
         if hv is None:  # nothing to look with: say so once per episode, no evidence
             if sent is not None:
                 continue
+            booted = await boot_time(None)
             entry = E.reconcile(
                 ts=node.p.now(),
                 by=node.me,
                 host=node.me,
                 episode=ep,
-                booted_at=await boot_time(None),
+                booted_at=None if booted is None else to_segment(booted),
                 destroyed=[],
                 kept=[],
                 ok=False,
                 detail="no hypervisor access (--libvirt-uri): cannot check for evacuated VMs",
             )
         else:
-            entry = await reconcile_once(
-                node.me, ep, hv, drivers.nova if drivers is not None else None, node.p.now
-            )
+            nova = drivers.nova if drivers is not None else None
+            entry = await reconcile_once(node.me, ep, hv, nova, node.p.now, to_segment)
         node.propose(entry, ("reconcile", ep, entry["ts"]))
         sent = (entry["ts"], t)
         log.info("reconciled", episode=ep, ok=entry["ok"], detail=entry["detail"])

@@ -146,6 +146,15 @@ class UdpTransport:
     def skewed_hosts(self) -> dict[str, float]:
         return self.clock.skewed(self.mono(), self.now())
 
+    def clock_judged(self) -> bool:
+        return self.clock.judged(self.mono(), self.now())
+
+    def wall_to_segment(self, wall_ts: float) -> float:
+        """A time read on this host's wall clock (e.g. /proc/stat's btime, which follows
+        its steps) in segment time: shifted by this host's offset from the median."""
+        mono, wall = self.mono(), self.now()
+        return wall_ts + self.clock.now(mono, wall) - wall
+
     def clock_report(self) -> dict[str, Any]:
         return self.clock.report(self.mono(), self.now())
 

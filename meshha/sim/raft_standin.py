@@ -49,10 +49,17 @@ class SimRaft:
         self.history: list[tuple[float, int, str | None]] = []  # (t, term, leader)
         self.commit_times: list[float] = []
         self._committed = trio.Event()
+        # Members that neither vote, acknowledge nor lead (meshha.sim.host_faults): their
+        # agent is stopped, or their journal cannot persist (`disk_full`: frozen at their
+        # next write, a committed entry or an election, as PysyncobjLog freezes).
+        self.frozen: set[str] = set()
+        self.disk_full: set[str] = set()
 
     # -- connectivity ------------------------------------------------------------------
 
     def reach(self, a: str, b: str) -> bool:
+        if a in self.frozen or b in self.frozen:
+            return False
         return (a == b and self.net.cloud.machines[a].alive) or self.net.link_up(self.network, a, b)
 
     def holds_majority(self, host: str) -> bool:
@@ -80,6 +87,7 @@ class SimRaft:
                 self.leaderless_since = now
                 self.history.append((now, self.term, None))
             if self.leader is None and now - self.leaderless_since >= self.election_timeout_s:
+                self.frozen |= self.disk_full  # a vote is a journal write
                 candidates = sorted(
                     v
                     for v in self.voters
@@ -102,6 +110,7 @@ class SimRaft:
                 leader = self.leader
                 if leader is not None and self.in_quorum(host):
                     await trio.sleep(self.commit_latency_s)
+                    self.frozen |= self.disk_full  # every member persists the entry
                     if self.leader == leader and self.leading(leader) and self.reach(host, leader):
                         self.log.append(entry)
                         self.commit_times.append(trio.current_time())

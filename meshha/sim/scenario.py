@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from meshha.sim import report, script
+from meshha.sim import host_faults, report, script
 from meshha.sim.script import ScriptError, Step, percent, seconds
 from meshha.sim.world import EPOCH, FLAVORS, Sim, SimSpec, SimTimeout
 
@@ -75,6 +75,9 @@ def parse(text: str, name: str = "<text>") -> Scenario:
             heal = False
         else:
             steps.append(step)
+    # A host-local fault needs the run to model what it touches (meshha.sim.host_faults).
+    verbs = {s.verb for s in steps}
+    spec = replace(spec, clocks="clock-step" in verbs, disks="disk-full" in verbs)
     return Scenario(name, sc.description, spec, steps, heal, sc)
 
 
@@ -209,6 +212,25 @@ async def flap(sim: Sim, host: str, net: str, every_s: float, for_s: float) -> N
         up = not up
         await trio.sleep(every_s)
     nics[net] = True
+
+
+async def _clock_step(r: Runner, s: Step) -> None:
+    for h in r.hosts(s.args[0]):
+        host_faults.clock_step(r.sim, h, script.signed_seconds(s.args[1]))
+
+
+def _disk(full: bool) -> Handler:
+    async def disk(r: Runner, s: Step) -> None:
+        for h in r.hosts(s.args[0]):
+            host_faults.disk(r.sim, h, full)
+
+    return disk
+
+
+async def _stall(r: Runner, s: Step) -> None:
+    r.last_leader = r.sim.raft.leader
+    for h in r.hosts(s.args[0]):
+        host_faults.stall(r.sim, h, seconds(s.args[1]))
 
 
 async def _partition(r: Runner, s: Step) -> None:
@@ -467,6 +489,10 @@ STEPS: dict[str, script.Verb[Handler]] = script.table(
         "restart-agents": _restart_agents,
         "bmc-hang": _bmc_hang,
         "flap": _flap,
+        "clock-step": _clock_step,
+        "disk-full": _disk(True),
+        "disk-ok": _disk(False),
+        "stall": _stall,
         "partition": _partition,
         "heal": _heal,
         "loss": _loss,

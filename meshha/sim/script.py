@@ -61,6 +61,10 @@ VERBS: dict[str, tuple[str, str]] = {
     "restart-agents": ("[HOSTS]", "the agents restart, knowing only the log (default: all)"),
     "bmc-hang": ("HOSTS", "BMCs accept the session and never answer"),
     "flap": ("HOST NET every DURATION for DURATION", "a NIC goes down and up repeatedly"),
+    "clock-step": ("HOSTS +|-DURATION", "wall clocks step (the run then models every clock)"),
+    "disk-full": ("HOSTS", "the disk under the agent's data dir fills: journal and ledger"),
+    "disk-ok": ("HOSTS", "space there again"),
+    "stall": ("HOSTS DURATION", "the agent process stops (its kernel still answers)"),
     "partition": ("HOSTS | HOSTS [| HOSTS ...]", "split every network into these groups"),
     "heal": ("", "remove every partition"),
     "loss": ("PERCENT [jitter DURATION] [delay DURATION] [dup PERCENT]", "link quality"),
@@ -237,6 +241,13 @@ def seconds(word: str) -> float:
         if w.endswith(suffix) and w[: -len(suffix)].replace(".", "", 1).isdigit():
             return float(w[: -len(suffix)]) * mult
     raise ScriptError(f"not a duration: {word!r} (use 500ms, 3s, 2m, 1h)")
+
+
+def signed_seconds(word: str) -> float:
+    """`+5m` / `-300s` -> seconds (the sign is required: a step has a direction)."""
+    if word[:1] not in "+-" or len(word) < 2:
+        raise ScriptError(f"not a signed duration: {word!r} (use +5m, -300s)")
+    return seconds(word[1:]) * (-1.0 if word[0] == "-" else 1.0)
 
 
 def percent(word: str) -> float:

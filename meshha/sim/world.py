@@ -23,6 +23,7 @@ from typing import Any
 import trio
 
 from meshha.agent.node import Node, NodePorts
+from meshha.agent.persist import PersistWatch
 from meshha.config.model import Policy, Recovery, Segment
 from meshha.config.synthetic import DEFAULT_NETWORKS, synthetic_segment
 from meshha.raft import entries as E
@@ -31,8 +32,9 @@ from meshha.raft.state import HOST_ACTIONS, Intent
 from meshha.recovery.decide import Audit
 from meshha.recovery.executor import Drivers
 from meshha.recovery.ports import Flavor
-from meshha.sim.fakes import FakeAlerts, FakeBmc, FakeCloud, FakeHypervisor, FakeNova, FakeProcesses
-from meshha.sim.network import SimNetwork, SimTransport
+from meshha.sim import host_faults
+from meshha.sim.fakes import FakeAlerts, FakeBmc, FakeCloud, FakeNova, FakeProcesses
+from meshha.sim.network import SimNetwork
 from meshha.sim.noise import noise_problems
 from meshha.sim.raft_standin import SimLog, SimRaft
 from meshha.sim.watchdog import FakeWatchdog
@@ -70,6 +72,12 @@ class SimSpec:
     # only then may the majority use the self-fence deadline as a proof. As the config:
     # no watchdog unless declared.
     watchdog: bool = False
+    # Does each host keep its own wall clock, the agents committing measured segment time
+    # (meshha.sim.host_faults)? Needed for `clock-step`; off, all share the true time.
+    clocks: bool = False
+    # Does each agent watch its disk (meshha.agent.persist)? Needed for `disk-full`; off,
+    # the watch is not run (an extra task would reorder the scenario timelines).
+    disks: bool = False
 
 
 def build_segment(spec: SimSpec) -> Segment:
@@ -129,6 +137,7 @@ class Sim:
         self.audit = Audit(self.segment)  # the decision invariants, on the committed log
         self.faults: list[tuple[float, str]] = []
         self.boots: dict[str, int] = {}
+        self.host_faults = host_faults.HostFaults(EPOCH, clocks=spec.clocks, disks=spec.disks)
         self._nursery: trio.Nursery | None = None
         for h in self.segment.hosts:
             if h.role == "compute":
@@ -166,13 +175,25 @@ class Sim:
             nova=FakeNova(self.cloud, actor=host),
             alerts=FakeAlerts(self.cloud, actor=host),
         )
+        hf = self.host_faults
+        transport = host_faults.SimProbeTransport(
+            self.net,
+            self.segment,
+            host,
+            lambda: hf.wall(host),
+            lambda peer: peer in self.scopes or peer in hf.stalled,
+            random.Random(f"knock:{self.seed}:{host}:{self.boots[host]}"),
+        )
+        hf.transports[host] = transport
         ports = NodePorts(
             log=SimLog(self.raft, host),
-            transport=SimTransport(self.net, host),
-            ledger=self.ledgers[host],
-            now=self.wall,
+            transport=transport,
+            ledger=hf.ledger(self.ledgers[host], host),
+            now=transport.segment_now if hf.clocks else self.wall,
+            clock=transport if hf.clocks else None,
+            kernel=transport,
             drivers=drivers,
-            hypervisor=FakeHypervisor(self.cloud, host, wall_offset=EPOCH)
+            hypervisor=host_faults.SimHypervisor(self.cloud, host, lambda: hf.wall(host))
             if self.segment.host(host).hypervisor_uri
             else None,
             vm_events=self.cloud.events_for(host),
@@ -188,15 +209,37 @@ class Sim:
             fanout=self.spec.fanout,
         )
         self.nodes[host] = node
-        self.net.receivers[host] = node.on_datagram
-        scope = trio.CancelScope()
+        transport.deliver = node.on_datagram
+        self.net.receivers[host] = transport.receive
+        hf.persist[host] = PersistWatch(self.segment.name, host, drivers.alerts)
+        self._run_node(host)
+
+    def _run_node(self, host: str, contact: float | None = None) -> None:
+        """Run the agent of `host` in a scope of its own; `contact`: it resumes after a
+        stall, its last contact with a majority as it was (meshha.sim.host_faults)."""
+        assert self._nursery is not None
+        node, scope = self.nodes[host], trio.CancelScope()
         self.scopes[host] = scope
+        sources = self.host_faults.persist_sources(self, host)
+
+        watch = self.host_faults.disks  # its PersistWatch, in runs that fill disks
 
         async def _run() -> None:
             with scope:
-                await node.run()
+                if not watch and contact is None:
+                    await node.run()
+                    return
+                async with trio.open_nursery() as nursery:
+                    if watch:
+                        nursery.start_soon(self.host_faults.persist[host].run, sources)
+                    await nursery.start(node.run)
+                    if contact is not None:
+                        node._last_contact = contact
 
         self._nursery.start_soon(_run)
+
+    def resume_node(self, host: str) -> None:
+        self._run_node(host, contact=self.nodes[host]._last_contact)
 
     def _stop_node(self, host: str) -> None:
         self.scopes.pop(host).cancel()
@@ -216,10 +259,13 @@ class Sim:
                     self.fault(f"watchdog powers off {h}")
                     wd.fire()
                     self.cloud.power_off(h)
+                if h in self.host_faults.stalled:
+                    continue  # stopped, not gone: resumed below, or forgotten if it died
                 if m.alive and h not in self.scopes:
                     self._start_node(h)
                 elif not m.alive and h in self.scopes:
                     self._stop_node(h)
+            host_faults.resume_due(self)
             self._audit()
             await trio.sleep(0.02)
 
@@ -317,6 +363,7 @@ class Sim:
             m.bmc_alive, m.bmc_lies, m.bmc_hung = True, False, False
             m.nics = {n: True for n in m.nics}
             m.restart_fails.clear()
+        host_faults.heal(self)
 
     def leader(self) -> str | None:
         return self.raft.leader

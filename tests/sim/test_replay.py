@@ -49,8 +49,10 @@ def _differing(a: bytes, b: bytes) -> int:
     [
         ("--scenario", "partition-2-3", "--seed", "3"),
         ("--random", "1", "--seed", "7"),  # a swarm seed: 5 hosts, 19 faults, 154 entries
+        # clock steps, full disks and agent stalls among them (meshha/sim/host_faults.py)
+        ("--random", "1", "--seed", "4"),
     ],
-    ids=["scenario", "swarm"],
+    ids=["scenario", "swarm", "swarm-host-faults"],
 )
 def test_a_seed_replays_byte_for_byte_under_any_hash_seed(args: tuple[str, ...]) -> None:
     a, b = _twice(*args)

@@ -61,6 +61,24 @@ async def test_unknown_without_nova_or_when_nova_is_down() -> None:
     assert "unreachable" in (await nk_status(seg, SegmentState(seg), FakeNova(c)))["error"]
 
 
+async def test_nova_lost_between_the_facts_and_the_servers_is_unknown_not_a_crash() -> None:
+    """Swarm seed 151: Nova went down after `host_facts` answered; the error of a
+    `list_servers` inside the lookups' nursery came out as an ExceptionGroup, which
+    `except MeshhaError` missed, and took the measuring leader's agent down."""
+    seg = synthetic_segment(4)
+    c = cloud()
+    c.boot("a", "host1", SMALL)
+
+    class NovaGoesDown(FakeNova):
+        async def host_facts(self, hosts):  # type: ignore[no-untyped-def]
+            facts = await super().host_facts(hosts)
+            self.cloud.nova_up = False
+            return facts
+
+    nk = await nk_status(seg, SegmentState(seg), NovaGoesDown(c))
+    assert "connection refused" in nk["error"] and nk["k"] == 1
+
+
 async def test_a_reserve_host_in_maintenance_does_not_count() -> None:
     seg = synthetic_segment(4)
     c = cloud()

@@ -119,13 +119,6 @@ def test_a_failed_report_waits_for_the_next_one() -> None:
     assert len(L.intents("enable:")) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known interaction of two features merged together: a maintenance window on "
-    "the vouched host now drains and holds it (decide/maintenance.py), and after `off` "
-    "neither enable_compute (decide/return_.py) nor maint_release is proposed, so the "
-    "host stays out of service (safe, but not back)",
-)
 def test_a_bmc_that_lied_is_alerted_the_host_kept_out_and_its_power_read_again() -> None:
     L = fenced_and_back()
     report(L, booted_at=T0 - 3600)  # booted an hour before the BMC said "off"
@@ -143,6 +136,31 @@ def test_a_bmc_that_lied_is_alerted_the_host_kept_out_and_its_power_read_again()
     L.run(1)
     assert [e["intent"] for e in L.intents("enable:")] == ["enable:host2:e1:a1"]
     assert len([a for a in alerts(L) if "bmc-lied" in a["intent"]]) == 1
+    # Back through the reconciled enable, which says why in the ledger; the window's own
+    # listing after the report moved nothing, and its release is not sent as well.
+    (enable,) = L.intents("enable:")
+    assert "BMC said off but it kept running" in enable["reason"]
+    assert "operator vouched" in enable["reason"] and "checked BMC" in enable["reason"]
+    assert "host2" not in L.state.fenced
+    L.run(5)
+    assert L.intents("release:host2:maintenance") == []
+    assert len(L.intents("enable:")) == 1
+
+
+def test_a_fenced_host_held_in_maintenance_returns_without_a_second_enable() -> None:
+    """Not a lie: a window while it is fenced does not ask for a new report, and its end
+    leaves the enable to the reconciled return (one enabling intent in the ledger)."""
+    L = fenced_and_back()
+    report(L, booted_at=fence_ts(L) + 30)
+    L.commit(E.maintenance(ts=L.now, by="op", host="host2", on=True, reason="firmware"))
+    L.run(3)
+    assert L.intents("enable:") == []  # nothing touches it in the window
+    assert len(L.intents("hold:host2:maintenance")) == 1
+    L.commit(E.maintenance(ts=L.now, by="op", host="host2", on=False, reason="done"))
+    L.run(5)
+    enabling = [e for e in L.intents() if e["action"] in ("enable_compute", "maint_release")]
+    assert [e["intent"] for e in enabling] == ["enable:host2:e1:a1"]
+    assert "vouched" not in enabling[0]["reason"]
 
 
 def test_a_self_fenced_host_needs_no_reboot() -> None:

@@ -92,3 +92,41 @@ async def test_maintenance_on_follows_the_drain_and_names_what_could_not_move() 
                 await node.wait_applied(L.state.index + 1)
         nursery.cancel_scope.cancel()
     assert not sock.exists()
+
+
+async def test_maintenance_on_and_off_vouches_for_a_host_whose_bmc_lied() -> None:
+    """The operator's way back for a host a BMC lied about (decide/return_.py): it stays
+    out until `meshctl maintenance on` and `off`, then returns through the reconciled
+    enable, whose reason in the ledger names the lie and the window."""
+    from tests.unit.test_decide import T0
+    from tests.unit.test_decide_return import fenced_and_back, report
+
+    L = fenced_and_back()
+    report(L, booted_at=T0 - 3600)  # booted an hour before the BMC said "off"
+    L.run(5)
+    assert any(i.startswith("alert:bmc-lied:host2") for i in L.state.intents)
+    assert not any(i.action == "enable_compute" for i in L.state.intents.values())
+    node = SteppedNode(L)
+    handler = ControlHandler(L.seg, node, CommitLog(L), None, lambda: L.now)  # type: ignore[arg-type]
+    sock = Path("/tmp") / f"mhvouch-{random.randrange(10**9)}.sock"
+
+    def run(*args: str) -> Any:
+        return CliRunner().invoke(main, ["maintenance", "--control", str(sock), *args])
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve, sock, handler)
+        nursery.start_soon(node.stepping)
+        res = await trio.to_thread.run_sync(run, "on", "host2", "--reason", "BMC checked")
+        assert res.exit_code == 0, res.output
+        assert "host2" in L.state.fenced  # nothing enables it during the window
+        res = await trio.to_thread.run_sync(run, "off", "host2")
+        assert res.exit_code == 0, res.output
+        with trio.fail_after(10):
+            while "host2" in L.state.fenced:
+                await node.wait_applied(L.state.index + 1)
+        nursery.cancel_scope.cancel()
+    enabling = [
+        i for i in L.state.intents.values() if i.action in ("enable_compute", "maint_release")
+    ]
+    assert [(i.action, i.status) for i in enabling] == [("enable_compute", "ok")]
+    assert "operator vouched" in enabling[0].reason and "BMC checked" in enabling[0].reason

@@ -124,3 +124,35 @@ def test_proc_boot_time(tmp_path) -> None:  # type: ignore[no-untyped-def]
     p.write_text("cpu  1 2 3\nbtime 1700000000\nprocesses 5\n")
     assert proc_boot_time(str(p)) == 1700000000.0
     assert proc_boot_time(str(tmp_path / "missing")) is None
+
+
+def test_the_boot_time_is_reported_in_segment_time() -> None:
+    """A host whose wall clock is ten minutes behind reads its boot time (btime) on that
+    clock; reported as read, a real reboot after the fence looks like a BMC's lie
+    (decide/return_.py). The agent reports it in segment time (found by the simulator's
+    clock-step scenario)."""
+    c = cloud_with_a_ghost()
+
+    async def main() -> dict:
+        hv = FakeHypervisor(c, "host2", wall_offset=1000.0 - 600.0)  # its clock: 600 s behind
+        return await reconcile_once(
+            "host2", 1, hv, FakeNova(c), lambda: 1200.0, to_segment=lambda t: t + 600.0
+        )
+
+    assert trio.run(main)["booted_at"] == 1000.0
+
+
+def test_the_transport_puts_a_wall_clock_time_in_segment_time() -> None:
+    """UdpTransport.wall_to_segment: this host's clock is 600 s behind its four peers'."""
+    from meshha.agent.udp import UdpTransport
+
+    seg = synthetic_segment(5)
+    wall, mono = 1_800_000_000.0 - 600.0, 50.0
+    t = UdpTransport(seg, "host1", b"k" * 32, now=lambda: wall + mono, mono=lambda: mono)
+    assert not t.clock_judged()
+    for k, peer in enumerate(("host2", "host3", "host4", "host5")):
+        sent = 40.0 + k
+        t.clock.sample(peer, sent, sent + 0.002, 1_800_000_000.0 + sent + 0.001)
+    assert t.clock_judged()
+    btime = wall + 10.0  # booted at monotonic 10, as read on its own clock
+    assert abs(t.wall_to_segment(btime) - (1_800_000_000.0 + 10.0)) < 1e-3

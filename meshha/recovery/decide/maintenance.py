@@ -4,7 +4,8 @@
 host only when `recovery.maintenance_may_use_reserve` and nothing else fits, enabled
 first as for an evacuation) ─▶ one alert naming what could not move.
 `maintenance off` ─▶ enable it in Nova again (`maint_release`), unless it is reserved
-(the reserve stays disabled: decide/reserve.py).
+(the reserve stays disabled: decide/reserve.py), or fenced (it returns through its own
+reconciled `enable_compute`, decide/return_.py, which then leaves nothing to release).
 
 Every step is keyed by the maintenance window (when it began), so a second window
 drains again and a new leader resumes the current one. The host itself is otherwise
@@ -260,6 +261,8 @@ def back_in_service(ctx: Context, host: str) -> list[Entry]:
     hold = ctx.latest(host_window("hold", host, "maintenance", window.since))
     if hold is None or hold.status != "ok":
         return []  # never disabled for it: nothing to undo
+    if state.enabled_at.get(host, -1.0) >= (hold.done_ts or 0.0):
+        return []  # enabled since (a fenced host's return, decide/return_.py): undone
     if state.roles.get(host) == "reserved" and ctx.segment.recovery.reserve_disable:
         return []  # the reserve stays disabled (decide/reserve.py)
     if held(state, host):

@@ -13,7 +13,10 @@ Then, per fence episode of host H:
       ──▶ enable nova-compute (retried with backoff; an alert once it keeps failing)
   H booted before the BMC said "off" ──▶ the BMC lied: a critical alert naming H and
       its BMC, H stays disabled, its power state is read again. Only an operator puts
-      it back (maintenance on, then off: they vouch for it).
+      it back (maintenance on, then off: they vouch for it). The window holds and
+      drains H like any other (decide/maintenance.py); once it ends, H returns through
+      this same enable, whose reason names the lie and the window, and the window's
+      own `maint_release` is not sent as well (nothing left to undo).
 
 `return_report` is the rule both the decider and `check_decisions` use.
 """
@@ -22,14 +25,27 @@ from __future__ import annotations
 
 from meshha.raft.entries import Entry
 from meshha.raft.intent_key import alert, host_step
-from meshha.raft.records import Fence, Reconcile
+from meshha.raft.records import Fence, Intent, Reconcile
 from meshha.raft.state import SegmentState
 from meshha.recovery.decide.steps import Context
 
 # What moves a host's VMs away in a failure episode: a report must be newer than all.
+# A maintenance window's own steps are not among them (`episode_moves`): its listing
+# moves nothing, and its drain is a live migration, which leaves no domain behind.
 MOVES = ("disable_compute", "inventory", "evacuate", "live_migrate")
 # How long a host may be heard again without its agent reporting, before an alert.
 REPORT_OVERDUE_S = 60.0
+
+
+def episode_moves(state: SegmentState, host: str, episode: int) -> list[Intent]:
+    """The intents of `host`'s failure episode that move (or list to move) its VMs away:
+    a reconcile report must be newer than every one. Not a maintenance window's listing
+    (an operator may hold a fenced host in maintenance to vouch for it: see `_lie`)."""
+    return [
+        i
+        for i in state.intents_for(host, episode)
+        if i.action in MOVES and i.params.get("purpose") != "drain"
+    ]
 
 
 def return_report(state: SegmentState, host: str) -> Reconcile | None:
@@ -40,7 +56,7 @@ def return_report(state: SegmentState, host: str) -> Reconcile | None:
     rep = state.reconciled.get(host)
     if fence is None or rep is None or rep.episode != fence.episode or rep.ts < fence.ts:
         return None
-    moves = [i for i in state.intents_for(host, fence.episode) if i.action in MOVES]
+    moves = episode_moves(state, host, fence.episode)
     if any(not i.done for i in moves):
         return None
     if any((i.done_ts or 0.0) > rep.ts for i in moves):
@@ -91,15 +107,16 @@ def returning(ctx: Context, host: str) -> list[Entry]:
     if not rep.ok:
         return []  # vouched for, but its last reconcile failed: the agent retries
     enable = host_step("enable", host, ep)
-    out = ctx.step(
-        enable,
-        "enable_compute",
-        host,
-        reason=(
-            f"{host} is back after a fence and reconciled "
-            f"(destroyed {len(rep.destroyed)}, kept {len(rep.kept)})"
-        ),
+    reason = (
+        f"{host} is back after a fence and reconciled "
+        f"(destroyed {len(rep.destroyed)}, kept {len(rep.kept)})"
     )
+    if lied(state, fence, rep):
+        reason += (
+            f"; its BMC said off but it kept running, and an operator vouched for it "
+            f"({_vouch(state, host)})"
+        )
+    out = ctx.step(enable, "enable_compute", host, reason=reason)
     last = ctx.latest(enable)
     n = ctx.attempts(enable)
     if not out and last is not None and last.status != "ok" and ctx.final(last, n):
@@ -112,6 +129,15 @@ def returning(ctx: Context, host: str) -> list[Entry]:
             f"{host} is reconciled but stays out of service.",
         )
     return out
+
+
+def _vouch(state: SegmentState, host: str) -> str:
+    """The maintenance window that vouched for `host`, as the ledger should name it."""
+    w = state.maintenance.get(host) or state.maintenance_ended.get(host)
+    if w is None:
+        return "maintenance window"
+    who = f" by {w.operator}" if w.operator else ""
+    return f"maintenance window from {w.since:.3f}{who}: {w.reason}"
 
 
 def _lie(ctx: Context, host: str, ep: int, fence: Fence, rep: Reconcile) -> list[Entry]:
