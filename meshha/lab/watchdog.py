@@ -42,6 +42,7 @@ import trio
 from meshha.lab.bmc import CHASSIS_PROGRAM
 
 DEFAULT_TIMEOUT_S = 60
+REFUSE_WAIT_S = 2.0  # an opener sends its first request at once
 MAX_MESSAGE_B = 64
 CHECK_INTERVAL_S = 0.02
 
@@ -86,6 +87,10 @@ class LabWatchdog:
     async def _serve(self, conn: trio.socket.SocketType) -> None:
         with conn:
             if self.held:
+                # Refuse the opener's first request, read first: a unix socket closed
+                # with a message unread resets its peer, and the refusal would be lost.
+                with trio.move_on_after(REFUSE_WAIT_S):
+                    await conn.recv(MAX_MESSAGE_B)
                 await conn.send(b"Ebusy")
                 return
             self.held, self.armed, self._allow_release = True, True, False

@@ -130,5 +130,11 @@ def test_flood_changes_neither_leader_nor_commits(tmp_path):
     assert not flood["failures"] and flood["commits"] > 0
     assert flood["cpu_pct"] < 50, f"leader CPU {flood['cpu_pct']} % under the flood"
     assert flood["rss_mb_max"] - flood["rss_mb_start"] < 20, "leader memory grew"
-    assert f["port"]["oversized_frames"] + f["port"]["bad_frames"] > 0  # admitted, then refused
+    # The port counted what it refused: frames it admitted and then refused, or, when the
+    # connection flood keeps accepting paused (CI saw it paused 9.3 s of 10), connections
+    # it never admitted, so the huge and garbage frames never reached a buffer.
+    p = f["port"]
+    refused = ("refused_connections", "oversized_frames", "bad_frames", "handshake_timeouts")
+    assert sum(p[k] for k in refused) > 0, p
+    assert p["oversized_frames"] + p["bad_frames"] > 0 or p["paused_s"] > FLOOD_S / 2, p
     assert f["attacker"]["huge_conns"] > 0 and f["attacker"]["conns"] > 0
