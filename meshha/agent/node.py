@@ -232,6 +232,7 @@ class Node:
             except MeshhaError as err:
                 self.stats.propose_failed += 1
                 self.stats.error("propose", err, self.p.now(), entry_kind=entry.get("kind"))
+                self._retry_stall_report(entry)
             finally:
                 self._in_flight.discard(key)
 
@@ -283,6 +284,20 @@ class Node:
                     ),
                 )
             )
+
+    def _retry_stall_report(self, entry: Entry) -> None:
+        """A stall report is proposed once, right after the stall, when this member's Raft
+        connections may still be catching up: one that failed goes back in the queue
+        (observations need no retry: they are proposed again from the difference), for
+        as long as the stall is recent. A propose that timed out yet committed may give a
+        second report of the same stall: harmless, and rare."""
+        if (
+            entry.get("kind") == "process_failure"
+            and entry.get("outcome") == "stalled"
+            and entry.get("host") == self.me
+            and self.p.now() - entry["ts"] < self.stalls.window_s
+        ):
+            self._stall_reports.append(entry)
 
     def _report_observations(self) -> None:
         """Propose the difference between what this host sees and what is committed."""

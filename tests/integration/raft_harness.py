@@ -342,16 +342,24 @@ class Cluster:
         return self.call(name, "wait", until=until, timeout_s=WAIT_S, **kw)
 
     def leader(self, among: list[str] | None = None, not_leader: str | None = None) -> str:
-        """Wait until every member in `among` sees one leader with a quorum; return it."""
+        """Wait until every member in `among` sees one leader with a quorum, and that leader
+        says so itself; return it. Each read blocks in the member until it sees a quorum;
+        a re-election between the reads makes them disagree, so read all again until they
+        agree (the deadline is WAIT_S)."""
         among = among or list(self.procs)
-        seen = {n: self.wait(n, "quorum", not_leader=not_leader) for n in among}
-        leader = seen[among[0]]["leader"]
-        assert seen[leader]["is_leader"] if leader in seen else True
-        for name in among:  # every member settles on the same one
-            if seen[name]["leader"] != leader:
-                seen[name] = self.wait(name, "quorum", not_leader=seen[name]["leader"])
-            assert seen[name]["leader"] == leader, seen
-        return leader
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            seen = {n: self.wait(n, "quorum", not_leader=not_leader) for n in among}
+            named = {s["leader"] for s in seen.values()}
+            (leader,) = named if len(named) == 1 else (None,)
+            if leader in seen:
+                confirmed = seen[leader]["is_leader"]
+            else:  # a member outside `among` (or one already gone)
+                confirmed = leader in self.procs and self.wait(leader, "quorum")["is_leader"]
+            if confirmed:
+                return leader
+            if time.monotonic() > deadline:
+                raise HarnessError(f"no agreed leader among {among} in {WAIT_S}s: {seen}")
 
     def propose(self, name: str, entry: dict, timeout_s: float = 5.0) -> int:
         return self.call(name, "propose", entry=entry, timeout_s=timeout_s)["idx"]

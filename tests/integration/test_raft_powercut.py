@@ -160,7 +160,7 @@ def test_checker_catches_unsynced_acks(cluster_of):
     syncs once a second, as pysyncobj's did not at all): acknowledged entries are lost,
     and the check says so. Retried with other seeds: a cut can miss by luck."""
     failures = 0
-    for seed in range(3):
+    for seed in range(6):  # a cut can miss by luck (three misses in a row failed once)
         c = cluster_of(3, extra={"power_cut": True, "ledger": True, "unsafe_sync": True})
         acked, cuts = _run_power_cut(c, "all", seed)
         try:

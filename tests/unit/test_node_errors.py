@@ -67,3 +67,38 @@ async def test_failed_proposals_are_logged_counted_and_shown() -> None:
     assert errors["counts"] == {"propose/no_quorum": 2}
     assert errors["last"]["kind"] == "propose/no_quorum" and errors["last"]["ts"] == 123.0
     assert "no leader with a quorum" in errors["last"]["error"]
+
+
+async def test_a_refused_stall_report_is_proposed_again_while_recent() -> None:
+    """Right after a stall this member's Raft may not reach the leader yet: the one report
+    of the stall must not be lost to one refused proposal (a refused observation is
+    proposed again from the difference; a stall report would not be)."""
+    seg = synthetic_segment(3)
+    now = [100.0]
+    ports = NodePorts(
+        log=RefusingLog(),  # type: ignore[arg-type]
+        transport=SimpleNamespace(send=lambda *a: None),  # type: ignore[arg-type]
+        ledger=SimpleNamespace(append=lambda i, e: None),  # type: ignore[arg-type]
+        now=lambda: now[0],
+    )
+    node = Node(seg, "host1", ports)
+    node._own_stall(1.0, 50.0)
+    (report,) = node._stall_reports
+    old = E.process_failure(
+        ts=now[0] - node.stalls.window_s - 1,
+        by="host1",
+        host="host1",
+        process="meshha-agent",
+        outcome="stalled",
+        detail="long ago",
+    )
+    other = E.maintenance(ts=1.0, by="host1", host="host2", on=True, reason="x")
+    node._stall_reports.clear()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(node._proposer)
+            for entry in (report, old, other):
+                node.propose(entry)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+    assert list(node._stall_reports) == [report]  # the recent one waits for a quorum
