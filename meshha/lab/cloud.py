@@ -47,6 +47,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from keystoneauth1.exceptions import ClientException as KeystoneClientException
+from openstack.exceptions import SDKException
+
 from meshha.agent.control import ControlError, call
 from meshha.lab.bmc import BmcSim
 from meshha.lab.labd import ALERT_PORT, API_PORT, LIFELINE_PORT
@@ -722,7 +725,14 @@ class Cloud:
         shown = [-1]
 
         def all_active() -> bool:
-            servers = {s.id: s for s in conn.compute.servers(details=True, all_projects=True)}
+            try:
+                listed = list(conn.compute.servers(details=True, all_projects=True))
+            except (SDKException, KeystoneClientException) as e:
+                # A loaded box can miss the client's 10 s read timeout while it boots
+                # the VMs: a listing that timed out is not an answer, ask again.
+                say(f"  (listing servers: {type(e).__name__}; asking again)")
+                return False
+            servers = {s.id: s for s in listed}
             states = [servers[i].status if i in servers else "?" for i in ids]
             if "ERROR" in states:
                 bad = [servers[i].fault for i in ids if servers[i].status == "ERROR"]

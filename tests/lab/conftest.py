@@ -11,42 +11,16 @@ override them, so two test runs can share a machine); the state dir is per proce
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from meshha.lab.cloud import Cloud, LabSpec
-from meshha.lab.libvirt_setup import missing_programs
-from meshha.lab.netns import available
-from meshha.lab.nova_client import venv_missing_reason
+from tests.lab.lab_fixture import _why_not, lab
 
-
-def _why_not() -> str | None:
-    why = available() or venv_missing_reason()
-    if why:
-        return why
-    missing = missing_programs() + [
-        p for p in ("ipmi_sim", "ipmitool", "unshare", "nsenter") if shutil.which(p) is None
-    ]
-    return f"missing: {', '.join(missing)}" if missing else None
+__all__ = ["_why_not", "cloud"]
 
 
 @pytest.fixture(scope="module")
 def cloud(request: pytest.FixtureRequest) -> Iterator[Cloud]:
-    why = _why_not()
-    if why:
-        pytest.skip(why)
-    spec = getattr(request.module, "LAB_SPEC", LabSpec(vms=10))
-    prefix = os.environ.get("MESHHA_LABTEST_PREFIX", "mhlt")
-    subnet = os.environ.get("MESHHA_LABTEST_SUBNET", "10.214")
-    spec = LabSpec(**{**spec.__dict__, "prefix": prefix, "subnet": subnet})
-    c = Cloud(Path(f"/run/{prefix}-{os.getpid()}"))
-    c.down(say=lambda _: None)
-    try:
-        c.up(spec, say=print)
-        yield c
-    finally:
-        c.down(say=print)
+    yield from lab(request, getattr(request.module, "LAB_SPEC", LabSpec(vms=10)))

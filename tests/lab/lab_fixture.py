@@ -1,5 +1,5 @@
-"""A module-scoped `cloud` fixture for the user-story modules (test_operations,
-test_brake, test_leader_loss): conftest's lab, plus two switches for working on them.
+"""The lab every tests/lab module runs on (conftest's `cloud` fixture calls `lab`), with
+two switches for working on them.
 
 - MESHHA_LABTEST_LOGS=DIR: before the lab is taken down, every host's logs (agent,
   libvirtd, nova-compute), Nova's, the lab daemon's and the alerts it received are copied
@@ -18,10 +18,31 @@ from pathlib import Path
 import pytest
 
 from meshha.lab.cloud import Cloud, LabSpec
-from tests.lab.conftest import _why_not
+from meshha.lab.libvirt_setup import missing_programs
+from meshha.lab.netns import available
+from meshha.lab.nova_client import venv_missing_reason
 
 
-def lab(request: pytest.FixtureRequest, spec: LabSpec) -> Iterator[Cloud]:
+def _why_not() -> str | None:
+    why = available() or venv_missing_reason()
+    if why:
+        return why
+    missing = missing_programs() + [
+        p for p in ("ipmi_sim", "ipmitool", "unshare", "nsenter") if shutil.which(p) is None
+    ]
+    return f"missing: {', '.join(missing)}" if missing else None
+
+
+def lab(
+    request: pytest.FixtureRequest,
+    spec: LabSpec,
+    *,
+    prefix: str = "mhlt",
+    subnet: str = "10.214",
+) -> Iterator[Cloud]:
+    """Build the lab `spec` asks for under `prefix`/`subnet` (MESHHA_LABTEST_PREFIX and
+    MESHHA_LABTEST_SUBNET override them), yield it, take it down (saving its logs first
+    with MESHHA_LABTEST_LOGS); skipped, with the reason, where the lab cannot run."""
     why = _why_not()
     if why:
         pytest.skip(why)
@@ -29,8 +50,8 @@ def lab(request: pytest.FixtureRequest, spec: LabSpec) -> Iterator[Cloud]:
     if reuse:
         yield Cloud(Path(reuse))
         return
-    prefix = os.environ.get("MESHHA_LABTEST_PREFIX", "mhlt")
-    subnet = os.environ.get("MESHHA_LABTEST_SUBNET", "10.214")
+    prefix = os.environ.get("MESHHA_LABTEST_PREFIX", prefix)
+    subnet = os.environ.get("MESHHA_LABTEST_SUBNET", subnet)
     spec = LabSpec(**{**spec.__dict__, "prefix": prefix, "subnet": subnet})
     c = Cloud(Path(f"/run/{prefix}-{os.getpid()}"))
     c.down(say=lambda _: None)

@@ -18,13 +18,11 @@ and off (bringing them back is the returning-host reconcile's business).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from meshha.lab.cloud import Cloud, LabSpec, wait_until
-from tests.lab.lab_fixture import lab
 from tests.lab.test_host_failure import Sampler, intents, results
 from tests.lab.test_operations import holds, meshctl, nova_actions, since
 
@@ -34,11 +32,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
 ]
 LAB_SPEC = LabSpec(hosts=5, reserved=1, vms=8)
-
-
-@pytest.fixture(scope="module")
-def cloud(request: pytest.FixtureRequest) -> Iterator[Cloud]:
-    yield from lab(request, LAB_SPEC)
 
 
 def test_three_of_five_at_once_brake_holds_then_release_recovers(cloud: Cloud) -> None:
@@ -105,18 +98,8 @@ def test_three_of_five_at_once_brake_holds_then_release_recovers(cloud: Cloud) -
         t_release = time.time()
         out = meshctl(cloud, live[-1], "brake", "release")
         assert "brake released" in out, out
-
-        def evacuated() -> bool:
-            servers = {s.id: s for s in cloud.vms()}
-            doms = sampler.check()
-            return all(
-                servers[v.id].host == reserved
-                and (servers[v.id].status, servers[v.id].task_state) == ("ACTIVE", None)
-                and doms.get(v.id) == [reserved]
-                for v in ha_off
-            )
-
-        sampler.until(evacuated, 180, f"the HA VMs of {off} ACTIVE on {reserved}")
+        for h in off:
+            sampler.until_moved([v for v in ha_off if v.host == h], h, 180, onto=reserved)
         recovered_s = time.time() - t_release
         for v in ha_off:
             assert [a for a, _ in nova_actions(conn, v.id, t0)] == ["evacuate"], v.name

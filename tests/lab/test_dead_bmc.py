@@ -87,19 +87,7 @@ def dead_together(cloud: Cloud, how: str) -> None:
 
         sampler.until(destroyed, 60, f"no QEMU left on {victim}")
         gone_at.append(time.time())
-
-        def evacuated() -> bool:
-            doms = sampler.check()
-            servers = {s.id: s for s in cloud.vms()}
-            return all(
-                servers[v.id].host != victim
-                and servers[v.id].status == "ACTIVE"
-                and servers[v.id].task_state is None
-                and doms.get(v.id) == [servers[v.id].host]
-                for v in ha
-            )
-
-        sampler.until(evacuated, 150, f"HA VMs of {victim} ACTIVE elsewhere")
+        sampler.until_moved(ha, victim, 150)
         took_s = time.time() - t0
     finally:
         cloud.heal()

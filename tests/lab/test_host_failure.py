@@ -11,7 +11,7 @@ and its result). Each test puts the lab back as it found it (hosts on, network h
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import pytest
@@ -47,6 +47,27 @@ class Sampler:
             return cond()
 
         return wait_until(step, timeout_s, what, poll_s=0.2)
+
+    def until_moved(
+        self, vms: Iterable[Vm], away_from: str, timeout_s: float, *, onto: str | None = None
+    ) -> None:
+        """Until every VM of `vms` is ACTIVE with no task in Nova on a host other than
+        `away_from` (on `onto`, if given), and its QEMU runs there and only there."""
+        vms = list(vms)
+
+        def moved() -> bool:
+            doms = self.check()
+            servers = {s.id: s for s in self.cloud.vms()}
+            return all(
+                (host := servers[v.id].host) != away_from
+                and (onto is None or host == onto)
+                and (servers[v.id].status, servers[v.id].task_state) == ("ACTIVE", None)
+                and doms.get(v.id) == [host]
+                for v in vms
+            )
+
+        where = f"on {onto}" if onto else "elsewhere"
+        wait_until(moved, timeout_s, f"{len(vms)} VMs of {away_from} ACTIVE {where}", poll_s=0.2)
 
 
 def entries(cloud: Cloud, host: str) -> list[dict[str, Any]]:
@@ -188,16 +209,7 @@ def test_host_power_off_fenced_and_ha_vms_active_on_reserved(cloud: Cloud) -> No
 
     t0 = cloud.power_off(victim)
 
-    def evacuated() -> bool:
-        servers = {s.id: s for s in cloud.vms()}
-        return all(
-            servers[v.id].host == reserved
-            and servers[v.id].status == "ACTIVE"
-            and servers[v.id].task_state is None
-            for v in ha
-        )
-
-    sampler.until(evacuated, 120, f"HA VMs of {victim} ACTIVE on {reserved}")
+    sampler.until_moved(ha, victim, 120, onto=reserved)
     took_s = time.time() - t0
 
     # Nova: evacuated once each, the non-HA VMs left, the service forced down + disabled.
@@ -377,19 +389,7 @@ def test_host_hung_fenced_and_never_runs_an_evacuated_vm(cloud: Cloud) -> None:
     others = [h for h in cloud.hosts if h != victim]
     t0 = cloud.hang(victim)
     try:
-
-        def evacuated() -> bool:
-            doms = sampler.check()
-            servers = {s.id: s for s in cloud.vms()}
-            return all(
-                servers[v.id].host != victim
-                and servers[v.id].status == "ACTIVE"
-                and servers[v.id].task_state is None
-                and doms.get(v.id) == [servers[v.id].host]
-                for v in ha
-            )
-
-        sampler.until(evacuated, 150, f"HA VMs of hung {victim} ACTIVE elsewhere")
+        sampler.until_moved(ha, victim, 150)
         took_s = time.time() - t0
     finally:
         cloud.resume(victim)  # a no-op once it is powered off

@@ -15,13 +15,11 @@ and off (bringing them back is the returning-host reconcile's business).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from meshha.lab.cloud import Cloud, LabSpec, wait_until
-from tests.lab.lab_fixture import lab
 from tests.lab.test_host_failure import Sampler, intents, results
 from tests.lab.test_operations import nova_actions, since
 
@@ -31,11 +29,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
 ]
 LAB_SPEC = LabSpec(hosts=5, reserved=1, vms=10)
-
-
-@pytest.fixture(scope="module")
-def cloud(request: pytest.FixtureRequest) -> Iterator[Cloud]:
-    yield from lab(request, LAB_SPEC)
 
 
 def leader_on_a_compute(cloud: Cloud, sampler: Sampler) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,6 @@ from typing import Any
 import pytest
 
 from meshha.lab.cloud import Cloud, LabSpec, Vm, planned_priority, wait_until
-from tests.lab.lab_fixture import lab
 from tests.lab.test_host_failure import (
     Sampler,
     action_names,
@@ -41,11 +39,6 @@ pytestmark = [
 LAB_SPEC = LabSpec(hosts=5, reserved=1, vms=10)
 MESHCTL = str(Path(sys.executable).parent / "meshctl")
 PRIORITY_RANK = {"high": 0, "medium": 1, "low": 2}
-
-
-@pytest.fixture(scope="module")
-def cloud(request: pytest.FixtureRequest) -> Iterator[Cloud]:
-    yield from lab(request, LAB_SPEC)
 
 
 def meshctl(cloud: Cloud, host: str, *args: str, timeout_s: float = 60.0) -> str:
@@ -426,15 +419,7 @@ def test_ha_policy_ha_off_left_and_priorities_ordered(cloud: Cloud) -> None:
 
     t0 = cloud.power_off(victim)
 
-    def evacuated() -> bool:
-        servers = {s.id: s for s in cloud.vms()}
-        return all(
-            servers[v.id].host == reserved
-            and (servers[v.id].status, servers[v.id].task_state) == ("ACTIVE", None)
-            for v in ha
-        )
-
-    sampler.until(evacuated, 120, f"HA VMs of {victim} ACTIVE on {reserved}")
+    sampler.until_moved(ha, victim, 120, onto=reserved)
     took_s = time.time() - t0
 
     def complete() -> list[dict[str, Any]] | None:

@@ -10,16 +10,14 @@ lab healed.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from meshha.lab.cloud import Cloud, LabSpec, wait_until
-from tests.lab.conftest import _why_not
+from tests.lab.lab_fixture import lab
 from tests.lab.test_host_failure import (
     Sampler,
     action_names,
@@ -47,22 +45,9 @@ LAB_SPEC = LabSpec(
 
 
 @pytest.fixture(scope="module")
-def cloud() -> Iterator[Cloud]:
+def cloud(request: pytest.FixtureRequest) -> Iterator[Cloud]:
     """conftest's lab, under names of its own (it may run beside the other lab modules)."""
-    why = _why_not()
-    if why:
-        pytest.skip(why)
-    # MESHHA_LABTEST_PREFIX/SUBNET (conftest) move it too, for a second run on the machine.
-    prefix = os.environ.get("MESHHA_LABTEST_PREFIX", LAB_SPEC.prefix)
-    subnet = os.environ.get("MESHHA_LABTEST_SUBNET", LAB_SPEC.subnet)
-    spec = LabSpec(**{**LAB_SPEC.__dict__, "prefix": prefix, "subnet": subnet})
-    c = Cloud(Path(f"/run/{prefix}-{os.getpid()}"))
-    c.down(say=lambda _: None)
-    try:
-        c.up(spec, say=print)
-        yield c
-    finally:
-        c.down(say=print)
+    yield from lab(request, LAB_SPEC, prefix=LAB_SPEC.prefix, subnet=LAB_SPEC.subnet)
 
 
 def since(rows: list[dict[str, Any]], t0: float) -> list[dict[str, Any]]:

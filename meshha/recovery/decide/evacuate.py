@@ -11,12 +11,11 @@ from meshha.errors import InvariantViolation
 from meshha.raft import entries as E
 from meshha.raft.entries import Entry
 from meshha.raft.intent_key import alert, vm_move
-from meshha.raft.records import Intent, Inventory, Server
-from meshha.raft.state import SegmentState
+from meshha.raft.records import Inventory
 from meshha.recovery import placement
-from meshha.recovery.decide.process import process_failed
 from meshha.recovery.decide.reserve import releases_first
 from meshha.recovery.decide.steps import Context
+from meshha.recovery.decide.targets import free_targets
 
 
 def evacuations(ctx: Context, host: str, ep: int, inv: Inventory) -> list[Entry]:
@@ -38,7 +37,7 @@ def evacuations(ctx: Context, host: str, ep: int, inv: Inventory) -> list[Entry]
         todo.append(placement.VmDemand(s.id, s.vcpus, s.ram_mb, s.disk_gb, s.priority))
     if not todo:
         return after_evacuations(ctx, host, ep, inv)
-    plan = placement.plan(todo, free_targets(state, host, inv))
+    plan = placement.plan(todo, free_targets(state, host, inv, role="reserved"))
     # A reserved target is disabled in Nova: enable it before evacuating onto it.
     waiting = releases_first(ctx, host, ep, {p.target for p in plan.placements})
     if waiting is not None:
@@ -67,44 +66,6 @@ def evacuations(ctx: Context, host: str, ep: int, inv: Inventory) -> list[Entry]
             "; ".join(f"{u.vm} ({u.priority}): {u.reason}" for u in plan.unplaced),
         )
     return out
-
-
-def free_targets(state: SegmentState, host: str, inv: Inventory) -> list[placement.Target]:
-    """Reserved hosts that may take VMs now, with what inventory said is free minus what
-    evacuations committed since (or still running) are taking."""
-    demand: dict[str, Server] = {s.id: s for x in state.inventory.values() for s in x.servers}
-    targets = []
-    for t in inv.facts:
-        name = t.host
-        if (
-            name == host
-            or state.roles.get(name) != "reserved"
-            or state.in_maintenance(name)
-            or state.verdicts[name].kind != "healthy"
-            or state.is_fenced(name)
-            or process_failed(state, name) is not None  # its nova-compute is not running
-        ):
-            continue
-        taking = [d for i in state.intents.values() if (d := _taking(i, name, demand, inv))]
-        targets.append(
-            placement.Target(
-                name,
-                t.vcpus_free - sum(d.vcpus for d in taking),
-                t.ram_mb_free - sum(d.ram_mb for d in taking),
-                t.disk_gb_free - sum(d.disk_gb for d in taking),
-            )
-        )
-    return targets
-
-
-def _taking(i: Intent, target: str, demand: dict[str, Server], inv: Inventory) -> Server | None:
-    """The server an evacuation onto `target` is taking that the inventory's free
-    capacity does not show: still running, or done after the inventory was taken."""
-    if i.action != "evacuate" or i.target != target or i.vm is None:
-        return None
-    if i.status == "pending" or (i.status == "ok" and (i.done_ts or 0) >= inv.ts):
-        return demand.get(i.vm)
-    return None
 
 
 def after_evacuations(ctx: Context, host: str, ep: int, inv: Inventory) -> list[Entry]:

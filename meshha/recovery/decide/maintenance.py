@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from meshha.raft import entries as E
 from meshha.raft.entries import Entry
 from meshha.raft.intent_key import IntentKey, alert, drain, host_window
-from meshha.raft.records import Intent, Inventory, Server
+from meshha.raft.records import Inventory, Server
 from meshha.raft.state import SegmentState
 from meshha.recovery import placement
-from meshha.recovery.decide.process import process_failed
 from meshha.recovery.decide.reserve import held, releases_first
 from meshha.recovery.decide.steps import Context
+from meshha.recovery.decide.targets import free_targets
 
 
 @dataclass(frozen=True)
@@ -138,41 +138,8 @@ def _inventory(state: SegmentState, host: str, listing: IntentKey) -> Inventory 
 def drain_targets(
     state: SegmentState, host: str, inv: Inventory, *, reserve: bool
 ) -> list[placement.Target]:
-    """Compute hosts (or, with `reserve`, reserved ones) that may take VMs off `host`:
-    healthy, not in maintenance, not fenced, nova-compute running; free capacity as the
-    inventory saw it minus what moves onto them since."""
-    demand: dict[str, Server] = {s.id: s for x in state.inventory.values() for s in x.servers}
-    role = "reserved" if reserve else "compute"
-    out = []
-    for f in inv.facts:
-        name = f.host
-        if (
-            name == host
-            or state.roles.get(name) != role
-            or state.in_maintenance(name)
-            or state.verdicts[name].kind != "healthy"
-            or state.is_fenced(name)
-            or process_failed(state, name) is not None
-        ):
-            continue
-        taking = [d for i in state.intents.values() if (d := _taking(i, name, demand, inv))]
-        out.append(
-            placement.Target(
-                name,
-                f.vcpus_free - sum(d.vcpus for d in taking),
-                f.ram_mb_free - sum(d.ram_mb for d in taking),
-                f.disk_gb_free - sum(d.disk_gb for d in taking),
-            )
-        )
-    return out
-
-
-def _taking(i: Intent, target: str, demand: dict[str, Server], inv: Inventory) -> Server | None:
-    if i.action not in ("drain", "evacuate") or i.target != target or i.vm is None:
-        return None
-    if i.status == "pending" or (i.status == "ok" and (i.done_ts or 0) >= inv.ts):
-        return demand.get(i.vm)
-    return None
+    """Compute hosts (or, with `reserve`, reserved ones) that may take VMs off `host`."""
+    return free_targets(state, host, inv, role="reserved" if reserve else "compute")
 
 
 def progress(ctx: Context, host: str) -> DrainProgress | None:
