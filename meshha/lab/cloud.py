@@ -1017,6 +1017,14 @@ class Cloud:
         (self.state / "storage" / f"{v.id}.mailbox").write_bytes(b"W")
         return v, t
 
+    def storage_hit(self, vm: str, switch: str) -> float | None:
+        """When the VM's one-shot `switch` ("fault", "mailbox") took effect on the lab's
+        storage (the failed write, the guest's read of its mailbox), if it has."""
+        try:
+            return float((self.state / "storage" / f"{vm}.{switch}.hit").read_text())
+        except (OSError, ValueError):
+            return None
+
     def domain_state(self, host: str, vm: str) -> str:
         """`virsh domstate --reason` of the VM's domain on `host`'s libvirt ("" if none)."""
         p = subprocess.run(

@@ -33,6 +33,7 @@ first connection, kept while the server runs, so a VM restarted or evacuated fin
 disk as it left it), the switch of export E in DIR/E.fault, and a one-shot mailbox in
 DIR/E.mailbox: its first byte is what the guest's next read of the mailbox sector finds
 (then the file is removed and the disk itself never changes: a rebooted guest runs clean).
+A one-shot switch that took effect leaves E.fault.hit / E.mailbox.hit: the wall time.
 
     python -m meshha.lab.nbd_fault --dir /run/lab/storage
 """
@@ -43,6 +44,7 @@ import argparse
 import errno
 import struct
 import sys
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -133,6 +135,7 @@ class NbdFaultServer:
             return 0
         if once and self.fault_file is not None:
             self.fault_file.unlink(missing_ok=True)
+            _mark_hit(self.fault_file)
         return _ERRNO[fault]
 
     def _read_reply(self, offset: int, length: int) -> bytes:
@@ -146,6 +149,7 @@ class NbdFaultServer:
             if byte:
                 data[MAILBOX_OFFSET - offset] = byte[0]
                 self.mailbox_file.unlink(missing_ok=True)
+                _mark_hit(self.mailbox_file)
         return bytes(data)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -208,6 +212,12 @@ class NbdFaultServer:
             else:
                 self.requests_served += 1
             await stream.send_all(reply)
+
+
+def _mark_hit(switch: Path) -> None:
+    """SWITCH.hit: the wall time a one-shot switch took effect (what a test measures
+    detection from: a guest may take seconds to boot and reach its disk)."""
+    switch.with_name(switch.name + ".hit").write_text(f"{time.time():.6f}\n")
 
 
 async def _negotiate_export(stream: trio.SocketStream) -> tuple[str, int] | None:

@@ -78,12 +78,14 @@ async def test_storage_exports_once_faults_and_mailbox(tmp_path: Path) -> None:
         assert (await b.request(_WRITE, 4096, b"B" * 512))[0] == 0  # other disks too
         assert (await a.request(_WRITE, 4096, b"C" * 512))[0] == errno.ENOSPC
         assert not (tmp_path / "vm-a.fault").exists()
+        assert float((tmp_path / "vm-a.fault.hit").read_text()) > 0
         assert (await a.request(_WRITE, 4096, b"D" * 512))[0] == 0  # transient: once
 
         (tmp_path / "vm-a.mailbox").write_bytes(b"W")
         err, sector = await a.request(_READ, MAILBOX_OFFSET, length=512)
         assert err == 0 and sector[:1] == b"W"
         assert not (tmp_path / "vm-a.mailbox").exists()
+        assert (tmp_path / "vm-a.mailbox.hit").exists()
         assert (await a.request(_READ, MAILBOX_OFFSET, length=512))[1][:1] == b"\0"
 
         again = await Client.open(storage.socket_path, "vm-a")  # a rebooted guest
