@@ -613,7 +613,9 @@ class Node:
             if ev.kind in ("hypervisor_down", "hypervisor_up"):
                 # Not a report of its own: the supervisor checks now and reports the
                 # outage once (probes/supervisor.py).
-                log.info("libvirt_connection", event=ev.kind, detail=ev.detail)
+                log.info(
+                    "libvirt_connection", kind=ev.kind, detail=ev.detail
+                )  # not event=: the message
                 if ev.kind == "hypervisor_down" and self.supervisor is not None:
                     self.supervisor.wake()
                 continue

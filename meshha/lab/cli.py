@@ -124,6 +124,9 @@ FAULTS = (
     "bmc-hang",
     "bmc-alive",
     "io-error",
+    "guest-watchdog",
+    "break-process",
+    "repair-process",
 )
 
 
@@ -142,9 +145,17 @@ def fault(state: Path, kind: str, args: tuple[str, ...]) -> None:
       cut-net HOST NET / restore-net HOST NET
       partition host1,host2/host3,host4,host5   (groups split by '/' or '|') / heal
       bmc-dead HOST / bmc-hang HOST / bmc-alive HOST
+      io-error HOST [VM]                 the VM's disk fails its next write (ENOSPC):
+                                         QEMU pauses it (default: a VM with a disk on
+                                         the lab's storage there, booted if none)
+      guest-watchdog HOST [VM]           its guest arms its watchdog and stops (same VMs)
+      break-process HOST NAME / repair-process HOST NAME
+                                         libvirtd | nova-compute unrunnable on HOST
+                                         (restarts fail), then runnable again
     """
     cloud = _cloud(state)
     need = {"partition": 1, "heal": 0, "kill-process": 2, "cut-net": 2, "restore-net": 2}
+    need |= {"break-process": 2, "repair-process": 2}
     n = need.get(kind, 1)
     if len(args) < n:
         raise click.UsageError(f"{kind} needs {n} argument(s)")
@@ -198,6 +209,19 @@ def _fault(cloud: Cloud, kind: str, args: tuple[str, ...]) -> str:
     if kind == "bmc-alive":
         cloud.bmc_alive(host)
         return f"{host}: BMC answers again"
+    if kind in ("io-error", "guest-watchdog"):
+        vm = cloud.disk_vm(host, args[1] if len(args) > 1 else None)
+        if kind == "io-error":
+            cloud.io_error(host, vm.id)
+            return f"{host}: the disk of {vm.name} ({vm.id}) fails its next write (ENOSPC)"
+        cloud.guest_watchdog(host, vm.id)
+        return f"{host}: the guest of {vm.name} ({vm.id}) arms its watchdog and stops"
+    if kind == "break-process":
+        cloud.break_process(host, args[1])
+        return f"{host}: {args[1]} cannot run (restarts fail until repair-process)"
+    if kind == "repair-process":
+        cloud.repair_process(host, args[1])
+        return f"{host}: {args[1]} runnable again"
     raise LabError(f"{kind}: not available in this lab yet", kind="unsupported")
 
 

@@ -131,6 +131,7 @@ restart_attempts = 3
 restart_backoff_s = 0.5
 restart_command = "{python} -m meshha.lab.lab_host start --sock {sock} {{name}}"
 """
+DISK_FLAVOR = "m1.disk"  # see Cloud.disk_flavor
 T = TypeVar("T")
 Say = Callable[[str], None]
 
@@ -454,10 +455,7 @@ class Cloud:
                     {
                         "name": "nova-compute",
                         "argv": [
-                            sys.executable,
-                            "-m",
-                            "meshha.lab.lab_host",
-                            "nova-compute",
+                            str(self._nova_compute_bin(h)),
                             "--host",
                             h,
                             "--port",
@@ -898,6 +896,154 @@ class Cloud:
             wait_until(
                 lambda: bmc_answers(ns, b["address"], b["port"]), 15, f"{host}'s BMC answers"
             )
+
+    # -- faults: processes that cannot start, VM disks and guest watchdogs --------------
+
+    def _nova_compute_bin(self, host: str) -> Path:
+        """The host's nova-compute executable (its own file, so that `break_process` can
+        make it unrunnable on that host alone): runs the stand-in (meshha.lab.lab_host)."""
+        path = self.host_dir(host) / "bin" / "nova-compute"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            f"#!{sys.executable}\nimport sys\nfrom meshha.lab.lab_host import main\n"
+            'sys.exit(main(["nova-compute", *sys.argv[1:]]))\n'
+        )
+        path.chmod(0o755)
+        return path
+
+    def _executable(self, host: str, name: str) -> str:
+        if name == "nova-compute":
+            return str(self.host_dir(host) / "bin" / "nova-compute")
+        found = shutil.which(name)
+        if found is None:
+            raise LabError(f"no executable {name!r}", kind="state")
+        return os.path.realpath(found)
+
+    def break_process(self, host: str, name: str) -> None:
+        """Make `name` (libvirtd, nova-compute) unrunnable on `host` alone: an empty,
+        non-executable file bind-mounted over its executable in the host's own mount
+        namespace (a corrupt binary; exec fails with EACCES). Restarts then fail at once,
+        as `systemctl restart` of a unit that cannot exec does. `repair_process` undoes
+        it; a power cycle does too (a new mount namespace)."""
+        empty = self.host_dir(host) / "unrunnable"
+        empty.write_bytes(b"")
+        empty.chmod(0o644)
+        self.exec(host, ["mount", "--bind", str(empty), self._executable(host, name)])
+
+    def repair_process(self, host: str, name: str) -> None:
+        self.exec(host, ["umount", self._executable(host, name)], check=False)
+
+    def storage_socket(self) -> Path:
+        """The lab's shared VM storage (meshha.lab.nbd_fault --dir): started on first use,
+        in the bmc namespace (so `down` removes it with the namespaces); its unix socket
+        is reachable from every host's QEMU."""
+        d = self.state / "storage"
+        sock = d / "nbd.sock"
+        pid = self.desc.get("storage_pid")
+        if pid and Path(f"/proc/{pid}").exists() and not _zombie(pid):
+            return sock
+        d.mkdir(parents=True, exist_ok=True)
+        with open(d / "nbd.log", "ab") as log:
+            p = self.net.popen(
+                BMC_NS_HOST,
+                [sys.executable, "-m", "meshha.lab.nbd_fault", "--dir", str(d)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        self.desc["storage_pid"] = p.pid
+        self.save()
+        wait_until(lambda: sock.exists() or None, 15, "the lab's VM storage listens")
+        return sock
+
+    def disk_flavor(self, name: str = DISK_FLAVOR, watchdog_action: str = "pause") -> str:
+        """A flavor whose VMs boot from a disk on the lab's storage and have a watchdog
+        (`hw:watchdog_action`, as Nova's libvirt driver honours it); its id."""
+        sock = self.storage_socket()
+        conn = self.connect()
+        for f in conn.compute.flavors():
+            if f.name == name:
+                return str(f.id)
+        f = conn.compute.create_flavor(name=name, vcpus=1, ram=512, disk=1)
+        specs = {"hw:watchdog_action": watchdog_action, "meshha-lab:nbd_socket": str(sock)}
+        conn.compute.create_flavor_extra_specs(f, specs)
+        return str(f.id)
+
+    def boot_vm(
+        self, name: str, host: str, flavor: str, metadata: dict[str, str] | None = None
+    ) -> Vm:
+        """One more VM, booted ACTIVE on `host` (protected by the lab's AZ rule unless its
+        flavor or metadata say otherwise)."""
+        conn = self.connect()
+        flavors = {f.name: f.id for f in conn.compute.flavors()}
+        s = conn.compute.create_server(
+            name=name,
+            flavor_id=flavors[flavor],
+            image_id=IMAGE_ID,
+            networks="none",
+            host=host,
+            metadata=metadata or {},
+        )
+        ha = flavor != "m1.scratch" and (metadata or {}).get("HA_Enabled") != "False"
+        self.desc["vms"].append(
+            {"id": s.id, "name": name, "ha": ha, "flavor": flavor, "metadata": metadata or {}}
+        )
+        self.save()
+
+        def active() -> Vm | None:
+            v = next((v for v in self.vms() if v.id == s.id), None)
+            if v is not None and v.status == "ERROR":
+                raise LabError(f"{name} in ERROR", kind="state")
+            return v if v is not None and v.status == "ACTIVE" else None
+
+        return wait_until(active, 120, f"{name} ACTIVE", poll_s=0.3)
+
+    def disk_vm(self, host: str, vm: str | None = None) -> Vm:
+        """`vm`, or a VM booting from the lab's storage on `host` (one booted if none)."""
+        if vm:
+            return self.pick_vm(host, vm)
+        disk = {v["id"] for v in self.desc["vms"] if v["flavor"] == DISK_FLAVOR}
+        for v in self.vms():
+            if v.id in disk and v.host == host and v.status == "ACTIVE":
+                return v
+        self.disk_flavor()
+        return self.boot_vm(f"vm-disk-{host}-{len(self.desc['vms']) + 1}", host, DISK_FLAVOR)
+
+    def io_error(self, host: str, vm: str | None = None, fault: str = "enospc") -> tuple[Vm, float]:
+        """The VM's disk fails its next write with `fault` (enospc: the storage is full;
+        QEMU's default policy pauses the guest on it) once: a transient storage error.
+        The VM must boot from the lab's storage (`disk_flavor`)."""
+        v = self.pick_vm(host, vm)
+        t = time.time()
+        (self.state / "storage" / f"{v.id}.fault").write_text(f"{fault} write once\n")
+        return v, t
+
+    def guest_watchdog(self, host: str, vm: str | None = None) -> tuple[Vm, float]:
+        """The VM's guest arms its watchdog and stops kicking it (it fires 2 s later;
+        `disk_flavor` VMs only)."""
+        v = self.pick_vm(host, vm)
+        t = time.time()
+        (self.state / "storage" / f"{v.id}.mailbox").write_bytes(b"W")
+        return v, t
+
+    def storage_hit(self, vm: str, switch: str) -> float | None:
+        """When the VM's one-shot `switch` ("fault", "mailbox") took effect on the lab's
+        storage (the failed write, the guest's read of its mailbox), if it has."""
+        try:
+            return float((self.state / "storage" / f"{vm}.{switch}.hit").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def domain_state(self, host: str, vm: str) -> str:
+        """`virsh domstate --reason` of the VM's domain on `host`'s libvirt ("" if none)."""
+        p = subprocess.run(
+            ["virsh", "-c", self.libvirt_uri(host), "domstate", "--reason", f"meshha-{host}-{vm}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        return p.stdout.strip() if p.returncode == 0 else ""
 
     # -- down --------------------------------------------------------------------------
 

@@ -179,7 +179,11 @@ class Init:
             if svc is None:
                 return b"error: no such service"
             if svc.pid is None:
-                self.spawn(svc)
+                try:
+                    self.spawn(svc)
+                except OSError as e:  # its binary cannot run: say so, as systemctl would
+                    self.log(f"cannot start {svc.name}: {e.strerror}")
+                    return f"error: cannot start {svc.name}: {e.strerror}".encode()
             return b"ok"
         if words == ["status"]:
             return json.dumps({s.name: s.pid for s in self.services}).encode()
@@ -224,7 +228,11 @@ class Init:
             self.reap()
             for svc in self.services:
                 if svc.restart_at is not None and time.monotonic() >= svc.restart_at:
-                    self.spawn(svc)
+                    try:
+                        self.spawn(svc)
+                    except OSError as e:  # unrunnable for now: try again later
+                        self.log(f"cannot start {svc.name}: {e.strerror}")
+                        svc.restart_at = time.monotonic() + svc.restart_s
 
     def shutdown(self) -> int:
         """A clean power-off: services in reverse order, SIGTERM then SIGKILL."""

@@ -522,15 +522,42 @@ def install_driver(fake, default_size, sizes, args) -> None:
     fake.MeshhaFakeDriver = MeshhaFakeDriver  # type: ignore[misc]
 
 
-def domain_xml(name: str, uuid: str | None) -> str:
+# A flavor extra spec of the lab (not Nova's): the instance's disk is an NBD export named
+# after the instance on this unix socket (shared storage: meshha.lab.nbd_fault --dir).
+NBD_SOCKET_SPEC = "meshha-lab:nbd_socket"
+
+
+def domain_xml(
+    name: str,
+    uuid: str | None,
+    *,
+    nbd_socket: str | None = None,
+    watchdog_action: str | None = None,
+) -> str:
+    """A tiny domain: diskless, or booting from its NBD disk (`nbd_socket`, export
+    `uuid`). The driver of Nova's libvirt gives a disk no error_policy, so QEMU's defaults
+    apply (a write that fails with ENOSPC pauses the guest, other errors reach it), and
+    for a flavor with `hw:watchdog_action` a watchdog with that action: i6300esb there,
+    ib700 here, which the disk's guest can arm without an OS (meshha.lab.nbd_fault)."""
     kvm = os.path.exists("/dev/kvm")
     uuid_element = f"<uuid>{uuid}</uuid>" if uuid else ""
+    devices = "<graphics type='vnc' listen='127.0.0.1' autoport='yes'/>"
+    boot = ""
+    if nbd_socket and uuid:
+        boot = "<boot dev='hd'/>"
+        devices += (
+            "<disk type='network' device='disk'><driver name='qemu' type='raw' cache='none'/>"
+            f"<source protocol='nbd' name='{uuid}'><host transport='unix' socket='{nbd_socket}'/>"
+            "</source><target dev='vda' bus='virtio'/></disk>"
+        )
+    if watchdog_action and watchdog_action != "disabled":
+        devices += f"<watchdog model='ib700' action='{watchdog_action}'/>"
     return f"""<domain type='{"kvm" if kvm else "qemu"}'>
   <name>{name}</name>{uuid_element}
   <memory unit='MiB'>32</memory><vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <os><type arch='x86_64' machine='pc'>hvm</type>{boot}</os>
   <on_crash>destroy</on_crash>
-  <devices><graphics type='vnc' listen='127.0.0.1' autoport='yes'/></devices>
+  <devices>{devices}</devices>
 </domain>"""
 
 
@@ -575,8 +602,17 @@ def real_vm_driver(base, default_uri: str, uris: dict[str, str]):
             if virsh(self.meshha_uri, "domstate", name, check=False).returncode == 0:
                 return
             path = os.path.join(tempfile.gettempdir(), name + ".xml")
+            specs = dict(instance.flavor.extra_specs or {})
+            action = specs.get("hw:watchdog_action")  # validated by Nova's API
             with open(path, "w") as f:
-                f.write(domain_xml(name, instance.uuid if self.meshha_own_uuid else None))
+                f.write(
+                    domain_xml(
+                        name,
+                        instance.uuid if self.meshha_own_uuid else None,
+                        nbd_socket=specs.get(NBD_SOCKET_SPEC),
+                        watchdog_action=action,
+                    )
+                )
             virsh(self.meshha_uri, "create", path)
 
         def _destroy(self, uuid: str) -> None:

@@ -36,6 +36,8 @@ UNREACHABLE_BMC_S = 4.6  # what pyghmi takes to give up on a dead BMC (environme
 # confirm deadline passes (fence_ipmi's confirm_timeout_s), with kind "timeout".
 HUNG_BMC_S = 30.0
 
+LIBVIRT_DAEMONS = ("libvirtd", "virtqemud")  # as meshha.agent.main watches them
+
 
 @dataclass
 class FakeMachine:
@@ -244,6 +246,13 @@ class FakeCloud:
             self._stop(vm, s.host)
             s.status = "SHUTOFF"
         self._events[s.host][0].send_nowait(VmEvent(kind, vm, detail))  # type: ignore[arg-type]
+
+    def hypervisor_connection(self, host: str, up: bool) -> None:
+        """libvirtd died (or runs again): the host's event monitor loses (or regains) its
+        connection, as the real one reports it (meshha.probes.libvirt_events)."""
+        kind = "hypervisor_up" if up else "hypervisor_down"
+        detail = "connection open" if up else "connection closed: end of file"
+        self._events[host][0].send_nowait(VmEvent(kind, None, detail))  # type: ignore[arg-type]
 
     def events_for(self, host: str) -> trio.MemoryReceiveChannel[VmEvent]:
         return self._events[host][1]
@@ -588,6 +597,8 @@ class FakeProcesses:
         if name in m.restart_fails or not m.alive:
             raise ProcessError(f"restart of {name} failed", kind="restart_failed", where=self.host)
         m.processes[name] = True
+        if name in LIBVIRT_DAEMONS:
+            self.cloud.hypervisor_connection(self.host, up=True)
 
 
 class FakeAlerts:

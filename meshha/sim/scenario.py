@@ -31,6 +31,7 @@ from typing import Any
 import trio
 
 from meshha.sim import host_faults, report, script
+from meshha.sim.fakes import LIBVIRT_DAEMONS
 from meshha.sim.script import ScriptError, Step, percent, seconds
 from meshha.sim.world import EPOCH, FLAVORS, Sim, SimSpec, SimTimeout
 
@@ -274,6 +275,8 @@ async def _process_dead(r: Runner, s: Step) -> None:
     m.processes[name] = False
     if "restart-fails" in s.args:
         m.restart_fails.add(name)
+    if name in LIBVIRT_DAEMONS:
+        r.sim.cloud.hypervisor_connection(h, up=False)
     r.sim.fault(f"process-dead {h} {name} {' '.join(s.args[2:])}")
 
 
