@@ -26,7 +26,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,6 @@ import pytest
 
 from meshha.lab.cloud import Cloud, LabSpec, wait_until
 from meshha.ledger.export import ts_iso
-from tests.lab.lab_fixture import lab
 from tests.lab.test_host_failure import Sampler, intents, results
 from tests.lab.test_operations import nova_actions, services
 
@@ -46,11 +44,6 @@ pytestmark = [
 LAB_SPEC = LabSpec(hosts=4, reserved=1, vms=6)
 MESHCTL = str(Path(sys.executable).parent / "meshctl")
 USED: set[str] = set()  # hosts a test of this module has broken (the next picks another)
-
-
-@pytest.fixture(scope="module")
-def cloud(request: pytest.FixtureRequest) -> Iterator[Cloud]:
-    yield from lab(request, LAB_SPEC)
 
 
 def operator_events(cloud: Cloud, host: str, since: float) -> dict[int, dict[str, Any]]:

@@ -24,13 +24,11 @@ the two of this case).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from meshha.lab.cloud import DISK_FLAVOR, Cloud, LabSpec, Vm, wait_until
-from tests.lab.lab_fixture import lab
 from tests.lab.test_host_failure import Sampler, results
 from tests.lab.test_operations import holds, nova_actions
 from tests.lab.test_process_faults import operator_ledgers
@@ -41,11 +39,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
 ]
 LAB_SPEC = LabSpec(hosts=4, reserved=1, vms=3)
-
-
-@pytest.fixture(scope="module")
-def cloud(request: pytest.FixtureRequest) -> Iterator[Cloud]:
-    yield from lab(request, LAB_SPEC)
 
 
 @pytest.fixture(scope="module")
