@@ -352,7 +352,15 @@ async def run_meshha(run: Run, box: NovaBox) -> None:
     run.nova_cpu_s = process_cpu_s(nova_pid(box)) - nova_cpu0
     run.client_cpu_s = time.process_time() - self_cpu0
     run.peak_in_flight = nova.board.peak_in_flight
-    run.trace.update(calls=calls, limit=samples, decreases=nova.board.limit.decreases)
+    lim = nova.board.limit
+    run.trace.update(
+        calls=calls,
+        limit=samples,
+        decreases=lim.decreases,
+        steps_down=lim.steps_down,
+        holds=lim.holds,
+        level_cost_s={n: lim.level_cost_s(n) for n in range(1, lim.s.max_limit + 1)},
+    )
 
 
 async def run_meshha_flow(

@@ -80,7 +80,19 @@ class LimitSettings:
     higher lets a thrashing Nova run longer before it does. slow_start_exit: above this
     multiple of the baseline (but under tolerance) the limit stops doubling and grows by
     one per window: a Nova that slows a little per extra evacuation is approached
-    gently instead of overshot. backoff: the factor applied on a decrease."""
+    gently instead of overshot. backoff: the factor applied on a decrease.
+
+    gradient_margin: a limit grows past L only while L in flight cost Nova at least this
+    fraction less time per evacuation than the nearest smaller number in flight measured
+    (throughput still rising with concurrency), and steps down by one when L cost more
+    than (1 + margin) x that: the gradient of completions per second, not a latency
+    threshold. Lower follows smaller gains (and more noise); higher settles sooner.
+    level_samples: completions measured at a number in flight before it is compared
+    (a batch that Nova finishes together gives several at once). The gradient only
+    looks at completions of the last `gradient_window` admissions: Nova's time per
+    evacuation drifts (the target fills, the machine's load moves), so old samples at a
+    smaller number in flight look cheaper than they are now; and a number in flight
+    that did not pay is tried again once its samples have aged out."""
 
     initial_limit: int = 2
     min_limit: int = 1
@@ -90,12 +102,16 @@ class LimitSettings:
     backoff: float = 0.7
     baseline_samples: int = 20
     slow_start_exit: float = 1.2
+    gradient_margin: float = 0.1
+    level_samples: int = 3
+    gradient_window: int = 20
 
     def __post_init__(self) -> None:
         assert 1 <= self.min_limit <= self.max_limit and 1 <= self.initial_limit <= self.max_limit
         assert self.tolerance > 1.0 and 0.0 < self.backoff < 1.0 and self.slack_s >= 0
-        assert self.baseline_samples >= 1
+        assert self.baseline_samples >= 1 and 1 <= self.level_samples <= self.gradient_window
         assert 1.0 <= self.slow_start_exit <= self.tolerance
+        assert 0.0 <= self.gradient_margin < 1.0
 
 
 class AdaptiveLimit:
@@ -110,6 +126,12 @@ class AdaptiveLimit:
         self._seq = 0  # admissions so far
         self._decreased_at = -1  # the admission count when we last decreased
         self.decreases = 0
+        # Nova's time per evacuation by the number in flight it ran with (rounded):
+        # (admission seq, seconds) of recent completions, for the throughput gradient.
+        self._levels: dict[int, deque[tuple[int, float]]] = {}
+        self._stepped_at = -1  # the admission count when the gradient last stepped down
+        self.steps_down = 0
+        self.holds = 0  # completions where growth was withheld (for tests and benchmarks)
 
     @property
     def limit(self) -> int:
@@ -155,12 +177,57 @@ class AdaptiveLimit:
             self.slow_start = False  # Nova starts to do less per server: stop doubling
         self._recent.append(latency_s)
         self._costs.append(latency_s / in_flight)
+        level = min(self.s.max_limit, max(1, round(in_flight)))
+        samples = self._levels.setdefault(level, deque(maxlen=2 * self.s.level_samples))
+        samples.append((seq, latency_s / in_flight))
         if slower:
             self._decrease(seq)
-        elif self.slow_start:
-            self.value = min(self.s.max_limit, self.value + 1.0)
-        else:
-            self.value = min(self.s.max_limit, self.value + 1.0 / max(1.0, self.value))
+            return
+        match self._gradient():
+            case "down" if seq > self._stepped_at:
+                self.slow_start = False
+                self.value = float(max(self.s.min_limit, self.limit - 1))
+                self._stepped_at = self._seq
+                self.steps_down += 1
+            case "down" | "hold":
+                self.slow_start = False
+                self.value = min(self.value, float(self.limit))  # no creeping past it
+                self.holds += 1
+            case "grow" if self.slow_start:
+                self.value = min(self.s.max_limit, self.value + 1.0)
+            case _:
+                self.value = min(self.s.max_limit, self.value + 1.0 / max(1.0, self.value))
+
+    def level_cost_s(self, level: int) -> float | None:
+        """The median of Nova's recent times per evacuation with `level` in flight, once
+        there are level_samples of them (None before)."""
+        oldest = self._seq - self.s.gradient_window
+        costs = sorted(c for s, c in self._levels.get(level, ()) if s > oldest)
+        if len(costs) < self.s.level_samples:
+            return None
+        return costs[len(costs) // 2]
+
+    def _gradient(self) -> Literal["grow", "hold", "down"]:
+        """Whether more in flight still buys completions per second. With L = the limit:
+        L against the nearest smaller number in flight measured recently (down when L
+        is clearly worse, hold when it is no better), and L + 1 if it was measured
+        recently and was no better than L (hold: tried, did not pay)."""
+        here_at = self.limit
+        here = self.level_cost_s(here_at)
+        if here is None:
+            return "grow"  # not measured yet: explore
+        keep = 1.0 - self.s.gradient_margin
+        above = self.level_cost_s(here_at + 1)
+        if above is not None and above >= here * keep:
+            return "hold"
+        for below_at in range(here_at - 1, 0, -1):
+            below = self.level_cost_s(below_at)
+            if below is None:
+                continue
+            if here > below * (1.0 + self.s.gradient_margin) and here_at > self.s.min_limit:
+                return "down"
+            return "grow" if here <= below * keep else "hold"
+        return "grow"
 
     def on_error(self, seq: int) -> None:
         """Nova was unreachable, overloaded (5xx) or too slow for an answer."""
