@@ -113,17 +113,27 @@ def test_board_never_exceeds_the_limit_and_completes_in_priority_order(seed: int
     assert ranks == sorted(ranks)
 
 
+AGENT_LIMITS = LimitSettings(initial_limit=2, min_limit=3, max_limit=10)  # as agent.main
+
+
 def run_toy_nova(
-    seed: int, *, workers: int, drift: float, noise: float, thrash: float = 0.0, n: int = 50
+    seed: int,
+    *,
+    workers: int,
+    drift: float,
+    noise: float,
+    thrash: float = 0.0,
+    n: int = 50,
+    limits: LimitSettings = AGENT_LIMITS,
 ) -> tuple[float, float, int]:
     """n evacuations through a Board against a toy Nova: `workers` side by side (more
     queue: processor sharing), each needing 2 s of work that grows by `drift` x over the
     run (the target fills, the machine gets busier) with +-`noise` per evacuation;
     `thrash` slows every one by that fraction per evacuation beyond `workers`. Done
     evacuations are seen at the next 0.25 s poll. Returns (makespan, time-averaged
-    limit, decreases)."""
+    limit, backoffs: latency decreases and gradient steps down)."""
     rng = random.Random(seed)
-    board = Board(AdaptiveLimit(LimitSettings(initial_limit=2, max_limit=10)))
+    board = Board(AdaptiveLimit(limits))
     for i in range(n):
         board.submit(f"v{i:03d}", "t", rank_of("medium", i), 0.0)
     left: dict[str, float] = {}
@@ -147,7 +157,7 @@ def run_toy_nova(
             views = [View(vm, "t", "ACTIVE", None) for vm in unseen]
             done += len(board.observe_listing("t", views, now))
             unseen = []
-    return now, limit_area / now, board.limit.decreases
+    return now, limit_area / now, board.limit.decreases + board.limit.steps_down
 
 
 def test_a_nova_that_only_queues_while_it_slows_down_keeps_the_limit_up() -> None:
@@ -159,17 +169,90 @@ def test_a_nova_that_only_queues_while_it_slows_down_keeps_the_limit_up() -> Non
     runs = [run_toy_nova(seed, workers=10, drift=3.0, noise=0.5) for seed in range(10)]
     makespans = sorted(r[0] for r in runs)
     assert makespans[len(makespans) // 2] < 50, makespans
-    assert min(r[1] for r in runs) >= 4.0, [round(r[1], 1) for r in runs]
+    limits = sorted(r[1] for r in runs)
+    # The throughput gradient holds a little lower on this noisy, drifting Nova (one
+    # seed at 3.4 on average: its noise hid the gain from 3 to 4 in flight).
+    assert limits[len(limits) // 2] >= 5.0 and limits[0] >= 3.0, [round(x, 1) for x in limits]
 
 
 def test_a_thrashing_nova_makes_the_limit_back_off() -> None:
     """Beyond 4 at once this Nova does less per second with every extra one: the limit
     backs off to about 4-6 instead of sitting at max_limit (10 at once: 159 s here)."""
     runs = [run_toy_nova(seed, workers=4, drift=2.0, noise=0.4, thrash=0.5) for seed in range(10)]
-    assert all(r[2] >= 1 for r in runs)
+    assert all(r[2] >= 1 for r in runs), [r[2] for r in runs]
     assert max(r[1] for r in runs) < 7.0, [round(r[1], 1) for r in runs]
     makespans = sorted(r[0] for r in runs)
     assert makespans[len(makespans) // 2] < 100, makespans
+
+
+def test_a_nova_whose_throughput_peaks_at_three_holds_the_limit_near_it() -> None:
+    """The box at N=50 (bench/evacuate_vs_masakari.py): Nova did the most per second with
+    3 in flight (Masakari's waves of 3: 0.8 servers/s) and less with more (meshha's
+    waves of 8: 0.45/s), but each extra one cost less than the latency rule's 2x, so the
+    limit grew to 8-9 and stayed there. The throughput gradient stops growing where
+    more in flight stops paying: before it, a median makespan of 70 s and a limit of
+    8.8 on average; 3 at once all along: 56 s."""
+    runs = [run_toy_nova(seed, workers=3, drift=0.5, noise=0.3, thrash=0.15) for seed in range(10)]
+    makespans = sorted(r[0] for r in runs)
+    limits = sorted(r[1] for r in runs)
+    assert makespans[len(makespans) // 2] < 67, makespans
+    assert limits[len(limits) // 2] < 7.5, limits
+
+
+def feed(lim: AdaptiveLimit, level: int, cost_s: float, n: int) -> None:
+    """n completions with `level` in flight, each costing Nova `cost_s` per evacuation."""
+    for _ in range(n):
+        lim.on_done(lim.admitted(), cost_s * level, float(level))
+
+
+def test_the_gradient_grows_only_while_more_in_flight_pays() -> None:
+    settings = LimitSettings(initial_limit=3, min_limit=2, max_limit=10, gradient_margin=0.1)
+    paying = AdaptiveLimit(settings)
+    feed(paying, 3, 1.0, 3)
+    feed(paying, 4, 0.8, 3)  # 4 at once: 20 % less per evacuation than 3
+    paying.value = 4.0
+    feed(paying, 4, 0.8, 1)
+    assert paying.limit == 5 and paying.holds == 0
+    flat = AdaptiveLimit(settings)
+    feed(flat, 3, 1.0, 3)
+    feed(flat, 4, 0.95, 3)  # only 5 % less: hold, and stop doubling
+    flat.value = 4.0
+    feed(flat, 4, 0.95, 2)
+    assert flat.limit == 4 and flat.holds == 2 and not flat.slow_start
+    assert flat.decreases == 0 and flat.steps_down == 0
+
+
+def test_the_gradient_steps_down_once_per_window_and_never_below_min() -> None:
+    lim = AdaptiveLimit(LimitSettings(initial_limit=3, min_limit=3, max_limit=10))
+    feed(lim, 3, 1.0, 3)
+    feed(lim, 4, 1.3, 3)  # 4 at once: 30 % more per evacuation than 3
+    lim.value = 4.0
+    seqs = [lim.admitted() for _ in range(3)]
+    lim.on_done(seqs[0], 4 * 1.3, 4.0)
+    assert lim.limit == 3 and lim.steps_down == 1
+    lim.value = 4.0  # as if it had grown back at once
+    lim.on_done(seqs[1], 4 * 1.3, 4.0)  # admitted before the step: no second one
+    assert lim.limit == 4 and lim.steps_down == 1 and lim.holds == 1
+    feed(lim, 4, 1.3, 1)  # admitted after it: a new signal
+    assert lim.limit == 3 and lim.steps_down == 2
+    feed(lim, 3, 1.5, 3)  # at min_limit: never below, whatever 3 costs
+    assert lim.limit >= 3 and lim.decreases == 0
+
+
+def test_the_gradient_forgets_old_samples_and_tries_again() -> None:
+    """A number in flight that did not pay is tried again once its samples are older
+    than gradient_window admissions (Nova's cost drifts; the old verdict may be stale)."""
+    lim = AdaptiveLimit(LimitSettings(initial_limit=3, min_limit=3, max_limit=10))
+    feed(lim, 3, 1.0, 3)
+    feed(lim, 4, 1.0, 3)
+    lim.value = 4.0
+    feed(lim, 4, 1.0, 1)
+    assert lim.limit == 4 and lim.holds == 1  # 4 no better than 3: hold
+    for _ in range(lim.s.gradient_window):
+        lim.admitted()  # others' admissions age the samples out
+    assert lim.level_cost_s(3) is None and lim.level_cost_s(4) is None
+    feed(lim, 4, 1.0, 1)
+    assert lim.value > 4.0 and lim.holds == 1  # unmeasured again: grows (+1 per window)
 
 
 def test_the_limit_sees_the_time_per_evacuation_in_flight() -> None:
