@@ -38,11 +38,11 @@ as an input and no IO:
   per number in flight (rounded), and the limit grows past L only while L in flight
   cost Nova clearly less per evacuation than the nearest smaller number measured; it
   holds when L is no better and steps down by one when L is clearly worse. Nova in a
-  box (one process, the target compute's claims and ends under one fair lock) did the
-  most per second with about 3 in flight and less with more: at N=50 meshha's batches
-  of 8 ran at 0.45 servers/s where Masakari's of 3 ran at 0.8/s, yet each extra
-  evacuation cost less than the latency rule's 2x, so the limit grew to 8-9 and
-  stayed there (bench/evacuate_vs_masakari.py, bench/results/evacuate_trace.json).
+  box (one process, the target compute's claims and ends under one fair lock) did no
+  more per second with 7-9 in flight than with 3: in one adjacent pair of N=50 runs,
+  meshha's batches of 7-9 ran at 0.41-0.55 servers/s and Masakari's of 3 at a median
+  of 0.8/s; yet each extra evacuation cost less than the latency rule's 2x, so the
+  limit kept growing (bench/evacuate_vs_masakari.py, bench/results/evacuate_trace.json).
 - `Board`: the evacuations of this agent: queued, posted, done. `admit` starts the best
   ranked queued ones (high priority before medium before low, then plan order) while the
   limit allows. Progress comes from one server listing per target host per poll, trimmed

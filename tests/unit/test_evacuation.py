@@ -186,12 +186,12 @@ def test_a_thrashing_nova_makes_the_limit_back_off() -> None:
 
 
 def test_a_nova_whose_throughput_peaks_at_three_holds_the_limit_near_it() -> None:
-    """The box at N=50 (bench/evacuate_vs_masakari.py): Nova did the most per second with
-    3 in flight (Masakari's waves of 3: 0.8 servers/s) and less with more (meshha's
-    waves of 8: 0.45/s), but each extra one cost less than the latency rule's 2x, so the
-    limit grew to 8-9 and stayed there. The throughput gradient stops growing where
-    more in flight stops paying: before it, a median makespan of 70 s and a limit of
-    8.8 on average; 3 at once all along: 56 s."""
+    """The box at N=50 (bench/evacuate_vs_masakari.py): Nova did no more per second with
+    7-9 in flight than with 3 (in one pair of runs: Masakari's waves of 3 at a median
+    0.8 servers/s, meshha's of 7-9 at 0.41-0.55/s), but each extra one cost less than
+    the latency rule's 2x, so the limit kept growing. The throughput gradient stops
+    growing where more in flight stops paying: before it, this toy's median makespan
+    was 70 s with a limit of 8.8 on average; with 3 at once all along, 56 s."""
     runs = [run_toy_nova(seed, workers=3, drift=0.5, noise=0.3, thrash=0.15) for seed in range(10)]
     makespans = sorted(r[0] for r in runs)
     limits = sorted(r[1] for r in runs)
