@@ -181,7 +181,7 @@ def fresh_box(work: Path, n: int) -> tuple[NovaBox, Any, dict[str, str]]:
             min_count=k,
             max_count=k,
         )
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 900  # a loaded machine (load 20) took over 300 s for 50
     while True:
         servers = list(conn.compute.servers(details=True, all_projects=True, compute_host=FAILED))
         states = [s.status for s in servers]
