@@ -167,6 +167,14 @@ def fresh_box(work: Path, n: int) -> tuple[NovaBox, Any, dict[str, str]]:
         log_path=work / "nova.log",
     )
     box.start()
+    try:
+        return box, *boot_and_fail(box, n)
+    except BaseException:
+        box.close()  # a box that never got ready is not left running
+        raise
+
+
+def boot_and_fail(box: NovaBox, n: int) -> tuple[Any, dict[str, str]]:
     conn = box.connect(compute_api_version="2.94")
     priorities: dict[str, str] = {}
     # Boot in groups of ten (one request each): one request for 50 is slow in the box.
@@ -201,7 +209,7 @@ def fresh_box(work: Path, n: int) -> tuple[NovaBox, Any, dict[str, str]]:
         if time.monotonic() > deadline:
             raise TimeoutError("host1 never seen down")
         time.sleep(0.5)  # noqa: TID251  a lab wait for Nova's service_down_time
-    return box, conn, priorities
+    return conn, priorities
 
 
 def measure(run: Run, box: NovaBox, priorities: dict[str, str]) -> None:
