@@ -175,6 +175,8 @@ def fresh_box(work: Path, n: int) -> tuple[NovaBox, Any, dict[str, str]]:
 
 
 def boot_and_fail(box: NovaBox, n: int) -> tuple[Any, dict[str, str]]:
+    """n servers ACTIVE on host1 with their priorities, then host1's compute stopped
+    until Nova sees it down."""
     conn = box.connect(compute_api_version="2.94")
     priorities: dict[str, str] = {}
     # Boot in groups of ten (one request each): one request for 50 is slow in the box.
