@@ -123,8 +123,12 @@ def test_three_of_five_at_once_brake_holds_then_release_recovers(cloud: Cloud) -
         assert all(done[e["intent"]]["outcome"] == "ok" for e in fences)
         assert min(e["ts"] for e in fences) >= release["ts"]
         evac = [e for h in off for e in intents(rows, "evacuate", h)]
-        assert sorted(e["vm"] for e in evac) == sorted(v.id for v in ha_off)
-        assert all(done[e["intent"]]["outcome"] == "ok" for e in evac)
+        # One ok evacuation per VM (an attempt that failed before Nova took it, e.g. a
+        # timeout on a loaded box, is retried under a new intent; Nova's actions above
+        # show each VM evacuated once).
+        assert {e["vm"] for e in evac} == {v.id for v in ha_off}
+        ok = {e["vm"] for e in evac if done[e["intent"]]["outcome"] == "ok"}
+        assert ok == {v.id for v in ha_off}, [(e["vm"], done[e["intent"]]) for e in evac]
         # The third host: not fenced, never touched, its VMs where they ran.
         assert not [
             e
