@@ -34,6 +34,7 @@ and tables in bench/RESULTS.md between the lab_headline markers.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
 import os
@@ -49,6 +50,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import lab_host_failure as lhf  # noqa: E402
+from keystoneauth1 import exceptions as ks_exc  # noqa: E402
+from openstack import exceptions as os_exc  # noqa: E402
 
 import meshha.lab.cloud as cloud_mod  # noqa: E402
 from meshha.lab.cloud import Cloud, LabSpec, wait_until  # noqa: E402
@@ -61,6 +64,22 @@ BIG_HOST = (64, 65536, 1024)  # vcpus, ram_mb, disk_gb Nova may place per host
 MASAKARI_WAIT_S = 180.0
 MASAKARI_THREADS = 3
 TARGETS = {"all_active_s": 15.0, "vm_crash": 3.0, "nova-compute": 2.0}
+
+
+class PatientCloud(Cloud):
+    """The lab, with Nova API reads retried: under this machine's load (other labs run
+    beside this one) a servers list sometimes takes longer than the client's 10 s read
+    timeout, which must cost the measurement a poll, not the run. A retried read can
+    only make a time later, never earlier."""
+
+    def vms(self) -> list[Any]:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                return super().vms()
+            except (ks_exc.ClientException, os_exc.SDKException):
+                if time.monotonic() > deadline:
+                    raise
 
 
 def load1() -> float:
@@ -78,7 +97,7 @@ def spread(vals: list[float]) -> dict[str, float]:
 
 def cmd_up() -> int:
     cloud_mod.HOST_SIZE = BIG_HOST  # read by Cloud._start_nova
-    cloud = Cloud(STATE)
+    cloud = PatientCloud(STATE)
     spec = LabSpec(hosts=5, reserved=1, vms=0, prefix=PREFIX, subnet=SUBNET)
     times = cloud.up(spec, say=print)
     print(json.dumps(times))
@@ -120,12 +139,54 @@ def masakari_model(run: dict[str, Any], n: int) -> dict[str, float]:
     }
 
 
-def cmd_host_failure(n: int, reps: int) -> int:
+def nova_steps(cloud: Cloud, ids: list[str], t0: float) -> dict[str, Any]:
+    """Nova's own record of each evacuation (instance actions): when the API accepted it
+    and when the target's compute_rebuild_instance started and finished, as seconds after
+    the power-off. Nova writes these times with second precision or better (UTC)."""
+    conn = cloud.connect()
+
+    def at(s: str | None) -> float | None:
+        if not s:
+            return None
+        d = datetime.datetime.fromisoformat(s.replace("Z", "")).replace(tzinfo=datetime.UTC)
+        return round(d.timestamp() - t0, 2)
+
+    per_vm = []
+    for i in ids:
+        for a in conn.compute.server_actions(i):
+            if a.action != "evacuate":
+                continue
+            full = conn.compute.get_server_action(a.request_id, i)
+            ev = next((e for e in full.events or [] if "rebuild" in e.event), None)
+            per_vm.append(
+                {
+                    "api": at(a.start_time),
+                    "rebuild_start": at(ev.start_time) if ev else None,
+                    "rebuild_end": at(ev.finish_time) if ev else None,
+                    "result": ev.result if ev else None,
+                }
+            )
+    rebuild = [
+        v["rebuild_end"] - v["rebuild_start"]
+        for v in per_vm
+        if v["rebuild_end"] and v["rebuild_start"]
+    ]
+    queued = [v["rebuild_start"] - v["api"] for v in per_vm if v["rebuild_start"] and v["api"]]
+    return {
+        "evacuations": sorted(per_vm, key=lambda v: v["api"] or 0),
+        "rebuild_s_median": round(statistics.median(rebuild), 2) if rebuild else None,
+        "api_to_rebuild_start_s_median": round(statistics.median(queued), 2) if queued else None,
+    }
+
+
+def cmd_host_failure(n: int, reps: int, append: bool = False) -> int:
     warnings.filterwarnings("ignore")
-    cloud = Cloud(STATE)
+    cloud = PatientCloud(STATE)
     victim = cloud.computes[0]
     out = RESULTS / f"lab_headline_host_failure_{n}.json"
     runs: list[dict[str, Any]] = []
+    if append and out.exists():
+        runs = json.loads(out.read_text())["runs"]
     for r in range(reps):
         t = time.monotonic()
         ids = lhf.boot_on(cloud, victim, n)
@@ -134,13 +195,18 @@ def cmd_host_failure(n: int, reps: int) -> int:
         seen = max((i for i, _ in cloud.ledger(reader)), default=0)
         load = load1()
         t_wall = time.time()
-        run = lhf.one_run(cloud, victim, ids)
+        run = lhf.one_run(cloud, victim, ids, poll_s=0.5)
         run.update(masakari_model(run, n))
         run["load1_at_start"] = load
         run["boot_n_on_victim_s"] = boot_s
         run["ledger"] = ledger_steps(cloud, victim, seen, t_wall)["rows"]
+        try:
+            run["nova"] = nova_steps(cloud, ids, t_wall)
+        except Exception as e:  # noqa: BLE001 - diagnostics only: never lose the run
+            run["nova"] = {"error": repr(e)}
         runs.append(run)
-        brief = {k: v for k, v in run.items() if k != "ledger"}
+        brief = {k: v for k, v in run.items() if k not in ("ledger", "nova")}
+        brief["nova_rebuild_s_median"] = run["nova"].get("rebuild_s_median")
         print(f"run {r + 1}/{reps}: {json.dumps(brief)}", flush=True)
         write_hf(out, n, runs)
         lhf.back(cloud, victim)
@@ -151,7 +217,7 @@ def cmd_host_failure(n: int, reps: int) -> int:
 def cmd_reset() -> int:
     """host1 back in service and every bench VM deleted (after an interrupted run)."""
     warnings.filterwarnings("ignore")
-    cloud = Cloud(STATE)
+    cloud = PatientCloud(STATE)
     victim = cloud.computes[0]
     if not cloud.powered_on(victim):
         lhf.back(cloud, victim)
@@ -209,7 +275,7 @@ def host_has(cloud: Cloud, host: str, name: str) -> list[int]:
 
 def cmd_process(reps: int) -> int:
     warnings.filterwarnings("ignore")
-    cloud = Cloud(STATE)
+    cloud = PatientCloud(STATE)
     host = cloud.computes[1]
     ha_here = [v for v in cloud.vms() if v.host == host and v.ha and v.status == "ACTIVE"]
     if not ha_here:
@@ -296,6 +362,7 @@ def main() -> int:
     hf = sub.add_parser("host-failure")
     hf.add_argument("--vms", type=int, default=20)
     hf.add_argument("--reps", type=int, default=5)
+    hf.add_argument("--append", action="store_true")
     pr = sub.add_parser("process")
     pr.add_argument("--reps", type=int, default=5)
     a = p.parse_args()
@@ -306,7 +373,7 @@ def main() -> int:
     if a.cmd == "reset":
         return cmd_reset()
     if a.cmd == "host-failure":
-        return cmd_host_failure(a.vms, a.reps)
+        return cmd_host_failure(a.vms, a.reps, a.append)
     return cmd_process(a.reps)
 
 

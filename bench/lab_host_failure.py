@@ -81,7 +81,7 @@ def delete(cloud: Cloud, ids: list[str]) -> None:
     cloud.save()
 
 
-def one_run(cloud: Cloud, victim: str, ids: list[str]) -> dict[str, Any]:
+def one_run(cloud: Cloud, victim: str, ids: list[str], poll_s: float = 0.2) -> dict[str, Any]:
     reader = next(h for h in cloud.hosts if h != victim)
     seen = max((i for i, _ in cloud.ledger(reader)), default=0)
     t0 = cloud.power_off(victim)
@@ -99,7 +99,7 @@ def one_run(cloud: Cloud, victim: str, ids: list[str]) -> dict[str, Any]:
                 active_at[v.id] = time.time()
         return len(active_at) == len(ids)
 
-    wait_until(moved, 600, f"{len(ids)} VMs ACTIVE elsewhere", poll_s=0.2)
+    wait_until(moved, 600, f"{len(ids)} VMs ACTIVE elsewhere", poll_s=poll_s)
 
     def rows_done() -> list[dict[str, Any]] | None:
         rows = [e for i, e in cloud.ledger(reader) if i > seen]

@@ -25,6 +25,7 @@ listener is up.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -35,7 +36,7 @@ from typing import Any
 import trio
 
 from meshha.lab.netns import _in_netns
-from meshha.lab.nova_client import NovaBox
+from meshha.lab.nova_client import NovaBox, NovaBoxError
 
 API_PORT = 8774
 LIFELINE_PORT = 8775
@@ -100,7 +101,15 @@ class Lifelines:
                 return
             host, mode = words
             print(f"lifeline {host} {mode}: start_compute", flush=True)
-            await self.control("start_compute", host=host, keep_vms=mode == "restart")
+            try:
+                await self.control("start_compute", host=host, keep_vms=mode == "restart")
+            except NovaBoxError as e:
+                # The box too slow to answer (a loaded machine) fails this boot, not the
+                # daemon: the stand-in exits, its init starts it again, it asks again.
+                print(f"lifeline {host} {mode}: {e}", flush=True)
+                with contextlib.suppress(trio.BrokenResourceError, OSError):
+                    await stream.send_all(f"error: {e}\n".encode())
+                return
             await stream.send_all(b"ok\n")
             try:
                 while await stream.receive_some(256):
@@ -109,7 +118,10 @@ class Lifelines:
                 pass
             print(f"lifeline {host}: lost, stop_compute", flush=True)
             with trio.CancelScope(shield=True):
-                await self.control("stop_compute", host=host)
+                try:
+                    await self.control("stop_compute", host=host)
+                except NovaBoxError as e:
+                    print(f"lifeline {host}: stop_compute: {e}", flush=True)
 
 
 class AlertSink:
