@@ -56,6 +56,7 @@ from openstack import exceptions as os_exc  # noqa: E402
 import meshha.lab.cloud as cloud_mod  # noqa: E402
 from meshha.lab.cloud import Cloud, LabSpec, wait_until  # noqa: E402
 from meshha.lab.netns import LabError  # noqa: E402
+from meshha.lab.nova_client import NovaBoxError  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 STATE = Path(os.environ.get("MESHHA_BENCH_STATE", "/run/mhb2-labbench"))
@@ -214,7 +215,10 @@ def one_run_quiet(cloud: Cloud, victim: str, ids: list[str]) -> dict[str, Any]:
                 qemu_at[i] = now
         if now - last_box[0] >= 1.0:
             last_box[0] = now
-            c = box.counters(reset=True)
+            try:
+                c = box.counters(reset=True)
+            except NovaBoxError:  # the box too busy to answer its control endpoint: later
+                c = {"changes": []}
             requests[0] += c.get("nova_requests", 0)
             changes.extend(c["changes"])
         if len(qemu_at) < len(want) or now - last_api[0] < 2.0:
@@ -436,15 +440,15 @@ def cmd_process(reps: int) -> int:
     warnings.filterwarnings("ignore")
     cloud = PatientCloud(STATE)
     host = cloud.computes[1]
-    ha_here = [v for v in cloud.vms() if v.host == host and v.ha and v.status == "ACTIVE"]
-    if not ha_here:
-        lhf.boot_on(cloud, host, 2)
+    # A VM crashed vm_restart_limit (3) times in the window is restarted on another
+    # host instead (the policy): each repetition crashes a VM of its own.
+    fresh = lhf.boot_on(cloud, host, reps)
     reader = next(h for h in cloud.hosts if h != host)
     runs: dict[str, list[dict[str, Any]]] = {"vm_crash": [], "nova-compute": [], "libvirtd": []}
     out = RESULTS / "lab_headline_process.json"
     for r in range(reps):
         # (a) VM crash
-        vm = cloud.pick_vm(host)
+        vm = cloud.pick_vm(host, fresh[r])
         load = load1()
         seen = max((i for i, _ in cloud.ledger(reader)), default=0)
         _, t0 = cloud.crash_vm(host, vm.id)
@@ -633,7 +637,26 @@ def write_markdown() -> int:
                 f"{f'{target:g} s' if target else '-'} |"
             )
         lines.append("")
-    lines.append("<!-- /lab_headline -->")
+    lines += [
+        "Notes. The machine (2 cores) was shared with other sessions' labs and test runs "
+        "throughout: the load average is each run's own, quoted for that reason. A host "
+        "failure run measures without asking Nova's API while it runs (a servers list took "
+        "1.6-2.4 s of the box's single API process at load 15, and polling it every 0.5 s "
+        "slowed the inventory step from about 1.5 s to 10 s: "
+        "results/lab_headline_host_failure_20_api_polling.json); a VM counts as ACTIVE "
+        "elsewhere at the later of its QEMU running on the new host (process table) and "
+        "Nova finishing its rebuild (instance action event). A process counts as running "
+        "again when a new process of that name runs on the host (meshha's supervisor "
+        "starts it: the lab's init restarts only the agent); a crashed VM when a new QEMU "
+        "runs for it on the same host (Nova's restart result commits 1-2 s later). "
+        "50 HA VMs on one host were not measured: each lab QEMU guest takes about 39 MB "
+        "RSS (50 fit in memory easily), but booting 20 on one host took 48-106 s and one "
+        "20-VM run 4.5-6.5 min at this load, and the box's nova-compute stop hung once "
+        "(its control endpoint stuck, the lab rebuilt), so 5 runs of 50 did not fit the "
+        "session.",
+        "",
+        "<!-- /lab_headline -->",
+    ]
     md = REPO / "bench" / "RESULTS.md"
     text = md.read_text()
     start, end = lines[0], lines[-1]
