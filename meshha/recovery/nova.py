@@ -451,6 +451,11 @@ class NovaDriver:
         job = self.board.submit(server_id, target_host, rank, trio.current_time())
         self._notify()
         try:
+            # The deadline (timeout_s: one Nova call) starts at admission: the wait for a
+            # place under the limit is not Nova's time. Counted from submission, a batch
+            # of 20 behind a limit of 3-10 timed out in the queue on a slow Nova, lowered
+            # the limit as "overload" and was retried under new intents (lab, load 20).
+            await self._admission(job)
             with self._deadline(what):
                 raw = await self._evacuation(job, what)
                 if self.stops_evacuated and raw.status == "SHUTOFF":
@@ -475,13 +480,16 @@ class NovaDriver:
         )
         return to_server(raw)
 
-    async def _evacuation(self, job: Job, what: str) -> Any:
-        server_id = job.vm
+    async def _admission(self, job: Job) -> None:
+        """Until the board admits `job` (best rank first, under the adaptive limit)."""
         await trio.lowlevel.checkpoint()  # calls made together all queue before admission
         while job.phase == "queued":
             self.board.admit()
             if job.phase == "queued":
                 await self._changed()
+
+    async def _evacuation(self, job: Job, what: str) -> Any:
+        server_id = job.vm
         # An evacuation already under way (a previous leader's, or our own attempt that
         # lost its answer) is adopted, never started again. Its migration record says so
         # even in the moment, near its end, when the server shows no task state on its
