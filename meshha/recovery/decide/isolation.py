@@ -60,6 +60,9 @@ def evacuated(ctx: Context, host: str, sf: SelfFence) -> set[str]:
 def _restarts(ctx: Context, host: str, sf: SelfFence) -> list[Entry]:
     default_ha = ctx.segment.policy.default_ha
     moved = evacuated(ctx, host, sf)
+    episodes = range(sf.episode, ctx.state.episode[host] + 1)
+    fenced = any((host, ep) in ctx.state.ever_fenced for ep in episodes)
+    why = "nobody evacuated it" if fenced else "was not fenced"
     out: list[Entry] = []
     for vm in sf.vms:
         if not sf.ha.get(vm, default_ha) or vm in moved:
@@ -69,9 +72,6 @@ def _restarts(ctx: Context, host: str, sf: SelfFence) -> list[Entry]:
             "restart_vm",
             host,
             vm=vm,
-            reason=(
-                f"{host} destroyed {vm} when it isolated itself and nobody evacuated it: "
-                "restart it on its host"
-            ),
+            reason=f"{host} destroyed {vm} when it isolated itself and {why}: restart it on its host",
         )
     return out
