@@ -296,9 +296,15 @@ class Nemesis:
             c.set_clock(h, 0.0)
         for h in self.filled:
             c.fill_disk(h, False)
+        self.clocked, self.filled = set(), set()
+
+    def honest_bmcs(self) -> None:
+        """The lying BMCs tell the truth again: after the heal, once the segment is quiet
+        (a fence in flight when the partition heals still gets the lie, and the host is
+        heard again while its BMC still lies, as it would be)."""
         for h in self.lying:
-            c.bmc_lie(h, False)
-        self.clocked, self.filled, self.lying = set(), set(), set()
+            self.cloud.bmc_lie(h, False)
+        self.lying = set()
 
     def heal_all(self, rep: RunReport, before: int) -> None:
         """Network healed, hosts thawed, BMCs back, links up; then, once the segment has
@@ -324,6 +330,7 @@ class Nemesis:
 
         with contextlib.suppress(LabTimeout):
             wait_until(quiet, 120, "every action since the run began has a result", poll_s=0.5)
+        self.honest_bmcs()
         for h in c.hosts:
             if not c.powered_on(h):
                 self.tried_power[h] = time.time()
@@ -395,6 +402,9 @@ class Nemesis:
                 self.hold(rep, t0 + f.at_s)
                 self.apply(f, rep, t0)
             self.hold(rep, end)
+        except BaseException:
+            self.honest_bmcs()
+            raise
         finally:
             self.undo()  # never leave the loss switch running, whatever happened
         self.heal_all(rep, before)
@@ -498,7 +508,14 @@ class Nemesis:
         svc = self.service(h)
         if svc is not None and svc.status == "enabled" and not svc.is_forced_down:
             rep.violations.append(f"{h} back in service after a BMC lie before an operator vouched")
-        self.say(f"  {h}: the lie was named (bmc-lied alert); vouching: maintenance on, off")
+        # What the alert asks of an operator: check the host, then vouch for it. Its
+        # nova-compute never restarted, so Nova still holds the evacuations from it as
+        # `done` and refuses to force it up: restart it first (its start-up cleans them).
+        self.say(
+            f"  {h}: the lie was named (bmc-lied alert); restart its nova-compute, "
+            "then vouch: maintenance on, off"
+        )
+        c.kill_process(h, "nova-compute")
         for on in (True, False):
             leader = wait_until(step(lambda: c.leader(c.hosts)), 60, "a leader", poll_s=0.3)
             req = {"op": "maintenance", "host": h, "on": on, "reason": "nemesis: operator vouches"}
@@ -589,7 +606,8 @@ class Nemesis:
             return
         self.check_lies(rep, rows)
         fenced: set[str] = set()
-        fence_intents = {}
+        fence_intents: dict[str, str] = {}
+        enable_intents: dict[str, str] = {}
         for e in rows:
             if e["kind"] == "intent" and e["action"] == "fence":
                 fence_intents[e["intent"]] = e["host"]
@@ -600,12 +618,16 @@ class Nemesis:
                         f"{e['host']} fenced again after it was repaired: {e['intent']} "
                         f"({e['ts'] - rep.healed_at:.1f}s after the heal)"
                     )
+            if e["kind"] == "intent" and e["action"] == "enable_compute":
+                enable_intents[e["intent"]] = e["host"]
             if e["kind"] == "result" and e["intent"] in fence_intents and e["outcome"] == "ok":
                 fenced.add(fence_intents[e["intent"]])
             if e["kind"] == "fenced":
                 fenced.add(e["host"])
-            if e["kind"] == "verdict" and e["verdict"] == "healthy":
-                fenced.discard(e["host"])
+            # fenced until it is back in service (meshha.raft.state: enable_compute ok),
+            # not when it is heard again: its episode's evacuations go on meanwhile
+            if e["kind"] == "result" and e["intent"] in enable_intents and e["outcome"] == "ok":
+                fenced.discard(enable_intents[e["intent"]])
             if e["kind"] == "intent" and e["action"] == "evacuate" and e["host"] not in fenced:
                 rep.violations.append(f"evacuation before a confirmed fence: {e['intent']}")
             if e["kind"] == "intent":

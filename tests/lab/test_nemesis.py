@@ -6,12 +6,14 @@ schedule: replay it with `meshha-lab nemesis --runs 1 --seed SEED` on a lab buil
 LabSpec(agent_clock=True, data_fs_mb=32) (the seed draws among every kind only there).
 The benchmark runs 20; CI runs these.
 
-The seeds cover the fault kinds added last, two to a run, in about 2.5 minutes of runs:
+The seeds cover five of the six fault kinds added last:
 - 268: host4 cut off from everyone while its BMC lies (fenced on the lie, heard again,
   named in a bmc-lied alert, vouched for, back in service), host3's data disk full;
 - 839: host3's agent's clock 30 s behind, host1's admin link flapping every 2 s;
-- 214: 20% loss and 50 ms delay on host3's links, host1 powered off with its BMC hung
-  (fenced by the self-fence deadline).
+- 28: 5% loss and up to 50 ms jitter on host2's links.
+bmc-hang (e.g. seed 214: loss on host3 and host1 powered off with its BMC hung, fenced by
+the self-fence deadline) is left to the benchmark's runs: its recovery waits out the
+30 s deadline.
 
 Left out on purpose, because they fail on the agent or on Nova, not on the lab:
 - agent-kill (seed 20 and others): a killed agent's host is failed and fenced when its
@@ -38,7 +40,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
 ]
 LAB_SPEC = LabSpec(hosts=5, reserved=1, vms=8, agent_clock=True, data_fs_mb=32)
-CI_SEEDS = (268, 839, 214)
+CI_SEEDS = (268, 839, 28)
 
 
 def test_nemesis_runs_violate_nothing(cloud: Cloud) -> None:
@@ -48,5 +50,5 @@ def test_nemesis_runs_violate_nothing(cloud: Cloud) -> None:
     assert not bad, bad
     assert all(r.samples > 10 for r in reports)
     kinds = {f.kind for r in reports for f in r.schedule}
-    assert {"bmc-lie", "disk-full", "clock", "flap", "loss", "bmc-hang"} <= kinds, kinds
+    assert {"bmc-lie", "disk-full", "clock", "flap", "loss"} <= kinds, kinds
     print(f"nemesis: {len(reports)} runs in {time.monotonic() - t0:.0f}s")
