@@ -338,14 +338,33 @@ class Nemesis:
         rep.healed_at = time.time()
 
     def quiet(self, before: int) -> bool:
-        """Every action committed after ledger index `before` has its result."""
+        """Every action committed after ledger index `before` has its result, and every
+        host fenced since and still off has its recovery reported (`alert:recovered:<host>`, committed
+        once each of its evacuations is final): a chain has moments with nothing pending
+        between two steps (a fence's result, then its disable), and a host powered on in
+        one boots its nova-compute before the evacuations from it, which Nova then
+        refuses to force up for good (their migration records stay `done`)."""
         c = self.cloud
         reader = next((h for h in c.hosts if c.try_status(h, 1.0)), None)
         if reader is None:
             return False
         rows = [e for i, e in c.ledger(reader) if i > before]
         done = {e["intent"] for e in rows if e["kind"] == "result"}
-        return all(e["intent"] in done for e in rows if e["kind"] == "intent")
+        if not all(e["intent"] in done for e in rows if e["kind"] == "intent"):
+            return False
+        ok = {e["intent"] for e in rows if e["kind"] == "result" and e["outcome"] == "ok"}
+        fenced = {
+            e["host"]
+            for e in rows
+            if e["kind"] == "intent" and e["action"] == "fence" and e["intent"] in ok
+        }
+        fenced = {h for h in fenced if not c.powered_on(h)}  # the ones to be powered on
+        reported = {
+            e["host"]
+            for e in rows
+            if e["kind"] == "intent" and str(e["intent"]).startswith("alert:recovered:")
+        }
+        return fenced <= reported
 
     def power_back(self, rep: RunReport, before: int) -> None:
         """Power on a host found powered off after the heal (its watchdog fired late),
