@@ -16,13 +16,11 @@ the self-fence deadline) is left to the benchmark's runs: its recovery waits out
 30 s deadline.
 
 Left out on purpose, because they fail on the agent or on Nova, not on the lab:
-- agent-kill (seed 20 and others): a killed agent's host is failed and fenced when its
-  restarted agent takes longer than detection (about 5 s in lan-safe) to answer on this
-  loaded machine: a refused knock counts as no answer (meshha.probes.liveness), so the
-  host is not "stalled";
-- a fenced host that comes back may stay disabled (Nova refuses to force it up while its
-  evacuation migration records are `done`, not `completed`), which the nemesis repairs and
-  reports as "did not converge".
+- agent-kill under heavy load (seed 20 on a machine busy with four other labs): a killed
+  agent's host was failed and fenced because its restarted agent took longer than
+  detection (about 5 s in lan-safe) to answer: a refused knock counts as no answer
+  (meshha.probes.liveness), so the host is not "stalled". On a lighter machine the
+  benchmark's agent-kill runs (seeds 4, 5) pass.
 """
 
 from __future__ import annotations
