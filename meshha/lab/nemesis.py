@@ -201,7 +201,8 @@ class Nemesis:
             self.one_way(h)
             rep.partitions.append((time.time(), 0.0, [x for x in c.hosts if x != h]))
         elif f.kind == "agent-kill":
-            c.kill_process(h, "meshha-agent")
+            if c.init_pid(h) is not None:  # a host powered off has no agent to kill
+                c.kill_process(h, "meshha-agent")
         elif f.kind == "bmc-dead":
             c.power_off(h)
             c.bmc_dead(h)
