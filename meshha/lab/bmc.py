@@ -183,6 +183,7 @@ class BmcSim:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env={**os.environ, "MESHHA_LAB_BMC": "1"},  # its chassis calls (see `lies`)
             )
         finally:
             log.close()
@@ -275,6 +276,14 @@ class BmcSim:
         """A stuck BMC accepts power commands and changes nothing."""
         self._flag("stuck", stuck)
 
+    def set_lying(self, lying: bool) -> None:
+        """A lying BMC: power commands change nothing, and it reads back what it was told
+        (a host told off keeps running and is reported off). Only calls through ipmi_sim
+        lie; the host's watchdog still really powers it off."""
+        self._flag("lies", lying)
+        if not lying:
+            (self.state_dir / "lie-power").unlink(missing_ok=True)
+
     def set_broken(self, broken: bool) -> None:
         """A broken BMC fails every chassis call (completion code 0xFF)."""
         self._flag("broken", broken)
@@ -319,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ipmi_argv = sim.write_config()
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.environ["MESHHA_LAB_BMC"] = "1"  # what its chassis calls see (chassis.py `lies`)
     os.execvp(ipmi_argv[0], ipmi_argv)
     return 1  # not reached
 

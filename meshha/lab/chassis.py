@@ -22,6 +22,10 @@ Everything lives in files under DIR, so the lab and the tests steer it by writin
                    most), after the kills on power off and reset (e.g. its links go down)
     delay-s        a float: sleep this long before answering (a slow BMC)
     stuck          present: accept `set power` but change nothing (a BMC that lies)
+    lies           present: a BMC that lies about its host: `set power V` through the BMC
+                   (ipmi_sim's calls, which carry MESHHA_LAB_BMC=1 in their environment)
+                   changes nothing but is read back as V (kept in `lie-power`); the
+                   host's watchdog, which calls this program too, still really powers off
     broken         present: fail every call (completion code 0xFF)
     chassis.log    one line per call, appended: "<unix time> <op> <name> [<value>]"
 
@@ -107,9 +111,21 @@ def _boot(state_dir: str) -> None:
     )
 
 
+def _lying(state_dir: str) -> bool:
+    return os.environ.get("MESHHA_LAB_BMC") == "1" and os.path.exists(
+        os.path.join(state_dir, "lies")
+    )
+
+
 def _set(state_dir: str, name: str, value: str) -> None:
     power_file = os.path.join(state_dir, "power")
     if os.path.exists(os.path.join(state_dir, "stuck")):
+        return
+    if _lying(state_dir):
+        if name == "power" and value in ("0", "1"):
+            _write_atomic(os.path.join(state_dir, "lie-power"), value + "\n")
+        elif name == "shutdown" and value == "1":
+            _write_atomic(os.path.join(state_dir, "lie-power"), "0\n")
         return
     if name == "power":
         was_on = _read(power_file, "1") == "1"
@@ -150,7 +166,10 @@ def main(argv: list[str]) -> int:
         return 1
     if op == "get":
         if name == "power":
-            print(f"power:{_read(os.path.join(state_dir, 'power'), '1')}")
+            power = _read(os.path.join(state_dir, "power"), "1")
+            if _lying(state_dir):
+                power = _read(os.path.join(state_dir, "lie-power"), power)
+            print(f"power:{power}")
         elif name == "boot":
             print(f"boot:{_read(os.path.join(state_dir, 'boot'), 'default')}")
         else:

@@ -266,7 +266,9 @@ def nemesis(state: Path, runs: int, seed: int, vms: int, keep: bool, profile: st
     cloud = _cloud(state, must_exist=False)
     built = False
     if not cloud.exists:
-        cloud.up(LabSpec(vms=vms, profile=profile), say=click.echo)
+        # every fault kind: agents under libfaketime, a data filesystem of their own
+        spec = LabSpec(vms=vms, profile=profile, agent_clock=True, data_fs_mb=32)
+        cloud.up(spec, say=click.echo)
         built = True
     try:
         reports = run_nemesis(cloud, runs, seed, click.echo)

@@ -74,6 +74,7 @@ BMC_PORT = 623
 CLOUD_NAME = "meshha-lab"
 HOST_SIZE = (16, 16384, 1024)  # vcpus, ram_mb, disk_gb: what Nova can place per host
 IMAGE_ID = "155d900f-4e14-4e4c-a73d-069cbf4541e6"  # one of nova's GlanceFixture images
+LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 UNIT_FILE = Path(__file__).resolve().parents[2] / "config" / "meshha-agent.service"
 UNIT_EXEC_START = (
     "/usr/local/bin/meshha-agent --config /etc/meshha/segment.toml --host %H"
@@ -165,6 +166,14 @@ class LabSpec:
     # stall_grace_s: rides an agent stall (or a host hung) up to about 12 s, as the
     # example's rule asks, and fires well before lan-safe's self-fence deadline (30 s).
     watchdog_s: int = 15
+    # For the nemesis (meshha.lab.nemesis), off by default. agent_clock: each agent runs
+    # under libfaketime reading its offset from STATE/hosts/<host>/clock (`set_clock`), so
+    # a host's wall clock can be made wrong while it runs (tests/integration/
+    # test_fault_clock.py does the same to loopback agents). data_fs_mb: each host's
+    # /var/lib/meshha (its Raft journal and ledger) is a tmpfs of that size, so it can be
+    # filled (`fill_disk`) as tests/integration/test_fault_disk.py does.
+    agent_clock: bool = False
+    data_fs_mb: int = 0
 
     def host_names(self) -> list[str]:
         return [f"host{i}" for i in range(1, self.hosts + 1)]
@@ -465,14 +474,65 @@ class Cloud:
                     },
                     {
                         "name": "meshha-agent",
-                        "argv": self.agent_argv(h),
+                        "argv": self._clock_argv(h, spec) + self.agent_argv(h),
                         "restart": True,
                         "restart_s": 1.0,
                     },
                 ],
             }
             (d / "host.json").write_text(json.dumps(host_spec, indent=2))
+            if spec.data_fs_mb:
+                self._data_fs(h, spec.data_fs_mb)
         self.save()
+
+    def _clock_argv(self, host: str, spec: LabSpec) -> list[str]:
+        """The agent's argv prefix running it under libfaketime (LabSpec.agent_clock)."""
+        if not spec.agent_clock:
+            return []
+        if not LIBFAKETIME.exists():
+            raise LabError(f"{LIBFAKETIME} missing (apt-get install faketime)", kind="unsupported")
+        self.set_clock(host, 0.0)
+        return [
+            "env",
+            f"LD_PRELOAD={LIBFAKETIME}",
+            f"FAKETIME_TIMESTAMP_FILE={self.host_dir(host) / 'clock'}",
+            "FAKETIME_CACHE_DURATION=1",  # re-read the offset every second
+            "FAKETIME_DONT_FAKE_MONOTONIC=1",  # trio's clock stays the kernel's
+        ]
+
+    def set_clock(self, host: str, offset_s: float) -> None:
+        """Step the wall clock of `host`'s agent by `offset_s` (needs LabSpec.agent_clock;
+        seen within a second)."""
+        path = self.host_dir(host) / "clock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(f"{offset_s:+.0f}s\n")
+        tmp.replace(path)
+
+    def _data_fs(self, host: str, size_mb: int) -> None:
+        """A tmpfs of its own under the host's /var/lib/meshha (mounted before it boots,
+        so the host's bind mount carries it; unmounted at `down`)."""
+        path = self.host_dir(host) / HOST_MOUNTS["/var/lib/meshha"]
+        run(
+            [
+                "mount",
+                "-t",
+                "tmpfs",
+                "-o",
+                f"size={size_mb}m,mode=0700",
+                "meshha-lab-data",
+                str(path),
+            ]
+        )
+        self.desc.setdefault("tmpfs", []).append(str(path))
+
+    def fill_disk(self, host: str, full: bool) -> None:
+        """Fill `host`'s data filesystem with a file (LabSpec.data_fs_mb), or remove it."""
+        filler = self.host_dir(host) / HOST_MOUNTS["/var/lib/meshha"] / "filler"
+        if full:
+            run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], check=False)
+        else:
+            filler.unlink(missing_ok=True)
 
     def _start_nova(self) -> None:
         box = NovaBox(
@@ -885,6 +945,10 @@ class Cloud:
         if pid:
             os.kill(pid, signal.SIGSTOP)
 
+    def bmc_lie(self, host: str, lying: bool) -> None:
+        """The host's BMC lies: a power-off through it is read back off, nothing happens."""
+        self.bmc(host).set_lying(lying)
+
     def bmc_alive(self, host: str) -> None:
         pid = self.desc["bmcs"][host].get("pid")
         if pid and Path(f"/proc/{pid}").exists() and not _zombie(pid):
@@ -1075,6 +1139,8 @@ class Cloud:
                 os.killpg(nova["pid"], signal.SIGKILL)
         if self.desc.get("namespaces") or self.desc.get("prefix"):
             self.net.teardown()  # kills what is left in the namespaces, deletes links
+        for path in self.desc.get("tmpfs", []):
+            run(["umount", "-l", path], check=False)
         for d in reversed(self.desc.get("made_dirs", [])):
             if mounted_elsewhere(d):
                 continue  # another lab's host mounts it: removing it would unmount it there

@@ -13,19 +13,41 @@ Each run draws a schedule from `seed + run` (so a failing run is replayed alone 
     leader-power   the current leader powered off
     bmc-dead       a host powered off while its BMC is dead (self-fence deadline path)
     storage-cut    a host's storage link down, up again at heal
+    bmc-lie        a host cut off from all the others while its BMC lies: a power-off
+                   through it changes nothing and is read back "off" (chassis.py `lies`);
+                   the host keeps running. The read-back is the proof: its VMs are
+                   evacuated; when it is heard again it must be handled as a lie (kept out
+                   of service, a `bmc-lied` alert); the nemesis then vouches for it as an
+                   operator would (maintenance on, off) and it must return to service
+    bmc-hang       a host powered off while its BMC hangs (SIGSTOP: sessions are accepted
+                   by the kernel, never answered), continued at heal
+    flap           a host's admin link down and up every `period_s` (2 s) for the duration
+    loss           loss and delay on every frame from or to one host (the lab's user-space
+                   switch, meshha.lab.netns `impair(hosts=...)`)
+    clock          one host's agent's wall clock stepped by `offset_s` (libfaketime, the
+                   lab built with LabSpec(agent_clock=True)), set back at heal
+    disk-full      one host's data filesystem (its Raft journal and ledger: a tmpfs of its
+                   own, LabSpec(data_fs_mb=...)) filled with a file, removed at heal
 
 applies them, keeps them for the drawn duration while listing every lab QEMU on every host
-about 5 times a second, heals everything (power on, thaw, heal, BMCs alive, links up),
-waits for the lab to converge and checks:
+about 5 times a second, heals everything (power on, thaw, heal, BMCs alive and honest,
+links up, clocks right, disks emptied), waits for the lab to converge (powering on again,
+once the segment is quiet, any host found powered off, whenever its watchdog fired) and
+checks:
 
 1. no VM ever ran in two places (every sample);
-2. no evacuation before a confirmed fence of its source host (ledger order);
+2. no evacuation before a confirmed fence of its source host (ledger order; a lying BMC's
+   read-back counts as the confirmation, that is what it claims);
 3. nothing done by a minority: every action proposed during a partition came from the
    majority side;
 4. every ledger complete and identical (all hosts, after heal);
 5. every HA VM running somewhere at the end: ACTIVE in Nova, its QEMU on Nova's host only;
 6. no healthy host fenced: only hosts the schedule faulted were fenced, and none again
-   once it was repaired and powered on.
+   once it was repaired and powered on; a host with a wrong clock, a full disk, a flapping
+   admin link or a lossy link is healthy (never fenced, never powered off);
+7. a lie is handled as one: a host fenced through a lying BMC that was heard again is
+   named in a `bmc-lied` alert (committed and delivered), reconciled, and not put back
+   in service before the operator vouches.
 
 A violation prints the seed and the schedule. The fault durations are the schedule's
 (a fault lasts that long while sampling); every other wait is for a condition with a
@@ -42,8 +64,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from meshha.agent.control import ControlError, call
 from meshha.lab.cloud import Cloud, LabTimeout, Say, wait_until
-from meshha.lab.netns import run
+from meshha.lab.netns import Lab, run
 from meshha.recovery.executor import RESERVE_REASON
 
 KINDS = (
@@ -55,7 +78,20 @@ KINDS = (
     "leader-power",
     "bmc-dead",
     "storage-cut",
+    "bmc-lie",
+    "bmc-hang",
+    "flap",
+    "loss",
+    "clock",
+    "disk-full",
 )
+# Faults that leave their host healthy: it must never be fenced nor lose power.
+HEALTHY_KINDS = frozenset({"agent-kill", "flap", "loss", "clock", "disk-full"})
+# Faults made with nft on the lab's bridges, which the user-space switch of `loss` bypasses.
+BRIDGE_KINDS = frozenset({"partition", "asym-partition", "bmc-lie"})
+FLAP_PERIOD_S = 2.0
+TRAFFIC_EVERY_S = 1.0  # while a disk is full: one entry committed this often
+LIE_ALERT_S = 90.0  # from the heal: the returning host is heard, the lie alert committed
 
 
 @dataclass
@@ -64,6 +100,7 @@ class Fault:
     hosts: list[str]
     at_s: float  # after the run's start
     duration_s: float
+    params: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -76,27 +113,59 @@ class RunReport:
     faulted: set[str] = field(default_factory=set)
     partitions: list[tuple[float, float, list[str]]] = field(default_factory=list)
     healed_at: float = 0.0  # every faulted host powered on again
+    healthy: set[str] = field(default_factory=set)  # hosts only HEALTHY_KINDS touched
+    lied: dict[str, int | None] = field(default_factory=dict)  # host -> its init pid then
+    powered_back: list[str] = field(default_factory=list)  # powered on again in converge
+    vouched_at: float = 0.0  # when the nemesis vouched for a host whose BMC lied
 
     def describe(self) -> str:
         return json.dumps([asdict(f) for f in self.schedule])
 
 
-def draw(cloud: Cloud, seed: int) -> list[Fault]:
+def available_kinds(cloud: Cloud) -> tuple[str, ...]:
+    """The kinds this lab can make: `clock` and `disk-full` need the lab built for them."""
+    out = list(KINDS)
+    if not (cloud.host_dir(cloud.hosts[0]) / "clock").exists():
+        out.remove("clock")
+    if not cloud.desc.get("tmpfs"):
+        out.remove("disk-full")
+    return tuple(out)
+
+
+def draw(cloud: Cloud, seed: int, kinds: tuple[str, ...] | None = None) -> list[Fault]:
+    """The schedule of seed `seed`: the same for the same lab shape and kinds."""
     rng = random.Random(seed)
+    kinds = kinds or available_kinds(cloud)
     hosts = cloud.hosts
-    faults = []
+    faults: list[Fault] = []
     for k in range(rng.choice((1, 1, 2))):
-        kind = rng.choice(KINDS)
+        kind = rng.choice(kinds)
+        drawn = {f.kind for f in faults}
+        if (kind == "loss" and drawn & BRIDGE_KINDS) or (kind in BRIDGE_KINDS and "loss" in drawn):
+            kind = rng.choice([x for x in kinds if x != "loss" and x not in BRIDGE_KINDS])
         at = 0.0 if k == 0 else round(rng.uniform(0, 8), 1)
         duration = round(rng.uniform(6, 20), 1)
+        taken = {h for f in faults for h in f.hosts}
+        free = [h for h in cloud.computes if h not in taken] or cloud.computes
+        params: dict[str, float] = {}
         if kind == "partition":
             n = rng.choice((1, 2))
             group = sorted(rng.sample(hosts, n))
         elif kind == "leader-power":
             group = []  # resolved when applied
         else:
-            group = [rng.choice(cloud.computes)]
-        faults.append(Fault(kind, group, at, duration))
+            group = [rng.choice(free)]
+        if kind == "flap":
+            params = {"period_s": FLAP_PERIOD_S}
+        elif kind == "loss":
+            params = {
+                "loss_pct": rng.choice((5.0, 10.0, 20.0)),
+                "delay_ms": rng.choice((0.0, 20.0, 50.0)),
+                "jitter_ms": rng.choice((0.0, 20.0, 50.0)),
+            }
+        elif kind == "clock":
+            params = {"offset_s": rng.choice((-1, 1)) * rng.choice((30.0, 120.0, 600.0))}
+        faults.append(Fault(kind, group, at, duration, params))
     return faults
 
 
@@ -104,6 +173,13 @@ class Nemesis:
     def __init__(self, cloud: Cloud, say: Say) -> None:
         self.cloud = cloud
         self.say = say
+        self.flapping: dict[str, tuple[float, float, bool]] = {}  # host -> start, period, up
+        self.impaired: Lab | None = None  # the lab object holding the loss switch
+        self.clocked: set[str] = set()
+        self.filled: set[str] = set()
+        self.lying: set[str] = set()
+        self.tried_power: dict[str, float] = {}
+        self.last_traffic = 0.0
 
     # -- applying and healing --------------------------------------------------------------
 
@@ -125,15 +201,77 @@ class Nemesis:
             self.one_way(h)
             rep.partitions.append((time.time(), 0.0, [x for x in c.hosts if x != h]))
         elif f.kind == "agent-kill":
-            c.kill_process(h, "meshha-agent")
+            if c.init_pid(h) is not None:  # a host powered off has no agent to kill
+                c.kill_process(h, "meshha-agent")
         elif f.kind == "bmc-dead":
             c.power_off(h)
             c.bmc_dead(h)
         elif f.kind == "storage-cut":
             c.cut_net(h, "storage")
-        if f.kind != "agent-kill":
+        elif f.kind == "bmc-lie":
+            rep.lied[h] = c.host_pids(h).get("init")
+            c.bmc_lie(h, True)
+            self.lying.add(h)
+            rest = [x for x in c.hosts if x != h]
+            c.partition([[h], rest])
+            rep.partitions.append((time.time(), 0.0, rest))
+        elif f.kind == "bmc-hang":
+            c.power_off(h)
+            c.bmc_hang(h)
+        elif f.kind == "flap":
+            self.flapping[h] = (time.time(), f.params["period_s"], True)
+            self.tick()
+        elif f.kind == "loss":
+            self.impaired = c.net
+            self.impaired.impair(
+                loss_pct=f.params["loss_pct"],
+                delay_ms=f.params["delay_ms"],
+                jitter_ms=f.params["jitter_ms"],
+                seed=rep.seed,
+                userspace=True,  # a host's links only (netem would impair one direction)
+                hosts=[h],
+            )
+        elif f.kind == "clock":
+            c.set_clock(h, f.params["offset_s"])
+            self.clocked.add(h)
+        elif f.kind == "disk-full":
+            c.fill_disk(h, True)
+            self.filled.add(h)
+        if f.kind in HEALTHY_KINDS:
+            rep.healthy.update(f.hosts)
+        else:
             rep.faulted.update(f.hosts)  # a partition's hosts are its minority
-        self.say(f"  +{time.time() - t0:5.1f}s  {f.kind} {','.join(f.hosts)} for {f.duration_s}s")
+        extra = f" {f.params}" if f.params else ""
+        self.say(
+            f"  +{time.time() - t0:5.1f}s  {f.kind} {','.join(f.hosts)}{extra} for {f.duration_s}s"
+        )
+
+    def tick(self) -> None:
+        """Move the flapping links: down for a period, up for a period, and so on; while
+        a disk is full, keep the segment committing (`traffic`)."""
+        if self.filled and time.time() - self.last_traffic >= TRAFFIC_EVERY_S:
+            self.last_traffic = time.time()
+            self.traffic()
+        for h, (start, period, up) in list(self.flapping.items()):
+            want_up = int((time.time() - start) / period) % 2 == 1
+            if want_up != up and self.cloud.powered_on(h):
+                if want_up:
+                    self.cloud.restore_net(h, "admin")
+                else:
+                    self.cloud.cut_net(h, "admin")
+                self.flapping[h] = (start, period, want_up)
+
+    def traffic(self) -> None:
+        """One harmless entry committed through the leader, so that a host whose disk is
+        full has something to write (a segment at rest writes nothing): the operator's
+        brake release, sent only while the brake is off (it then changes nothing)."""
+        c = self.cloud
+        leader = c.leader()
+        st = c.try_status(leader, 1.0) if leader else None
+        if leader is None or st is None or st["brake"]["on"]:
+            return
+        with contextlib.suppress(ControlError, OSError):
+            call(c.control_path(leader), {"op": "brake_release", "operator": "nemesis"}, 2.0)
 
     def one_way(self, host: str) -> None:
         """Frames from `host` are dropped at the switch; frames to it pass."""
@@ -147,13 +285,37 @@ class Nemesis:
         run(["nft", "delete", "table", "bridge", net.table], check=False)
         run(["nft", "-f", "-"], input=script.encode())
 
+    def undo(self) -> None:
+        """Every fault that needs more than a power-on undone: the loss switch stopped,
+        links steady, clocks right, disks emptied, BMCs honest. Safe to call twice."""
+        c = self.cloud
+        if self.impaired is not None:
+            self.impaired.clear_impairment()
+            self.impaired = None
+        self.flapping.clear()
+        for h in self.clocked:
+            c.set_clock(h, 0.0)
+        for h in self.filled:
+            c.fill_disk(h, False)
+        self.clocked, self.filled = set(), set()
+
+    def honest_bmcs(self) -> None:
+        """The lying BMCs tell the truth again: after the heal, once the segment is quiet
+        (a fence in flight when the partition heals still gets the lie, and the host is
+        heard again while its BMC still lies, as it would be)."""
+        for h in self.lying:
+            self.cloud.bmc_lie(h, False)
+        self.lying = set()
+
     def heal_all(self, rep: RunReport, before: int) -> None:
         """Network healed, hosts thawed, BMCs back, links up; then, once the segment has
         finished what it started (every action since the run began has its result), the
         powered-off hosts are powered on: a repaired host comes back after its recovery,
         not in the middle of it (Nova refuses to force a host up while evacuations from
-        it are unfinished, see the report)."""
+        it are unfinished, see the report). A host powered off later (its watchdog fired
+        after the heal) is powered on by `power_back`, from every wait of `converge`."""
         c = self.cloud
+        self.undo()
         c.heal()
         rep.partitions = [(a, b or time.time(), m) for a, b, m in rep.partitions]
         for h in c.hosts:
@@ -165,19 +327,67 @@ class Nemesis:
 
         def quiet() -> bool:
             self.sample(rep)
-            reader = next((h for h in c.hosts if c.try_status(h, 1.0)), None)
-            if reader is None:
-                return False
-            rows = [e for i, e in c.ledger(reader) if i > before]
-            done = {e["intent"] for e in rows if e["kind"] == "result"}
-            return all(e["intent"] in done for e in rows if e["kind"] == "intent")
+            return self.quiet(before)
 
         with contextlib.suppress(LabTimeout):
             wait_until(quiet, 120, "every action since the run began has a result", poll_s=0.5)
+        self.honest_bmcs()
         for h in c.hosts:
             if not c.powered_on(h):
+                self.tried_power[h] = time.time()
                 c.power_on(h)
         rep.healed_at = time.time()
+
+    def quiet(self, before: int) -> bool:
+        """Every action committed after ledger index `before` has its result, and every
+        host fenced since and still off has its recovery reported (`alert:recovered:<host>`, committed
+        once each of its evacuations is final): a chain has moments with nothing pending
+        between two steps (a fence's result, then its disable), and a host powered on in
+        one boots its nova-compute before the evacuations from it, which Nova then
+        refuses to force up for good (their migration records stay `done`)."""
+        c = self.cloud
+        reader = next((h for h in c.hosts if c.try_status(h, 1.0)), None)
+        if reader is None:
+            return False
+        rows = [e for i, e in c.ledger(reader) if i > before]
+        done = {e["intent"] for e in rows if e["kind"] == "result"}
+        if not all(e["intent"] in done for e in rows if e["kind"] == "intent"):
+            return False
+        ok = {e["intent"] for e in rows if e["kind"] == "result" and e["outcome"] == "ok"}
+        fenced = {
+            e["host"]
+            for e in rows
+            if e["kind"] == "intent" and e["action"] == "fence" and e["intent"] in ok
+        }
+        fenced = {h for h in fenced if not c.powered_on(h)}  # the ones to be powered on
+        reported = {
+            e["host"]
+            for e in rows
+            if e["kind"] == "intent" and str(e["intent"]).startswith("alert:recovered:")
+        }
+        return fenced <= reported
+
+    def power_back(self, rep: RunReport, before: int) -> None:
+        """Power on a host found powered off after the heal (its watchdog fired late),
+        once the segment is quiet; at most every 15 s per host. A healthy host (one only
+        HEALTHY_KINDS touched) must never lose power: that is a violation."""
+        c = self.cloud
+        off = [h for h in c.hosts if not c.powered_on(h)]
+        if not off:
+            return
+        for h in off:
+            if h in rep.healthy and h not in rep.faulted:
+                msg = f"healthy host {h} lost power (its watchdog fired)"
+                if msg not in rep.violations:
+                    rep.violations.append(msg)
+        due = [h for h in off if time.time() - self.tried_power.get(h, 0.0) > 15.0]
+        if not due or not self.quiet(before):
+            return
+        for h in due:
+            self.say(f"  {h} is powered off (its watchdog?): powered on again")
+            self.tried_power[h] = time.time()
+            rep.powered_back.append(h)
+            c.power_on(h)
 
     # -- one run ---------------------------------------------------------------------------
 
@@ -192,6 +402,7 @@ class Nemesis:
         """Keep the faults on until `until` (the schedule's duration), sampling."""
 
         def over() -> bool:
+            self.tick()
             self.sample(rep)
             return time.time() >= until
 
@@ -206,31 +417,40 @@ class Nemesis:
         self.say(f"run seed={seed}: {rep.describe()}")
         pending = sorted(schedule, key=lambda f: f.at_s)
         end = t0 + max(f.at_s + f.duration_s for f in schedule)
-        for f in pending:
-            self.hold(rep, t0 + f.at_s)
-            self.apply(f, rep, t0)
-        self.hold(rep, end)
+        try:
+            for f in pending:
+                self.hold(rep, t0 + f.at_s)
+                self.apply(f, rep, t0)
+            self.hold(rep, end)
+        except BaseException:
+            self.honest_bmcs()
+            raise
+        finally:
+            self.undo()  # never leave the loss switch running, whatever happened
         self.heal_all(rep, before)
         self.say(f"  +{time.time() - t0:5.1f}s  healed; waiting for the lab to converge")
         try:
-            self.converge(rep)
+            self.converge(rep, before)
         except LabTimeout as e:
             rep.violations.append(f"did not converge: {e}")
         self.check_ledgers(rep, t0)
         rep.seconds = round(time.time() - t0, 1)
         return rep
 
-    def converge(self, rep: RunReport) -> None:
+    def converge(self, rep: RunReport, before: int) -> None:
         c = self.cloud
 
         def step(cond: Callable[[], Any]) -> Callable[[], Any]:
             def f() -> Any:
                 self.sample(rep)
+                self.power_back(rep, before)
                 return cond()
 
             return f
 
         wait_until(step(lambda: c.leader(c.hosts)), 180, "every agent up, one leader", poll_s=0.3)
+        for h in sorted(rep.lied):
+            self.vouch_after_lie(rep, h, before, step)
         conn = c.connect()
 
         def in_service() -> bool:
@@ -262,6 +482,94 @@ class Nemesis:
                 rep.violations.append(
                     f"HA VM {v.name} not running: nova {v.status} on {v.host}, qemu on {doms.get(v.id)}"
                 )
+
+    def lie_fenced(self, rep: RunReport, h: str, before: int) -> bool:
+        """Whether `h` was fenced (ok) since ledger index `before` while it kept running
+        (the same init as before the fault): its BMC's read-back was a lie."""
+        c = self.cloud
+        rows = [e for i, e in c.ledger(c.leader() or c.hosts[0]) if i > before]
+        fences = {
+            e["intent"]
+            for e in rows
+            if e["kind"] == "intent" and e["action"] == "fence" and e["host"] == h
+        }
+        ok = any(
+            e["kind"] == "result" and e["intent"] in fences and e["outcome"] == "ok" for e in rows
+        )
+        return ok and c.host_pids(h).get("init") == rep.lied[h]
+
+    def vouch_after_lie(
+        self, rep: RunReport, h: str, before: int, step: Callable[[Callable[[], Any]], Any]
+    ) -> None:
+        """A host fenced through a lying BMC and heard again: the segment must commit a
+        `bmc-lied` alert naming it and keep it out of service; then the nemesis vouches
+        for it as an operator would (maintenance on, then off), which returns it."""
+        c = self.cloud
+        if not self.lie_fenced(rep, h, before):
+            self.say(f"  {h}: its BMC lied but no fence went through it (nothing to vouch for)")
+            return
+
+        def lie_alert() -> dict[str, Any] | None:
+            rows = [e for i, e in c.ledger(c.leader() or c.hosts[0]) if i > before]
+            return next(
+                (
+                    e
+                    for e in rows
+                    if e["kind"] == "intent" and str(e["intent"]).startswith(f"alert:bmc-lied:{h}:")
+                ),
+                None,
+            )
+
+        try:
+            wait_until(step(lie_alert), LIE_ALERT_S, f"the bmc-lied alert about {h}", poll_s=0.5)
+        except LabTimeout as e:
+            rep.violations.append(f"{h} fenced through a lying BMC, heard again: {e}")
+            return
+        svc = self.service(h)
+        if svc is not None and svc.status == "enabled" and not svc.is_forced_down:
+            rep.violations.append(f"{h} back in service after a BMC lie before an operator vouched")
+        # What the alert asks of an operator: check the host, then vouch for it. Its
+        # nova-compute never restarted, so Nova still holds the evacuations from it as
+        # `done` and refuses to force it up: restart it first (its start-up cleans them).
+        self.say(
+            f"  {h}: the lie was named (bmc-lied alert); restart its nova-compute, "
+            "then vouch: maintenance on, off"
+        )
+        c.kill_process(h, "nova-compute")
+        for on in (True, False):
+            leader = wait_until(step(lambda: c.leader(c.hosts)), 60, "a leader", poll_s=0.3)
+            req = {"op": "maintenance", "host": h, "on": on, "reason": "nemesis: operator vouches"}
+            call(c.control_path(leader), req, 10.0)
+        rep.vouched_at = time.time()
+
+    def service(self, h: str) -> Any:
+        conn = self.cloud.connect()
+        return next(
+            (s for s in conn.compute.services() if s.binary == "nova-compute" and s.host == h), None
+        )
+
+    def check_lies(self, rep: RunReport, rows: list[dict[str, Any]]) -> None:
+        """After a lie: the returning host reconciled, and was enabled only after the vouch."""
+        for h in sorted(rep.lied):
+            if not any(
+                e["kind"] == "intent" and str(e["intent"]).startswith(f"alert:bmc-lied:{h}:")
+                for e in rows
+            ):
+                continue  # no fence went through the lie (see vouch_after_lie)
+            if not any(e["kind"] == "reconcile" and e["host"] == h for e in rows):
+                rep.violations.append(f"{h} came back after a BMC lie and was not reconciled")
+            early = [
+                e["intent"]
+                for e in rows
+                if e["kind"] == "intent"
+                and e["action"] == "enable"
+                and e["host"] == h
+                and e["ts"] < rep.vouched_at - 1.0
+            ]
+            if early:
+                rep.violations.append(f"{h} enabled after a BMC lie before the vouch: {early}")
+            if not any(h in json.dumps(a) and "BMC" in json.dumps(a) for a in self.cloud.alerts()):
+                rep.violations.append(f"no alert delivered about {h}'s lying BMC")
 
     def repair(self, rep: RunReport) -> None:
         """What an operator does for a host left disabled, so the next run starts clean:
@@ -296,12 +604,12 @@ class Nemesis:
     def check_ledgers(self, rep: RunReport, t0: float) -> None:
         c = self.cloud
 
-        def same() -> list[dict[str, Any]] | None:
-            rows = c.agreed_ledger(c.hosts)
-            return [e for e in rows if e["ts"] >= t0] if rows else None
+        def same() -> tuple[list[dict[str, Any]]] | None:
+            rows = c.agreed_ledger(c.hosts)  # a run may commit nothing: () is an answer
+            return ([e for e in rows if e["ts"] >= t0],) if rows else None
 
         try:
-            rows = wait_until(same, 60, "every ledger identical", poll_s=0.5)
+            (rows,) = wait_until(same, 60, "every ledger identical", poll_s=0.5)
         except LabTimeout:
             books = {h: dict(c.ledger(h)) for h in c.hosts}
             last = {h: max(b, default=0) for h, b in books.items()}
@@ -316,8 +624,10 @@ class Nemesis:
                 f"{c.hosts[0]}'s {differ}"
             )
             return
+        self.check_lies(rep, rows)
         fenced: set[str] = set()
-        fence_intents = {}
+        fence_intents: dict[str, str] = {}
+        enable_intents: dict[str, str] = {}
         for e in rows:
             if e["kind"] == "intent" and e["action"] == "fence":
                 fence_intents[e["intent"]] = e["host"]
@@ -328,12 +638,16 @@ class Nemesis:
                         f"{e['host']} fenced again after it was repaired: {e['intent']} "
                         f"({e['ts'] - rep.healed_at:.1f}s after the heal)"
                     )
+            if e["kind"] == "intent" and e["action"] == "enable_compute":
+                enable_intents[e["intent"]] = e["host"]
             if e["kind"] == "result" and e["intent"] in fence_intents and e["outcome"] == "ok":
                 fenced.add(fence_intents[e["intent"]])
             if e["kind"] == "fenced":
                 fenced.add(e["host"])
-            if e["kind"] == "verdict" and e["verdict"] == "healthy":
-                fenced.discard(e["host"])
+            # fenced until it is back in service (meshha.raft.state: enable_compute ok),
+            # not when it is heard again: its episode's evacuations go on meanwhile
+            if e["kind"] == "result" and e["intent"] in enable_intents and e["outcome"] == "ok":
+                fenced.discard(enable_intents[e["intent"]])
             if e["kind"] == "intent" and e["action"] == "evacuate" and e["host"] not in fenced:
                 rep.violations.append(f"evacuation before a confirmed fence: {e['intent']}")
             if e["kind"] == "intent":

@@ -302,24 +302,32 @@ class Lab:
         jitter_ms: float = 0.0,
         seed: int = 0,
         userspace: bool | None = None,
+        hosts: Sequence[str] | None = None,
     ) -> str:
         """Loss and delay on every frame delivered to a host. Returns "netem" or "hub"
-        (which was used). `userspace=None`: netem if the kernel has it, else the hub."""
+        (which was used). `userspace=None`: netem if the kernel has it, else the hub.
+        `hosts`: only frames from or to these hosts are impaired (all when None)."""
         self.clear_impairment()
         assert 0 <= loss_pct < 100 and delay_ms >= 0 and jitter_ms >= 0
-        if userspace is not True and self._try_netem(loss_pct, delay_ms, jitter_ms):
+        only = list(hosts) if hosts is not None else None
+        if userspace is not True and self._try_netem(loss_pct, delay_ms, jitter_ms, only):
             self.netem = True
             return "netem"
         if userspace is False:
             raise LabError("netem is not available in this kernel", kind="unsupported")
         if self.partitioned:
             raise LabError("impairment hub while partitioned", kind="state")
-        self._start_hub(loss_pct, delay_ms, jitter_ms, seed)
+        self._start_hub(loss_pct, delay_ms, jitter_ms, seed, only)
         return "hub"
 
-    def _try_netem(self, loss_pct: float, delay_ms: float, jitter_ms: float) -> bool:
+    def _try_netem(
+        self, loss_pct: float, delay_ms: float, jitter_ms: float, only: list[str] | None = None
+    ) -> bool:
         half = jitter_ms / 2
-        for host in self.hosts:
+        # netem on a root-side veth impairs what the host receives; `only` impairs just
+        # that direction of those hosts (the hub does both)
+        targets = only if only is not None else self.hosts
+        for host in targets:
             for net in self.networks:
                 argv = ["tc", "qdisc", "replace", "dev", self.veth(host, net), "root", "netem"]
                 argv += ["loss", f"{loss_pct:g}%", "delay", f"{delay_ms + half:g}ms"]
@@ -327,7 +335,7 @@ class Lab:
                 try:
                     run(argv)
                 except LabError:
-                    if host == self.hosts[0] and net == self.networks[0]:
+                    if host == targets[0] and net == self.networks[0]:
                         return False  # no netem here at all
                     raise
         return True
@@ -344,12 +352,21 @@ class Lab:
                 for net in self.networks:
                     run(["ip", "link", "set", self.veth(host, net), "master", self.bridge(net)])
 
-    def _start_hub(self, loss_pct: float, delay_ms: float, jitter_ms: float, seed: int) -> None:
+    def _start_hub(
+        self,
+        loss_pct: float,
+        delay_ms: float,
+        jitter_ms: float,
+        seed: int,
+        only: list[str] | None = None,
+    ) -> None:
         for host in self.hosts:
             _offloads_off(self.ns(host), [self.ifname(n) for n in self.networks])
         argv = [sys.executable, "-m", "meshha.lab.netns", "hub", "--seed", str(seed)]
         argv += ["--loss-pct", f"{loss_pct:g}", "--delay-ms", f"{delay_ms:g}"]
         argv += ["--jitter-ms", f"{jitter_ms:g}"]
+        if only is not None:
+            argv += ["--only", ",".join(self.veth(h, n) for h in only for n in self.networks)]
         for net in self.networks:
             ports = [self.veth(h, net) for h in self.hosts]
             for p in ports:
@@ -481,7 +498,12 @@ _PACKET_OUTGOING = 4
 
 
 async def _hub_main(
-    nets: Sequence[Sequence[str]], loss: float, delay_s: float, jitter_s: float, seed: int
+    nets: Sequence[Sequence[str]],
+    loss: float,
+    delay_s: float,
+    jitter_s: float,
+    seed: int,
+    only: frozenset[str] | None = None,
 ) -> None:
     import trio
 
@@ -515,8 +537,14 @@ async def _hub_main(
                 out = macs.get(dst) if not dst[0] & 1 else None
                 targets = [out] if out is not None else [p for p in socks if p != port]
                 now = trio.current_time()
+                hit = only is None or port in only
                 for t in targets:
-                    if t == port or rng.random() * 100 < loss:
+                    if t == port:
+                        continue
+                    if not hit and t not in (only or ()):  # neither end impaired
+                        nursery.start_soon(deliver, socks[t], frame, now)
+                        continue
+                    if rng.random() * 100 < loss:
                         continue
                     at = now + delay_s + rng.random() * jitter_s
                     nursery.start_soon(deliver, socks[t], frame, at)
@@ -542,10 +570,12 @@ def _hub_cli(args: Sequence[str]) -> None:
     p.add_argument("--loss-pct", type=float, default=0.0)
     p.add_argument("--delay-ms", type=float, default=0.0)
     p.add_argument("--jitter-ms", type=float, default=0.0)
+    p.add_argument("--only", default=None, help="impair only frames from or to these ports")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(args)
     nets = [n.split(",") for n in a.net]
-    trio.run(_hub_main, nets, a.loss_pct, a.delay_ms / 1000, a.jitter_ms / 1000, a.seed)
+    only = frozenset(a.only.split(",")) if a.only else None
+    trio.run(_hub_main, nets, a.loss_pct, a.delay_ms / 1000, a.jitter_ms / 1000, a.seed, only)
 
 
 if __name__ == "__main__":

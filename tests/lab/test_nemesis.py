@@ -1,18 +1,31 @@
 """A few nemesis runs on the real lab (meshha.lab.nemesis): seeded fault schedules, each
 followed by the safety checks (no VM in two places, no evacuation before a confirmed
 fence, nothing done by a minority, identical ledgers, every HA VM running, no healthy host
-fenced). A failure names the seed and the schedule: replay it with
-`meshha-lab nemesis --runs 1 --seed SEED`. The benchmark runs 20; CI runs these.
+fenced or powered off, a BMC's lie handled as one). A failure names the seed and the
+schedule: replay it with `meshha-lab nemesis --runs 1 --seed SEED` on a lab built with
+LabSpec(agent_clock=True, data_fs_mb=32) (the seed draws among every kind only there).
+The benchmark runs 20; CI runs these.
 
-Seeds 1 and 2 (a host hung for 9.6 s, then another for 7.2 s) pass. Seed 3, run after
-them (`meshha-lab nemesis --runs 3 --seed 1`: a partition host1,host5 | host2,host3,host4
-for 11.2 s), is left out on purpose because it fails on the agent, not the lab: the
-minority passes isolation_after_s and destroys its VMs (self-fence) but the majority never
-commits `failed` before the partition heals, so nobody brings those VMs back (Nova shows
-them ACTIVE, no QEMU runs them). Add it back when the agent restarts what it self-fenced.
+The seeds cover five of the six fault kinds added last:
+- 268: host4 cut off from everyone while its BMC lies (fenced on the lie, heard again,
+  named in a bmc-lied alert, vouched for, back in service), host3's data disk full;
+- 839: host3's agent's clock 30 s behind, host1's admin link flapping every 2 s;
+- 28: 5% loss and up to 50 ms jitter on host2's links.
+bmc-hang (e.g. seed 214: loss on host3 and host1 powered off with its BMC hung, fenced by
+the self-fence deadline) is left to the benchmark's runs: its recovery waits out the
+30 s deadline.
+
+Left out on purpose, because they fail on the agent or on Nova, not on the lab:
+- agent-kill under heavy load (seed 20 on a machine busy with four other labs): a killed
+  agent's host was failed and fenced because its restarted agent took longer than
+  detection (about 5 s in lan-safe) to answer: a refused knock counts as no answer
+  (meshha.probes.liveness), so the host is not "stalled". On a lighter machine the
+  benchmark's agent-kill runs pass at seeds 4, 5 and 12 and fail the same way at seed 13.
 """
 
 from __future__ import annotations
+
+import time
 
 import pytest
 
@@ -24,13 +37,16 @@ pytestmark = [
     pytest.mark.lab,
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
 ]
-LAB_SPEC = LabSpec(hosts=5, reserved=1, vms=8)
-CI_SEED = 1
-CI_RUNS = 2
+LAB_SPEC = LabSpec(hosts=5, reserved=1, vms=8, agent_clock=True, data_fs_mb=32)
+CI_SEEDS = (268, 839, 28)
 
 
 def test_nemesis_runs_violate_nothing(cloud: Cloud) -> None:
-    reports = nemesis(cloud, CI_RUNS, CI_SEED, print)
+    t0 = time.monotonic()
+    reports = [r for seed in CI_SEEDS for r in nemesis(cloud, 1, seed, print)]
     bad = {r.seed: (r.describe(), r.violations) for r in reports if r.violations}
     assert not bad, bad
     assert all(r.samples > 10 for r in reports)
+    kinds = {f.kind for r in reports for f in r.schedule}
+    assert {"bmc-lie", "disk-full", "clock", "flap", "loss"} <= kinds, kinds
+    print(f"nemesis: {len(reports)} runs in {time.monotonic() - t0:.0f}s")

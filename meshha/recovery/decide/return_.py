@@ -155,6 +155,15 @@ def _lie(ctx: Context, host: str, ep: int, fence: Fence, rep: Reconcile) -> list
         f"({', '.join(rep.destroyed) or 'none'}). {host} stays disabled in Nova: check it "
         "and its BMC, then `meshctl maintenance on` and `off` to return it to service.",
     )
+    # "Stays disabled" holds only if it was disabled: a host heard again before its
+    # fence chain reached the disable (the lab's nemesis, seed 268) is disabled now.
+    out += ctx.step(
+        host_step("disable", host, ep),
+        "disable_compute",
+        host,
+        reason=f"the BMC of {host} lied: force-down and disable its nova-compute service "
+        "until an operator vouches for it",
+    )
     out += ctx.step(
         host_step("power_check", host, ep),
         "power_check",
