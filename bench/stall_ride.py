@@ -189,7 +189,7 @@ def dead_host(mesh: Mesh, kills: int) -> dict[str, Any]:
                 break
             pause(0.01)
         samples.append(None if seen is None else round(seen, 3))
-        mesh.restart(victim)
+        mesh.restart(victim, timeout_s=60)  # an agent starts slowly at load 20+
     got = sorted(s for s in samples if s is not None)
 
     def pct(p: float) -> float | None:
