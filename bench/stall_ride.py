@@ -189,7 +189,7 @@ def dead_host(mesh: Mesh, kills: int) -> dict[str, Any]:
                 break
             pause(0.01)
         samples.append(None if seen is None else round(seen, 3))
-        mesh.restart(victim)
+        mesh.restart(victim, timeout_s=60)  # an agent starts slowly at load 20+
     got = sorted(s for s in samples if s is not None)
 
     def pct(p: float) -> float | None:
@@ -234,7 +234,10 @@ def run_profile(lab: netns.Lab, profile: str, a: argparse.Namespace) -> dict[str
         return res
     finally:
         mesh.close()
-        shutil.rmtree(work, ignore_errors=True)
+        if a.keep:
+            print(f"  agents' logs and data kept in {work}", flush=True)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> int:
@@ -245,6 +248,7 @@ def main() -> int:
     ap.add_argument("--repeat-s", type=float, default=None)
     ap.add_argument("--kills", type=int, default=None)
     ap.add_argument("--out", type=Path, default=RESULTS / "stall_ride.json")
+    ap.add_argument("--keep", action="store_true", help="keep the agents' logs and data")
     a = ap.parse_args()
     a.repeat_s = a.repeat_s or (15.0 if a.quick else 40.0)
     a.kills = a.kills or (5 if a.quick else 20)

@@ -24,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -330,7 +331,10 @@ async def run_agent(
         async with trio.open_nursery() as nursery:
             await nursery.start(sink.run)
             await nursery.start(run_raft, raft, persist, data_dir)
-            await nursery.start(persist.run, persist_sources(raft, sink, data_dir))
+            await nursery.start(
+                partial(persist.run, checks={"ledger": sink.ledger.path}),
+                persist_sources(raft, sink, data_dir),
+            )
             await nursery.start(transport.run)
             if monitor is not None:
                 await nursery.start(monitor.run, vm_send)

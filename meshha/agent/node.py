@@ -31,7 +31,7 @@ from meshha.agent.keepalive import Keepalive, Notifier
 from meshha.agent.reconcile import reconcile_loop
 from meshha.config.model import Segment, majority
 from meshha.errors import MeshhaError
-from meshha.probes.liveness import StallMeter
+from meshha.probes.liveness import Stall, StallMeter
 from meshha.probes.swim import Prober
 from meshha.raft import entries as E
 from meshha.raft.entries import Entry
@@ -157,7 +157,6 @@ class Node:
         self.stalled_peers: dict[tuple[str, str], float] = {}  # (peer, net) -> silent since
         self._resumed_at = -math.inf  # when this agent last came back from its own stall
         self._stall_reports: deque[Entry] = deque(maxlen=16)  # waiting for a quorum
-        self._stall_reported = (-math.inf, 0.0)  # (when, how long) of the last reported
         self._capacity = CapacityWatch(segment, self.propose, me)
 
     # -- entry points ------------------------------------------------------------------
@@ -260,14 +259,21 @@ class Node:
         self._resumed_at = now_m
         recent = self.stalls.recent(now_m)
         log.warning("agent_stalled", stall_s=round(gap_s, 3), recent=len(recent))
-        # One entry per episode: the first stall peers could notice, then only a much
-        # longer one (1.5 x), until a window passes without a report (repeated stalls
-        # are counted in it).
-        last_t, last_gap = self._stall_reported
-        if gap_s >= self.stall_report_s and (
-            now_m - last_t >= self.stalls.window_s or gap_s > 1.5 * last_gap
-        ):
-            self._stall_reported = (now_m, gap_s)
+        # One entry per episode, and one per window for repeated stalls
+        # (meshha.probes.liveness StallMeter.report).
+        what = self.stalls.report(Stall(now_m - gap_s, gap_s), now_m, self.stall_report_s)
+        if what is not None:
+            seen = [s for s in recent if s.duration_s >= self.stall_report_s]
+            detail = (
+                f"the agent stood still for {gap_s:.2f} s "
+                f"({len(recent)} stall(s) in the last {self.stalls.window_s:g} s, "
+                f"{self.stalls.total} since start); its host's kernel answered peers"
+                if what == "single"
+                else f"the agent stood still repeatedly: {len(seen)} times in the last "
+                f"{self.stalls.window_s:g} s (longest {max(x.duration_s for x in seen):.2f} s, "
+                f"{sum(x.duration_s for x in seen):.2f} s in all); its host's kernel "
+                "answered peers throughout: a loaded or swapping host, not a failed one"
+            )
             # Committed once this member sees a quorum again (right after a stall, its
             # Raft member has not heard the leader yet): `_report_observations`.
             self._stall_reports.append(
@@ -277,11 +283,7 @@ class Node:
                     host=self.me,
                     process="meshha-agent",
                     outcome="stalled",
-                    detail=(
-                        f"the agent stood still for {gap_s:.2f} s "
-                        f"({len(recent)} stall(s) in the last {self.stalls.window_s:g} s, "
-                        f"{self.stalls.total} since start); its host's kernel answered peers"
-                    ),
+                    detail=detail,
                 )
             )
 

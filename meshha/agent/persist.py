@@ -17,6 +17,21 @@ when it ends, shown by `meshctl status` (`persist`), and alerted straight from t
 agent through the segment's alert sinks: an agent that cannot persist cannot commit an
 alert intent either, and its own trouble is its own to report.
 
+A quiet segment writes nothing, so a disk that fills up (or is remounted read-only)
+while nothing is committed would go unnoticed until the next entry. So the disk is also
+checked on a clock, whatever is committed:
+- journal: the journal itself proves every `PROBE_EVERY_S` (5 s) that its directory
+  takes a new block (meshha.raft.journal), in the Raft member's tick thread, so a failed
+  check freezes the member at once (it stops voting) and sets `persist_error`, which the
+  poll below reports;
+- ledger (`checks`): every `CHECK_EVERY_S` a thread of this watch (one at a time) writes
+  and fdatasyncs `PROBE_B` bytes to a fresh file beside the ledger and removes it
+  (`probe_dir`); a check that fails is the ledger's problem (path, errno), one that hangs
+  longer than `CHECK_TIMEOUT_S` too (a hung disk), until a check succeeds again.
+So a full or read-only disk is logged, shown and alerted within CHECK_EVERY_S (ledger)
+or PROBE_EVERY_S + 1 s (journal, pysyncobj's one-second timer) plus `POLL_S`, and the
+host stops voting within the latter, even when nothing is committed.
+
 `problem_of` turns an exception into a `Problem` (or None if it is not a disk error);
 `PersistWatch.check` is pure (the state and the problems in, the changes out); `run` is
 the task that polls the sources every `POLL_S` and carries the changes out.
@@ -24,10 +39,12 @@ the task that polls the sources every `POLL_S` and carries the changes out.
 
 from __future__ import annotations
 
+import contextlib
 import errno as errnos
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -39,6 +56,9 @@ from meshha.recovery.ports import Alert, AlertPort
 log = structlog.get_logger("meshha.persist")
 
 POLL_S = 0.5
+CHECK_EVERY_S = 5.0  # the ledger's directory is checked this often (module doc)
+CHECK_TIMEOUT_S = 5.0  # a check that takes longer is a hung disk
+PROBE_B = 4096  # one page / file-system block: a full disk refuses a fresh one
 DISK_ERRNOS = frozenset(
     {errnos.ENOSPC, errnos.EDQUOT, errnos.EROFS, errnos.EIO, errnos.EACCES, errnos.EPERM}
 )
@@ -61,7 +81,7 @@ class Problem:
 
     @property
     def errno_name(self) -> str:
-        return errnos.errorcode.get(self.errno, str(self.errno)) if self.errno else "?"
+        return errnos.errorcode.get(self.errno, str(self.errno)) if self.errno else "no errno"
 
     def describe(self) -> str:
         return (
@@ -84,6 +104,25 @@ def problem_of(what: str, err: BaseException, default_path: str) -> Problem | No
     return Problem(what, str(path or default_path), code, str(err))
 
 
+def probe_dir(what: str, path: Path) -> Problem | None:
+    """Blocking: can the directory of `path` take a new block now? Writes, fdatasyncs
+    and removes a fresh `PROBE_B`-byte file beside it. None, or the problem (any OSError:
+    a directory that vanished cannot be written either)."""
+    probe = path.with_name(f".{path.name}.persist-check")
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, bytes(PROBE_B))
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(probe)
+    except OSError as err:
+        return Problem(what, str(path), err.errno, f"test write beside it: {err.strerror}")
+    return None
+
+
 @dataclass(frozen=True)
 class Change:
     problem: Problem
@@ -96,6 +135,8 @@ class PersistWatch:
     def __init__(self, segment: str, me: str, alerts: AlertPort | None = None) -> None:
         self.segment, self.me, self.alerts = segment, me, alerts
         self.problems: dict[str, Problem] = {}
+        self.checked: dict[str, Problem] = {}  # what the periodic checks found (`checks`)
+        self._changed = trio.Event()
         self.crashed: dict[str, Problem] = {}  # a part that stopped for good on a disk error
         self.alerts_sent = 0
         self.alert_errors = 0
@@ -113,6 +154,10 @@ class PersistWatch:
                 del self.problems[what]
                 out.append(Change(old, False))
         return out
+
+    async def wait_change(self) -> None:
+        """Return at the next start or end of a problem (the caller bounds the wait)."""
+        await self._changed.wait()
 
     def report(self) -> dict[str, Any]:
         return {
@@ -134,20 +179,55 @@ class PersistWatch:
         self,
         sources: dict[str, Callable[[], Problem | None]],
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+        *,
+        checks: dict[str, Path] | None = None,
+        check_every_s: float = CHECK_EVERY_S,
     ) -> None:
-        """Poll `sources` (what -> its current problem) and log and alert each change."""
+        """Poll `sources` (what -> its current problem) and log and alert each change;
+        check the directory of each of `checks` (what -> a file) every `check_every_s`."""
         send, recv = trio.open_memory_channel[Change](16)
+        whats = list(dict.fromkeys([*sources, *(checks or {})]))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._alerter, recv)
+            if checks:
+                nursery.start_soon(self._checker, checks, check_every_s)
             task_status.started()
             while True:
-                for change in self.check({w: f() for w, f in sources.items()}):
+                now = {w: (sources[w]() if w in sources else None) for w in whats}
+                now = {w: p or self.checked.get(w) for w, p in now.items()}
+                changes = self.check(now)
+                if changes:
+                    self._changed.set()
+                    self._changed = trio.Event()
+                for change in changes:
                     self._log(change)
                     try:
                         send.send_nowait(change)
                     except trio.WouldBlock:  # alerts are slower than changes: log only
                         self.alert_errors += 1
                 await trio.sleep(POLL_S)
+
+    async def _checker(self, checks: dict[str, Path], every_s: float) -> None:
+        """The periodic disk checks (module doc), one thread at a time, each bounded."""
+        limiter = trio.CapacityLimiter(1)
+        while True:
+            for what, path in checks.items():
+                found: Problem | None = Problem(
+                    what,
+                    str(path),
+                    None,
+                    f"a test write and fdatasync beside it did not finish within "
+                    f"{CHECK_TIMEOUT_S:g} s (a hung disk)",
+                )
+                with trio.move_on_after(CHECK_TIMEOUT_S):
+                    found = await trio.to_thread.run_sync(
+                        probe_dir, what, path, limiter=limiter, abandon_on_cancel=True
+                    )
+                if found is None:
+                    self.checked.pop(what, None)
+                else:
+                    self.checked[what] = found
+            await trio.sleep(every_s)
 
     def _log(self, c: Change) -> None:
         p = c.problem

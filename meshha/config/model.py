@@ -320,7 +320,9 @@ TIMING_PROFILES: dict[str, dict[str, float]] = {
     # for 5 s while its host's kernel answers is ridden through (stall_grace_s 8 s: the
     # first miss can precede the stall by a probe interval, and a resumed agent needs a
     # moment under load to answer again; the host watchdog, 5-8 s, is the authority
-    # beyond; bench/stall_ride.py measures it).
+    # beyond; bench/stall_ride.py measures it: 7 s ridden, 10 s not; stops of 1 s every
+    # 3 s and slow observers give no verdict; dead host p50 1.0 s, p99 3.0 s at load
+    # 6-16 on 2 shared cores, p99 1.3 s once the load was under 12).
     "lan-fast": {
         "probe_interval_s": 0.2,
         "probe_timeout_s": 0.1,

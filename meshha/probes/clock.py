@@ -2,7 +2,7 @@
 
 No host's wall clock is trusted to be right, and none needs to be: probes never look at
 it (meshha.probes.wire), and the times meshha commits to the log are *segment time*, the
-median of the members' wall clocks as measured here. A host whose wall clock is minutes
+members' median wall clock as measured here (`segment_base`: robust to an even count). A host whose wall clock is minutes
 off (at start, or stepped while running, either way) is heard as usual, commits correct
 times, and is reported (per host, with its offset) as a clock to fix.
 
@@ -21,13 +21,29 @@ shortest round trip counts (queueing only ever adds delay), and only while young
 `fresh_s`. This host's own
 base is ``wall - monotonic``, read at the time of the question. Segment time is then
 
-    segment_now = mono + median({my base} ∪ {fresh peer bases})
+    segment_now = mono + vote({my base} ∪ {fresh peer bases})
 
-and a host's offset is its base minus that median. Each vote is one host's wall clock, so
-the median is right (within the spread of the good clocks) as long as more than half of
-the hosts that answered have good clocks; a step of this host's own wall clock moves only
-its own vote. Judging anyone (`skewed`) needs fresh samples from a majority of the hosts
-(this one included); until then nothing is judged.
+and a host's offset is its base minus that vote (`segment_base`). Each vote is one host's
+wall clock. The vote is never a point *between* clocks (a mean): with the plain median
+of an even number of votes (the mean of the middle two), one bad clock out of two, or
+two out of four, moved segment time by half its offset. Instead, with S =
+`max_clock_skew_s` and the votes sorted:
+
+- the *majority cluster*: the largest run of votes that agree within S (last minus first
+  <= S; the lowest such run on a tie). If it holds a strict majority of the votes, the
+  vote is its lower median: the clocks outside it are excluded whatever they say,
+- otherwise (no majority agrees: 1 against 1, 2 against 2) the lower median of all the
+  votes, an actual clock.
+
+Bound: when more than half of the clocks that answered agree within S, segment time is
+one of them, so it is within S of every one of them, however far off the others are
+(minutes, either way), and an even count no longer matters. When no majority agrees,
+nothing can tell the good clocks from the bad; the lower median is still one host's
+clock, and every host that holds the same votes picks the same one, which is what the
+deadline proof below needs (committed times compared with each other, not with true
+time). A step of this host's own wall clock moves only its own vote. Judging anyone
+(`skewed`) needs fresh samples from a majority of the hosts (this one included); until
+then nothing is judged.
 
 How a skewed host's self-fence deadline compares with the majority's. The isolated host
 counts its own *monotonic* time from its last contact with a majority (meshha.agent.node,
@@ -50,13 +66,30 @@ that has just started has no losses to commit yet).
 
 from __future__ import annotations
 
-import statistics
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 SAMPLES = 8  # per peer: the shortest round trip of the last 8 counts
 DEFAULT_FRESH_S = 30.0
+
+
+def segment_base(votes: Iterable[float], max_skew_s: float) -> float:
+    """The segment's vote among the hosts' clock bases (module doc): the lower median of
+    the largest run agreeing within `max_skew_s` if it is a strict majority, else the
+    lower median of all. Always one of the votes."""
+    v = sorted(votes)
+    assert v, "at least this host's own vote"
+    best_i, best_n, j = 0, 0, 0
+    for i in range(len(v)):
+        j = max(j, i)
+        while j + 1 < len(v) and v[j + 1] - v[i] <= max_skew_s:
+            j += 1
+        if j - i + 1 > best_n:
+            best_i, best_n = i, j - i + 1
+    if 2 * best_n > len(v):
+        return v[best_i + (best_n - 1) // 2]
+    return v[(len(v) - 1) // 2]
 
 
 @dataclass(frozen=True)
@@ -111,7 +144,7 @@ class SegmentClock:
 
     def base(self, mono: float, wall: float) -> float:
         """Segment time minus this host's monotonic clock."""
-        return statistics.median(self._bases(mono, wall).values())
+        return segment_base(self._bases(mono, wall).values(), self.max_skew_s)
 
     def now(self, mono: float, wall: float) -> float:
         """Segment time at this host's monotonic `mono` (its own wall clock is `wall`)."""
@@ -124,8 +157,8 @@ class SegmentClock:
     def offsets(self, mono: float, wall: float) -> dict[str, float]:
         """Each measured host's wall clock minus segment time (this host's included)."""
         bases = self._bases(mono, wall)
-        median = statistics.median(bases.values())
-        return {h: b - median for h, b in sorted(bases.items())}
+        vote = segment_base(bases.values(), self.max_skew_s)
+        return {h: b - vote for h, b in sorted(bases.items())}
 
     def skewed(self, mono: float, wall: float) -> dict[str, float]:
         """Hosts whose clock is more than `max_skew_s` off segment time: {host: offset}.

@@ -39,7 +39,12 @@ seconds late stood still for that long. After a stall the agent (meshha.agent.no
   stall is not the majority's silence), unless the stall was so long that the majority
   may already count on its self-fence;
 - reports the stall, with its length and how many came in the last `window_s`, as a
-  committed event (repeated short stalls are reported as such, never as failures).
+  committed event (repeated short stalls are reported as such, never as failures):
+  `StallMeter.report` says when: the first stall peers could notice, then only a much
+  longer one (1.5 x) until a window passes without a report, and, once
+  `REPEATED_STALLS` noticeable stalls fell in one window, one "repeated" report per
+  window (count, longest, total), so stops of 1 s every 3 s are one entry a minute
+  that says so, not silence and not an entry per stop.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from collections import deque
 from dataclasses import dataclass
 
 KNOCK_ANSWERED, KNOCK_REFUSED, KNOCK_SILENT = "answered", "refused", "silent"
+REPEATED_STALLS = 3  # noticeable stalls within one window: reported as repeated
 
 
 class KernelLiveness:
@@ -108,6 +114,8 @@ class StallMeter:
         self._prev: float | None = None
         self._stalls: deque[Stall] = deque(maxlen=max_kept)
         self.total = 0
+        self._reported = (-math.inf, 0.0)  # (when, how long) of the last single report
+        self._repeat_reported = -math.inf
 
     def tick(self, now: float) -> Stall | None:
         prev, self._prev = self._prev, now
@@ -123,3 +131,17 @@ class StallMeter:
 
     def recent(self, now: float) -> list[Stall]:
         return [s for s in self._stalls if now - s.start <= self.window_s]
+
+    def report(self, stall: Stall, now: float, noticeable_s: float) -> str | None:
+        """Whether to commit `stall` (module doc): "single", "repeated" or None."""
+        if stall.duration_s < noticeable_s:
+            return None
+        last_t, last_gap = self._reported
+        if now - last_t >= self.window_s or stall.duration_s > 1.5 * last_gap:
+            self._reported = (now, stall.duration_s)
+            return "single"
+        seen = [s for s in self.recent(now) if s.duration_s >= noticeable_s]
+        if len(seen) >= REPEATED_STALLS and now - self._repeat_reported >= self.window_s:
+            self._repeat_reported = now
+            return "repeated"
+        return None

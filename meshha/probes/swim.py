@@ -18,13 +18,40 @@ the end of the period is a miss; `misses_before_suspect` consecutive misses make
 peer *lost* on that network (since the first miss), and one ack makes it reachable again.
 
 An ack that arrives after its round was closed as a miss (jitter, a queue, a helper's
-slow relay) still counts as one, for `misses_before_suspect` periods after its ping was
-sent (at most MAX_CLOSED rounds kept): it echoes a challenge this host sent, so it proves
-the peer was alive after that ping. Without it, a link with 10 % loss and 50 ms of
+slow relay) still counts as one, for `late_ack_s` after its ping was sent (the longer of
+`misses_before_suspect` periods and the profile's `stall_grace_s`; at most MAX_CLOSED
+rounds kept): it echoes a challenge this host sent, so it proves the peer was alive
+after that ping. Without it, a link with 10 % loss and 50 ms of
 jitter under lan-fast (0.1 s for the direct ack, 0.1 s more for the four hops of an
 indirect one) gave about 130 false "lost" observations an hour, each followed by its
 "regained" (sim scenario lossy-network-hour); with it, none. A dead peer sends no ack,
 late or not: detection is as fast as before.
+
+Why as long as the stall grace: on a loaded machine (2 cores, load 15) a lan-fast agent's
+answers queued for 1 to 2.6 s behind its own backlog (measured: bench/stall_ride.py,
+RESULTS.md). Acks that late were thrown away, so every peer stayed "lost" from its first
+miss on; its kernel answered the knocks (meshha.probes.liveness), so it was held stalled
+for `stall_grace_s`, then reported with that old `since`: `failed` at once and a fence,
+for a host that had answered every ping. A late ack is evidence of life whatever its
+delay; the only cost is on the observer's side: a host that dies right after answering
+is found later by the time its last ack spent in *this observer's* queues, which is only
+long when the observer itself is slow (Lifeguard: a slow observer should accuse late).
+
+And one ping in flight per target and network: a ping-req for a target this host is
+already pinging (for itself or for another requester) joins that ping instead of sending
+another (up to MAX_RELAYS requesters; the ack is relayed to each). Without it, a slow
+peer drew every observer's ping plus `indirect_probes` helpers' pings per observer,
+each period, on every network: the slower it answered, the more it was sent, a probe
+storm that fed itself on a loaded machine.
+
+Local health (Lifeguard's awareness, memberlist awareness.go). `health` is a score from 0
+(healthy) to MAX_HEALTH: +1 for each ack that came back late and each stall of this
+agent's own (`pause`) of a probe timeout or more, -1 for each direct ack on time. The period and the probe timeout
+are scaled by (health + 1): an agent whose answers or whose own loop run late probes
+less often and waits longer before it counts a miss, so it neither accuses its peers of
+its own slowness nor feeds the storm above. A probe that gets no answer at all does not
+change the score: a dead peer sends nothing, so the healthy observers, whose acks from
+everyone else come on time, stay at 0 and find it as fast as before.
 """
 
 from __future__ import annotations
@@ -37,6 +64,8 @@ from typing import Any
 from meshha.config.model import Segment
 
 MAX_CLOSED = 4096  # rounds closed as a miss whose late ack is still accepted (bound)
+MAX_RELAYS = 8  # requesters joined to one ping in flight (bound)
+MAX_HEALTH = 8  # local health score: period and timeout scaled up to 9x (memberlist's 8)
 
 
 @dataclass(frozen=True)
@@ -56,6 +85,7 @@ class _Pending:
     requester: str | None = None  # set when we probe on someone else's behalf
     requester_id: int = 0
     helpers: tuple[str, ...] = ()  # who we asked to probe for us: only they may relay
+    joined: list[tuple[str, int]] = field(default_factory=list)  # more requesters (doc)
 
 
 @dataclass
@@ -100,12 +130,16 @@ class Prober:
         self._next_id = self.rng.getrandbits(62) + 1
         self._next_period = float("-inf")
         self.poll_interval_s = min(self.t.probe_timeout_s, self.t.probe_interval_s / 2)
+        self.late_ack_s = max(
+            self.t.probe_interval_s * self.t.misses_before_suspect, self.t.stall_grace_s
+        )
         self._pending: dict[int, _Pending] = {}
         self._closed: OrderedDict[int, _Pending] = OrderedDict()  # missed: a late ack counts
         self.view: dict[tuple[str, str], PeerView] = {}
         self.watch_extra: set[str] = set()  # suspects from committed state
         self._asked: dict[tuple[str, str], float] = {}  # (target, net) -> until
         self.stats = ProbeStats()
+        self.health = 0  # local health score (module doc)
 
     # -- the two inputs --------------------------------------------------------------
 
@@ -117,7 +151,7 @@ class Prober:
         if now + 1e-9 < self._next_period:
             self.stats.sent += len(out)
             return out
-        self._next_period = now + self.t.probe_interval_s
+        self._next_period = now + self._scaled(self.t.probe_interval_s)
         self.stats.rounds += 1
         for net in self.networks:
             for target in self._targets(net, now):
@@ -142,15 +176,20 @@ class Prober:
         elif t == "req":
             target = msg.get("target")
             if isinstance(target, str) and target in self.peers.get(network, ()):
-                send = self._ping(network, target, now)
-                helping = self._pending[send.msg["id"]]
-                helping.requester, helping.requester_id = sender, int(msg.get("id", 0))
-                helping.indirect_sent = True  # a helper does not recurse
+                joined = self._in_flight(target, network, now)
+                if joined is not None and len(joined.joined) < MAX_RELAYS:
+                    joined.joined.append((sender, int(msg.get("id", 0))))
+                    self.stats.by_type["req_joined"] = self.stats.by_type.get("req_joined", 0) + 1
+                else:
+                    send = self._ping(network, target, now)
+                    helping = self._pending[send.msg["id"]]
+                    helping.requester, helping.requester_id = sender, int(msg.get("id", 0))
+                    helping.indirect_sent = True  # a helper does not recurse
+                    out.append(send)
                 # A helper keeps watching the suspect for a few periods.
                 self._asked[(target, network)] = now + self.t.probe_interval_s * (
                     self.t.misses_before_suspect + 1
                 )
-                out.append(send)
         elif t == "ack":
             pid = int(msg.get("id", -1))
             pend = self._pending.pop(pid, None)
@@ -167,10 +206,14 @@ class Prober:
                 if late:
                     del self._closed[pid]
                     self.stats.by_type["late_ack"] = self.stats.by_type.get("late_ack", 0) + 1
+                    self._health(+1)
+                elif sender == pend.target and pend.requester is None:
+                    self._health(-1)  # our own direct probe, answered on time
                 self._acked(pend.target, network, now)
-                if pend.requester is not None:
-                    relay = {"t": "ack", "id": pend.requester_id, "via": self.me}
-                    out.append(Send(network, pend.requester, relay))
+                relays = [(pend.requester, pend.requester_id)] if pend.requester else []
+                for requester, rid in relays + pend.joined:
+                    relay = {"t": "ack", "id": rid, "via": self.me}
+                    out.append(Send(network, requester, relay))
             elif pend is not None and not late:
                 self._pending[pid] = pend  # not for this one: keep waiting
         self.stats.sent += len(out)
@@ -183,6 +226,8 @@ class Prober:
         for p in self._pending.values():
             p.started += gap_s
             p.deadline += gap_s
+        if gap_s >= self.t.probe_timeout_s:
+            self._health(+1)  # long enough to have cost an ack its deadline
 
     # -- what the agent reads --------------------------------------------------------
 
@@ -232,10 +277,27 @@ class Prober:
         chosen += [s for s in sorted(self.watch_extra) if s in peers]
         return list(dict.fromkeys(chosen))  # dedup, keep order
 
+    def _scaled(self, seconds: float) -> float:
+        return seconds * (self.health + 1)
+
+    def _health(self, delta: int) -> None:
+        self.health = min(MAX_HEALTH, max(0, self.health + delta))
+
+    def _in_flight(self, target: str, net: str, now: float) -> _Pending | None:
+        """A ping to `target` on `net` still waiting for its direct ack, if any."""
+        for p in self._pending.values():
+            if (
+                p.target == target
+                and p.network == net
+                and now < p.started + self._scaled(self.t.probe_timeout_s)
+            ):
+                return p
+        return None
+
     def _ping(self, net: str, target: str, now: float) -> Send:
         pid = self._next_id
         self._next_id += 1
-        self._pending[pid] = _Pending(target, net, now, now + self.t.probe_timeout_s)
+        self._pending[pid] = _Pending(target, net, now, now + self._scaled(self.t.probe_timeout_s))
         return Send(net, target, {"t": "ping", "id": pid})
 
     def _close_rounds(self, now: float, out: list[Send]) -> None:
@@ -248,13 +310,13 @@ class Prober:
                 for h in helpers:
                     out.append(Send(p.network, h, {"t": "req", "id": pid, "target": p.target}))
                 p.indirect_sent = True
-                p.deadline = p.started + self.t.probe_interval_s
+                p.deadline = p.started + self._scaled(self.t.probe_interval_s)
                 if helpers:
                     continue
             del self._pending[pid]
             self._closed[pid] = p
             self._missed(p.target, p.network, p.started)
-        keep_s = self.t.probe_interval_s * self.t.misses_before_suspect
+        keep_s = self.late_ack_s
         while self._closed and (
             len(self._closed) > MAX_CLOSED
             or next(iter(self._closed.values())).started < now - keep_s

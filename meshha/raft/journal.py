@@ -50,6 +50,14 @@ Ordering. pysyncobj applies committed entries (hands them to readers, and so to 
 ledger) at the start of a tick, after the sync that precedes `doTick`: a reader never
 sees an entry this member could lose in a power cut.
 
+A quiet segment writes nothing, so a disk that filled up (or went read-only) meanwhile
+would go unnoticed until the next entry. So every `probe_every_s` (counted by pysyncobj's
+one-second timer) the next `sync()` also proves the directory can take a new block: it
+writes `PROBE_B` bytes to a fresh `raft.wal.probe`, fdatasyncs it and removes it (a
+rewrite of an existing block, or an append into the file's last one, could succeed on a
+full disk). A probe that fails is a disk error like any other, below; while one is due,
+`dirty` is true, so nothing is acknowledged before it ran.
+
 Disk errors. `sync()` never raises: a failed write or fsync (ENOSPC, EDQUOT, EROFS, EIO)
 sets `persist_error` (a `JournalError` with the path and errno) and returns False; the
 records stay in memory and the next `sync()` writes them again from their start (after
@@ -77,6 +85,8 @@ from meshha.errors import LogError
 
 log = structlog.get_logger("meshha.raft.journal")
 
+PROBE_EVERY_S = 5  # seconds between the checks that a new block can be written (doc)
+PROBE_B = 4096  # one page / file-system block: a full disk refuses it
 HEADER = b"MESHHA-RAFT-WAL\x00\x01\x00\x00\x00"  # name, NUL, format version 1 (u32 LE)
 _REC = struct.Struct("<cII")  # type, payload length, crc32
 _E, _T, _M = b"E", b"T", b"M"
@@ -150,8 +160,12 @@ class DurableJournal(Journal):
         *,
         on_synced: Callable[[Path, int], None] | None = None,
         max_superseded: int = 1000,
+        probe_every_s: int = PROBE_EVERY_S,
     ) -> None:
         self.path = path
+        self._probe_every_s = probe_every_s
+        self._probe_in_s = probe_every_s
+        self._probe_due = False
         self._on_synced = on_synced
         self._max_superseded = max_superseded  # records beyond 2 x entries: rewrite
         self._entries: list[RaftEntry] = []
@@ -296,6 +310,9 @@ class DurableJournal(Journal):
         return self._voted
 
     def onOneSecondTimer(self) -> None:
+        self._probe_in_s -= 1
+        if self._probe_in_s <= 0:
+            self._probe_due, self._probe_in_s = True, self._probe_every_s
         if self._commit_dirty and not self._rewrite:
             self._queue(_meta_record(self._term, self._commit, self._voted))
             self._commit_dirty = False
@@ -316,7 +333,7 @@ class DurableJournal(Journal):
         return self._unsynced()
 
     def _unsynced(self) -> bool:
-        return bool(self._pending) or self._rewrite or self._cut_tail
+        return bool(self._pending) or self._rewrite or self._cut_tail or self._probe_due
 
     def sync(self) -> bool:
         """Put every record on stable storage (one write, one fdatasync). False, with
@@ -325,11 +342,16 @@ class DurableJournal(Journal):
             return True
         if not self._rewrite and self._records > 2 * len(self._entries) + self._max_superseded:
             self._rewrite = True  # mostly superseded records: start a fresh file
+        wrote = self._rewrite or bool(self._pending) or self._cut_tail
         try:
             if self._rewrite:
                 self._write_fresh_file()
-            else:
+            elif self._pending or self._cut_tail:
                 self._append_pending()
+            if self._probe_due:
+                probe = self.path.with_name(self.path.name + ".probe")
+                self._probe(probe)
+                self._probe_due = False
         except OSError as e:
             self._close()
             err = JournalError.from_os(
@@ -344,13 +366,25 @@ class DurableJournal(Journal):
                 )
             self.persist_error = err
             return False
-        self.syncs += 1
+        self.syncs += wrote
         if self.persist_error is not None:
             log.warning("raft journal persists again", path=str(self.path))
             self.persist_error = None
         if self._on_synced is not None:
             self._on_synced(self.path, self._size)
         return True
+
+    @staticmethod
+    def _probe(path: Path) -> None:
+        """A new block can be written and synced in the journal's directory (module doc)."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, bytes(PROBE_B))
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
     def _open(self) -> int:
         if self._fd is None:

@@ -164,3 +164,52 @@ def test_full_disk_keeps_the_agent_up_alerts_and_catches_up(mesh: Mesh, webhook:
         assert not any(e["kind"] == "intent" and e["action"] == "fence" for e in book.values())
     assert mesh.running(VICTIM)
     print(f"disk full: reported after {t_reported:.2f} s, alerted after {t_alerted:.2f} s")
+
+
+def test_a_disk_that_fills_in_a_quiet_segment_is_found_without_a_commit(
+    mesh: Mesh, webhook: Webhook
+) -> None:
+    """Nothing is committed while the disk is full: the periodic checks (the journal's
+    probe, the ledger's check: meshha.agent.persist) still find it, say what and where,
+    alert, and the host stops voting, within a bound; then it votes again."""
+    mesh.wait_leader(30)
+    mesh.wait_until(
+        lambda: all((s := mesh.try_status(h)) and s["has_quorum"] for h in HOSTS), 30, "quorum"
+    )
+    index = mesh.status(VICTIM)["index"]
+    filler = mesh.data_dir(VICTIM) / "filler"
+    t_full = time.monotonic()
+    fill(filler)
+
+    def problems() -> dict[str, dict[str, Any]] | None:
+        st = mesh.try_status(VICTIM)
+        got = {p["what"]: p for p in (st or {}).get("persist", {}).get("problems", [])}
+        return got if {"journal", "ledger"} <= set(got) else None
+
+    # bound: the journal probes every 5 s (+1 s timer), the ledger is checked every 5 s,
+    # both polled every 0.5 s; 10 s more for a loaded machine
+    found = mesh.wait_until(problems, 16.5, f"{VICTIM} finds its full disk with no commit")
+    t_found = time.monotonic() - t_full
+    for p in found.values():
+        assert p["errno"] == "ENOSPC" and p["path"].startswith(str(mesh.data_dir(VICTIM))), p
+    st = mesh.status(VICTIM)
+    assert not st["persist"]["voting"] and not st["has_quorum"], st["persist"]
+    alert = mesh.wait_until(
+        lambda: next((a for a in webhook.received if a["host"] == VICTIM), None), 15, "alert"
+    )
+    t_alerted = time.monotonic() - t_full
+    assert "ENOSPC" in alert["subject"] and str(mesh.data_dir(VICTIM)) in alert["body"], alert
+    for h in HOSTS:
+        assert mesh.verdict(h, VICTIM) in (None, "healthy"), mesh.describe()
+    filler.unlink()
+    mesh.wait_until(
+        lambda: (
+            (s := mesh.try_status(VICTIM)) is not None and s["persist"]["ok"] and s["has_quorum"]
+        ),
+        30,
+        f"{VICTIM} writes and votes again",
+    )
+    assert mesh.status(VICTIM)["index"] >= index
+    for h in HOSTS:
+        assert not any(e["kind"] == "intent" and e["action"] == "fence" for _, e in mesh.ledger(h))
+    print(f"quiet disk full: found after {t_found:.2f} s, alerted after {t_alerted:.2f} s")

@@ -149,3 +149,47 @@ async def test_read_only_disk_is_a_typed_error_and_recovers(small_fs):
         await log.propose(_entry(3), timeout_s=WAIT_S)
         assert await _read_all(log, 4) == [0, 1, 2, 3]
         nursery.cancel_scope.cancel()
+
+
+def _fill(path) -> None:
+    subprocess.run(["dd", "if=/dev/zero", f"of={path}", "bs=64k"], capture_output=True, check=False)
+
+
+def test_a_disk_that_fills_while_nothing_is_written_is_found_by_the_probe(small_fs):
+    """A quiet journal (nothing to write) still finds out, within `probe_every_s` of its
+    one-second timer, that its directory cannot take a new block: `sync` fails with
+    ENOSPC and the journal stays dirty (nothing acknowledged) until it can write again."""
+    from meshha.raft.journal import DurableJournal
+
+    j = DurableJournal(small_fs / JOURNAL_FILE, probe_every_s=3)
+    j.add(b"x", 1, 1)
+    assert j.sync() and not j.dirty
+    _fill(small_fs / "filler")
+    assert j.sync() and not j.dirty  # nothing due yet: no write, nothing noticed
+    for _ in range(3):
+        j.onOneSecondTimer()
+    assert j.dirty  # a probe is due: acknowledgements wait for it
+    assert not j.sync()
+    err = j.persist_error
+    assert err is not None and err.errno == errno.ENOSPC and err.kind == "disk_full"
+    assert j.dirty and not j.sync()  # retried on every sync while it lasts
+    (small_fs / "filler").unlink()
+    assert j.sync() and j.persist_error is None and not j.dirty
+    assert not (small_fs / (JOURNAL_FILE + ".probe")).exists()
+    assert DurableJournal(small_fs / JOURNAL_FILE)[:] == [(b"x", 1, 1)]
+
+
+def test_a_disk_remounted_read_only_while_quiet_is_found_by_the_probe(small_fs):
+    from meshha.raft.journal import DurableJournal
+
+    j = DurableJournal(small_fs / JOURNAL_FILE, probe_every_s=1)
+    j.add(b"x", 1, 1)
+    assert j.sync()
+    subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
+    try:
+        j.onOneSecondTimer()
+        assert not j.sync()
+        assert j.persist_error is not None and j.persist_error.errno == errno.EROFS
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_fs)], check=True)
+    assert j.sync() and j.persist_error is None

@@ -62,3 +62,34 @@ def test_stall_meter_measures_the_lateness_of_a_loop():
     assert m.tick(5.43) is None
     assert [x.duration_s for x in m.recent(6.0)] == [pytest.approx(5.0)]
     assert m.recent(70.0) == [] and m.total == 1
+
+
+def test_repeated_stalls_are_reported_once_a_window_as_repeated():
+    """Stops of 1 s every 3 s (bench/stall_ride.py): the first is reported, the next two
+    are not (same episode), the third noticeable one in the window is reported as
+    repeated, then nothing more until a window has passed."""
+    m = StallMeter(0.1, 0.05, window_s=60.0)
+    got = []
+    m.tick(0.0)
+    t = 0.0
+    for _ in range(10):
+        t += 1.1  # 1 s late
+        s = m.tick(t)
+        assert s is not None
+        got.append(m.report(s, t, 0.3))
+        for _ in range(20):  # 2 s of running, on time
+            t += 0.1
+            assert m.tick(t) is None
+    assert got[:3] == ["single", None, "repeated"] and got[3:] == [None] * 7
+    for _ in range(610):
+        t += 0.1
+        m.tick(t)
+    s = m.tick(t + 1.0)
+    assert s is not None and m.report(s, t + 1.0, 0.3) == "single"
+
+
+def test_a_stall_too_short_to_notice_is_not_reported():
+    m = StallMeter(0.1, 0.05)
+    m.tick(0.0)
+    s = m.tick(0.2)
+    assert s is not None and m.report(s, 0.2, 0.3) is None

@@ -315,10 +315,11 @@ def test_a_late_relayed_ack_counts_from_an_asked_helper_only() -> None:
     assert p.peer(first.to, "admin").misses == 0
 
 
-def test_an_ack_later_than_misses_before_suspect_periods_does_not_count() -> None:
+def test_an_ack_later_than_the_late_ack_window_does_not_count() -> None:
     p = Prober(SEG, "host1")
+    assert p.late_ack_s == max(T.probe_interval_s * T.misses_before_suspect, T.stall_grace_s)
     ping = missed_round(p)
-    too_late = T.probe_interval_s * (T.misses_before_suspect + 1)
+    too_late = p.late_ack_s + T.probe_interval_s
     p.tick(too_late)  # the closed round is forgotten
     misses = p.peer(ping.to, "admin").misses
     p.receive("admin", ping.to, {"t": "ack", "id": ping.msg["id"]}, too_late + 0.01)
@@ -401,3 +402,61 @@ def test_helping_others_does_not_shorten_the_way_to_lost() -> None:
     rounds = (T.misses_before_suspect - 1) * T.probe_interval_s
     for observer, (when, since) in mesh.first_lost.items():
         assert when - since >= rounds - 1e-9, (observer, when, since)
+
+
+def test_an_ack_seconds_late_still_ends_the_silence() -> None:
+    """A loaded machine: answers queued 1 to 2.6 s (bench/stall_ride.py). Each proves the
+    peer alive after its ping; thrown away, the peer stayed lost from its first miss on,
+    was held stalled for the grace (its kernel answered), then failed at once."""
+    p = Prober(SEG, "host1")
+    ping = missed_round(p)
+    for k in range(2, 12):  # 2 s of rounds that all miss
+        p.tick(k * T.probe_interval_s / 2)
+    assert not p.peer(ping.to, "admin").reachable
+    p.receive("admin", ping.to, {"t": "ack", "id": ping.msg["id"]}, 2.0)
+    v = p.peer(ping.to, "admin")
+    assert v.reachable and v.misses == 0 and v.last_ack == 2.0
+
+
+def test_a_req_for_a_target_already_pinged_joins_that_ping() -> None:
+    """One ping in flight per target and network, whoever asks: the ack is relayed to
+    every requester (no probe storm on a slow peer)."""
+    helper = Prober(SEG, "host3")
+    out = helper.receive("admin", "host1", {"t": "req", "id": 41, "target": "host2"}, 5.0)
+    assert [s.msg["t"] for s in out] == ["ping"]
+    again = helper.receive("admin", "host4", {"t": "req", "id": 77, "target": "host2"}, 5.01)
+    assert again == [] and helper.stats.by_type["req_joined"] == 1
+    relays = helper.receive("admin", "host2", {"t": "ack", "id": out[0].msg["id"]}, 5.02)
+    assert sorted((s.to, s.msg["id"]) for s in relays) == [("host1", 41), ("host4", 77)]
+    assert all(s.msg["via"] == "host3" for s in relays)
+    # once that ping's direct wait is over, a new req sends a new ping
+    later = helper.receive("admin", "host5", {"t": "req", "id": 9, "target": "host2"}, 5.5)
+    assert [s.msg["t"] for s in later] == ["ping"]
+
+
+def test_local_health_slows_a_slow_observer_and_not_one_that_lost_a_dead_peer() -> None:
+    """Lifeguard's awareness: late acks and own stalls raise the score, which stretches
+    the period and the timeout; acks on time lower it; a peer that never answers (dead)
+    does not raise it, so detection of a dead host is not slowed."""
+    w = Peers()
+    w.down.add("host2")
+    w.run(5.0)
+    assert w.p.health == 0 and not w.p.peer("host2", "admin").reachable
+    p = Prober(SEG, "host1")
+    ping = missed_round(p)
+    p.receive("admin", ping.to, {"t": "ack", "id": ping.msg["id"]}, 0.5)
+    assert p.health == 1
+    p.pause(T.probe_timeout_s / 10)  # a short stall: not a sign
+    assert p.health == 1
+    p.pause(T.probe_timeout_s)
+    assert p.health == 2
+    sends = p.tick(1.0)  # a new period starts; the next one only 3 periods later
+    assert [s for s in sends if s.msg["t"] == "ping"]
+    later = p.tick(1.0 + T.probe_interval_s)  # one plain period later: no new round yet
+    assert not [s for s in later if s.msg["t"] == "ping"]
+    on_time = next(s for s in sends if s.msg["t"] == "ping")
+    p.receive("admin", on_time.to, {"t": "ack", "id": on_time.msg["id"]}, 1.01)
+    assert p.health == 1
+    for _ in range(20):
+        p.pause(1.0)
+    assert p.health == 8  # bounded
