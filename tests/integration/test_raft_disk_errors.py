@@ -151,10 +151,6 @@ async def test_read_only_disk_is_a_typed_error_and_recovers(small_fs):
         nursery.cancel_scope.cancel()
 
 
-def _fill(path) -> None:
-    subprocess.run(["dd", "if=/dev/zero", f"of={path}", "bs=64k"], capture_output=True, check=False)
-
-
 def test_a_disk_that_fills_while_nothing_is_written_is_found_by_the_probe(small_fs):
     """A quiet journal (nothing to write) still finds out, within `probe_every_s` of its
     one-second timer, that its directory cannot take a new block: `sync` fails with
@@ -164,7 +160,7 @@ def test_a_disk_that_fills_while_nothing_is_written_is_found_by_the_probe(small_
     j = DurableJournal(small_fs / JOURNAL_FILE, probe_every_s=3)
     j.add(b"x", 1, 1)
     assert j.sync() and not j.dirty
-    _fill(small_fs / "filler")
+    _fill(small_fs)
     assert j.sync() and not j.dirty  # nothing due yet: no write, nothing noticed
     for _ in range(3):
         j.onOneSecondTimer()
