@@ -39,7 +39,6 @@ the task that polls the sources every `POLL_S` and carries the changes out.
 
 from __future__ import annotations
 
-import contextlib
 import errno as errnos
 import os
 from collections.abc import Callable
@@ -51,6 +50,7 @@ import structlog
 import trio
 
 from meshha.errors import AlertError, MeshhaError
+from meshha.raft.journal import write_probe
 from meshha.recovery.ports import Alert, AlertPort
 
 log = structlog.get_logger("meshha.persist")
@@ -58,7 +58,6 @@ log = structlog.get_logger("meshha.persist")
 POLL_S = 0.5
 CHECK_EVERY_S = 5.0  # the ledger's directory is checked this often (module doc)
 CHECK_TIMEOUT_S = 5.0  # a check that takes longer is a hung disk
-PROBE_B = 4096  # one page / file-system block: a full disk refuses a fresh one
 DISK_ERRNOS = frozenset(
     {errnos.ENOSPC, errnos.EDQUOT, errnos.EROFS, errnos.EIO, errnos.EACCES, errnos.EPERM}
 )
@@ -110,14 +109,7 @@ def probe_dir(what: str, path: Path) -> Problem | None:
     a directory that vanished cannot be written either)."""
     probe = path.with_name(f".{path.name}.persist-check")
     try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, bytes(PROBE_B))
-            os.fdatasync(fd)
-        finally:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(probe)
+        write_probe(probe)
     except OSError as err:
         return Problem(what, str(path), err.errno, f"test write beside it: {err.strerror}")
     return None

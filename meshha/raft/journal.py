@@ -147,6 +147,21 @@ def _meta_record(term: int, commit: int, voted: str | None) -> bytes:
     return _record(_M, _QQ.pack(term, commit) + _H.pack(_NO_VOTE if voted is None else len(v)) + v)
 
 
+def write_probe(path: Path) -> None:
+    """Blocking: write `PROBE_B` bytes to a fresh file at `path`, fdatasync, remove it.
+    Raises the OSError of a directory that cannot take a new block now (a full disk
+    refuses it, where a rewrite of an existing block or an append into a file's last
+    one could still succeed). The journal's probe and the ledger's (agent.persist)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, bytes(PROBE_B))
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
 class DurableJournal(Journal):
     """pysyncobj's journal interface over an append-only, fsynced file. See the module doc.
 
@@ -350,7 +365,7 @@ class DurableJournal(Journal):
                 self._append_pending()
             if self._probe_due:
                 probe = self.path.with_name(self.path.name + ".probe")
-                self._probe(probe)
+                write_probe(probe)
                 self._probe_due = False
         except OSError as e:
             self._close()
@@ -373,18 +388,6 @@ class DurableJournal(Journal):
         if self._on_synced is not None:
             self._on_synced(self.path, self._size)
         return True
-
-    @staticmethod
-    def _probe(path: Path) -> None:
-        """A new block can be written and synced in the journal's directory (module doc)."""
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, bytes(PROBE_B))
-            os.fdatasync(fd)
-        finally:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(path)
 
     def _open(self) -> int:
         if self._fd is None:

@@ -2,40 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from types import SimpleNamespace
-from typing import Any
 
-import pytest
-import structlog
 import trio
 import trio.testing
 from structlog.testing import capture_logs
 
 from meshha.agent.node import Node, NodePorts
 from meshha.config.synthetic import synthetic_segment
-from meshha.errors import LogError
 from meshha.recovery.ports import VmEvent
+from tests.unit.test_node_errors import RefusingLog, default_structlog
 
-
-class RefusingLog:
-    leader, term, is_leader, has_quorum, commit_index = None, 1, False, False, 0
-
-    async def propose(self, entry: dict[str, Any], *, timeout_s: float) -> int:
-        raise LogError("no leader with a quorum", kind="no_quorum", where="host1")
-
-    async def committed_from(self, index: int) -> Any:
-        await trio.sleep_forever()
-        yield
-
-
-@pytest.fixture(autouse=True)
-def default_structlog() -> Iterator[None]:
-    """Capture from structlog's defaults (another test may have set a level filter)."""
-    saved = structlog.get_config()
-    structlog.reset_defaults()
-    yield
-    structlog.configure(**saved)
+__all__ = ["default_structlog"]  # autouse: capture from structlog's defaults
 
 
 async def test_libvirt_connection_events_are_logged_not_fatal() -> None:
