@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from meshha.agent.control import ControlError
 from meshha.lab.mesh import Mesh
 from meshha.raft.pysyncobj_log import PysyncobjLog
 
@@ -103,11 +104,27 @@ def fill(path: Path) -> None:
 
 
 def commit_some(mesh: Mesh, n: int, tag: str) -> None:
-    """Entries committed through host1 (maintenance of host3 on and off)."""
+    """Entries committed through host1 (maintenance of host3 on and off). The victim
+    stops voting once its journal probe finds the disk full, so leadership can move
+    while a write is in flight: the answer is then "outcome unknown" (or no leader for
+    a moment). As an operator would, look in the ledger and submit again only what is
+    not there."""
     for i in range(n):
-        mesh.call(
-            "host1", {"op": "maintenance", "host": "host3", "on": i % 2 == 0, "reason": f"{tag}{i}"}
-        )
+        reason = f"{tag}{i}"
+        request = {"op": "maintenance", "host": "host3", "on": i % 2 == 0, "reason": reason}
+
+        def committed(request: dict[str, Any] = request, reason: str = reason) -> bool | None:
+            if any(e.get("reason") == reason for _, e in mesh.ledger("host1")):
+                return True
+            try:
+                mesh.call("host1", request)
+            except ControlError as err:
+                if not err.remote or err.kind not in ("timeout", "not_leader", "no_quorum"):
+                    raise
+                return None
+            return True
+
+        mesh.wait_until(committed, 30, f"{reason!r} committed through host1")
 
 
 def test_full_disk_keeps_the_agent_up_alerts_and_catches_up(mesh: Mesh, webhook: Webhook) -> None:
