@@ -9,8 +9,9 @@ Tasks (all in the node's one nursery):
 - apply:     committed entries -> state -> ledger, in log order.
 - probe:     SWIM ticks; local reachability changes proposed as observations.
 - lead:      when leader of a majority and caught up: decide, propose, execute intents.
-- isolation: no contact with a majority on any network for isolation_after_s ->
-             destroy the local VMs (the self-fence the majority relies on).
+- isolation: no probe answered by a majority of voters on any network for
+             isolation_after_s -> destroy the local VMs (the self-fence the majority
+             relies on).
 - monitors:  local VM events and process checks -> proposed failures.
 - keepalive: the watchdog and systemd's, fed while the loops above run (agent/keepalive.py).
 """
@@ -511,7 +512,7 @@ class Node:
         this host's BMC cannot be reached."""
         t = self.segment.timings
         voters = self.segment.voters
-        need = majority(len(voters))
+        others = majority(len(voters)) - (1 if self.me in voters else 0)
         prev = trio.current_time()
         while True:
             await trio.sleep(self.prober.poll_interval_s)
@@ -520,11 +521,15 @@ class Node:
             if now_m - prev > self.prober.poll_interval_s + self.stalls.threshold_s:
                 self._resumed_at = now_m  # whichever loop wakes first after a stall
             prev = now_m
-            reached = self.prober.voters_reached(now_m, t.isolation_after_s)
-            if self.me in voters:
-                reached = reached | {self.me}
-            if self.p.log.has_quorum or len(reached) >= need:
-                self._last_contact = self.contact_m = now_m
+            # Contact is what the probes say, the same signal the majority judges this
+            # host by (its `last_heard`), never Raft's `has_quorum`: a follower keeps
+            # that for a quorum window (seconds) after its last heartbeat, which put the
+            # self-fence behind the majority's fence on a lying BMC and its evacuation
+            # (a VM ran twice: nemesis seed 268).
+            contact = min(self.prober.majority_contact(others), now_m)
+            if now_m - contact < t.isolation_after_s:
+                self._last_contact = max(self._last_contact, contact)
+                self.contact_m = max(self.contact_m, contact)
                 if self.isolated:
                     self.isolated = False
                     self._back = await self._back_entry()

@@ -56,6 +56,7 @@ everyone else come on time, stay at 0 and find it as fast as before.
 
 from __future__ import annotations
 
+import math
 import random
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -238,13 +239,21 @@ class Prober:
         """(target, network) -> since, for peers currently lost."""
         return {k: v.since for k, v in self.view.items() if not v.reachable}
 
-    def voters_reached(self, now: float, within_s: float) -> set[str]:
-        """Voters that acked one of our probes, on any network, within `within_s`."""
-        return {
-            t
-            for (t, _), v in self.view.items()
-            if t in self.voters and v.last_ack is not None and now - v.last_ack <= within_s
-        }
+    def majority_contact(self, others: int) -> float:
+        """The last time at which `others` voters besides this host had acked one of our
+        probes (on any network): the `others`-th most recent of their last acks. Since
+        then, no majority has answered. -inf when fewer ever acked; inf when none is
+        needed. (Not "acked within a window, counted now": the isolation check would
+        then wait its window twice, and self-fence long after the majority could
+        count on it.)"""
+        if others <= 0:
+            return math.inf
+        last: dict[str, float] = {}
+        for (t, _), v in self.view.items():
+            if t in self.voters and t != self.me and v.last_ack is not None:
+                last[t] = max(last.get(t, -math.inf), v.last_ack)
+        acks = sorted(last.values(), reverse=True)
+        return acks[others - 1] if len(acks) >= others else -math.inf
 
     # -- internals -------------------------------------------------------------------
 

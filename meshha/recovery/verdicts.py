@@ -135,3 +135,26 @@ def last_heard(state: SegmentState, host: str) -> float | None:
     A host isolated from the majority started its own self-fence clock no later."""
     sinces = [s for (_, t, _), s in state.lost.items() if t == host]
     return max(sinces) if sinces else None
+
+
+def isolated_failure(v: Verdict) -> bool:
+    """Failed on every network (not for a process): the host lost the majority too, and
+    a running agent on it isolates itself and destroys its VMs (agent/node.py)."""
+    return v.kind == "failed" and not any(n.startswith("process:") for n in v.networks)
+
+
+def self_fence_due(state: SegmentState, host: str) -> float | None:
+    """When `host`, failed on every network, has destroyed its own VMs if its agent still
+    runs: the last time an observer heard it, plus `isolation_after_s`, one probe
+    interval (the isolation check's poll) and `max_clock_skew_s`. None when that does
+    not apply. Evacuation waits for it even after a BMC confirmed "off": the
+    confirmation is the BMC's word, and a BMC that lies (the host runs on) would
+    otherwise have its VMs run in two places until the host is heard again (the lab's
+    nemesis, seed 268). Cheap: detection and the fence take about as long."""
+    if not isolated_failure(state.verdicts[host]):
+        return None
+    heard = last_heard(state, host)
+    if heard is None:
+        return None
+    t = state.timings
+    return heard + t.isolation_after_s + t.probe_interval_s + t.max_clock_skew_s

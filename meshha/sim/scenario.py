@@ -624,6 +624,14 @@ def timeline(sim: Sim) -> list[dict[str, Any]]:
     return rows
 
 
+def _leaves(group: BaseExceptionGroup[SimTimeout]) -> list[BaseException]:
+    """The exceptions of a group, out of the nested groups trio's nurseries make."""
+    out: list[BaseException] = []
+    for e in group.exceptions:
+        out += _leaves(e) if isinstance(e, BaseExceptionGroup) else [e]
+    return out
+
+
 async def run_scenario(sc: Scenario, seed: int) -> Outcome:
     sim = Sim(sc.spec, seed)
     runner = Runner(sc, sim)
@@ -631,7 +639,7 @@ async def run_scenario(sc: Scenario, seed: int) -> Outcome:
     try:
         await sim.run(runner.run)
     except* SimTimeout as group:
-        failure = "; ".join(str(e) for e in group.exceptions)
+        failure = "; ".join(str(e) for e in _leaves(group))
     violations = sim.check_invariants(converged=sc.heal and not failure)
     figures = {k[7:]: v for k, v in runner.marks.items() if k.startswith("figure:")}
     return Outcome(

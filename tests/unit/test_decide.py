@@ -29,7 +29,7 @@ from meshha.recovery.decide import (
     decision_problems,
     pending_intents,
 )
-from meshha.recovery.verdicts import last_heard
+from meshha.recovery.verdicts import last_heard, self_fence_due
 
 T0 = 1000.0
 DT = 0.1
@@ -764,10 +764,39 @@ def test_a_process_that_cannot_be_restarted_disables_the_service_and_alerts_once
 
 
 def mid_chain_leader() -> Leader:
+    """A leader whose next decision is host2's evacuations (fenced, listed, and its
+    self-fence due: `self_fence_due`)."""
     L = Leader(servers={"host2": [server("vm-a"), server("vm-b", "high")]})
     L.observe("host2")
-    L.run(1.2)
-    return L
+    for _ in range(200):
+        if any(e.get("action") == "evacuate" for e in L.decide()):
+            return L
+        L.run(0.05)
+    raise AssertionError("no evacuation planned within 10 s")
+
+
+def test_an_isolated_host_is_evacuated_only_once_its_own_self_fence_is_due() -> None:
+    """The BMC's "off" is its word: a lying BMC of a host that runs on would have its VMs
+    run twice until the host isolates itself. So the evacuation of a host lost on
+    every network waits for that too (last heard + isolation_after_s + a probe interval
+    + the skew bound), while the fence, the disable and the listing go ahead."""
+    L = Leader(servers={"host2": [server("vm-a"), server("vm-b", "high")]})
+    L.observe("host2")
+    L.run(10)
+    first = {
+        a: min(t for t, e in L.proposed if e["kind"] == "intent" and e["action"] == a)
+        for a in ("fence", "inventory", "evacuate")
+    }
+    due = self_fence_due(L.state, "host2")
+    assert due is not None
+    heard = last_heard(L.state, "host2")
+    assert heard is not None
+    t = L.seg.timings
+    assert due == heard + t.isolation_after_s + t.probe_interval_s + t.max_clock_skew_s
+    assert first["fence"] < first["inventory"] < due <= first["evacuate"] < due + 0.5
+    # and the invariant check refuses an evacuation planned before it
+    early = {**L.intents("evacuate:host2")[0], "ts": due - 0.1}
+    assert "self-fence is due" in "; ".join(decision_problems(L.state, [early]))
 
 
 def test_decide_is_a_function_of_its_inputs() -> None:

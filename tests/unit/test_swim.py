@@ -4,6 +4,7 @@ grow with the segment."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -153,12 +154,23 @@ def test_every_peer_is_probed_round_robin_and_the_voters_in_turn() -> None:
     assert len(voters) >= 11  # one voter a period, besides the round-robin
 
 
-def test_voters_reached() -> None:
-    w = Peers()
+def test_majority_contact_is_when_the_last_of_a_majority_answered() -> None:
+    w = Peers()  # 5 voters: this host and 2 others are a majority
     w.down.add("host3")
     w.run(2)
-    assert w.p.voters_reached(w.now, within_s=2) == {"host2", "host4", "host5"}
-    assert w.p.voters_reached(w.now + 10, within_s=2) == set()
+    last = {
+        t: max(v.last_ack for (h, _), v in w.p.view.items() if h == t and v.last_ack)
+        for t in ("host2", "host4", "host5")
+    }
+    assert w.p.majority_contact(2) == sorted(last.values())[-2]
+    assert w.now - w.p.majority_contact(2) < T.isolation_after_s / 2  # well in contact
+    assert w.p.majority_contact(4) == -math.inf  # host3 never answered
+    assert w.p.majority_contact(0) == math.inf
+    # Everyone goes silent: the contact stays where it was (no window counted from now).
+    before = w.p.majority_contact(2)
+    w.down.update({"host2", "host4", "host5"})
+    w.run(5)
+    assert w.p.majority_contact(2) == before
 
 
 def test_committed_suspects_are_watched_every_period() -> None:

@@ -11,8 +11,10 @@ bug: crash rather than fence or evacuate wrongly). The invariants:
   2. nothing touches a host in maintenance, as its host or as its target;
   3. nothing is fenced (intent or self-fence proof) while the brake holds, nor in the
      batch that engages it;
-  4. no evacuation from a host not proven fenced in its current failure episode, and
-     only onto a healthy reserved host other than itself;
+  4. no evacuation from a host not proven fenced in its current failure episode, nor,
+     when it failed on every network, before its own self-fence is due (a BMC's "off"
+     may be a lie: decide/host.py `self_fence_due`), and only onto a healthy reserved
+     host other than itself;
   5. only a failed or degraded host is fenced; only a fenced host that is healthy
      again is re-enabled, and only after a committed reconcile report from its own
      agent for that fence episode (newer than every move of its VMs, clean, and not
@@ -45,6 +47,7 @@ from meshha.raft.intent_key import VM_FAILURE_STEPS, IntentKey
 from meshha.raft.state import MAINTENANCE_ACTIONS, SegmentState
 from meshha.recovery.decide.reserve import held
 from meshha.recovery.decide.return_ import may_enable
+from meshha.recovery.verdicts import self_fence_due
 
 
 def check_decisions(state: SegmentState, entries: Sequence[Entry]) -> None:
@@ -110,6 +113,10 @@ def _intent_problems(state: SegmentState, e: Entry, *, committed: bool) -> list[
     )
     if action == "evacuate" and target and target != host and not healthy_reserve:
         out.append(f"{iid}: evacuation onto {target}, not a healthy reserved host")
+    if action == "evacuate":
+        due = self_fence_due(state, host)
+        if due is not None and e["ts"] < due:
+            out.append(f"{iid}: evacuation before {host}'s own self-fence is due ({due:.3f})")
     if action == "fence" and state.verdicts[host].kind not in ("failed", "degraded"):
         out.append(f"{iid}: fence of {host}, which is {state.verdicts[host].kind}")
     if action == "enable_compute" and (

@@ -27,7 +27,7 @@ from meshha.recovery.decide.evacuate import evacuations
 from meshha.recovery.decide.process import process_recovery
 from meshha.recovery.decide.return_ import returning
 from meshha.recovery.decide.steps import Context
-from meshha.recovery.verdicts import last_heard
+from meshha.recovery.verdicts import isolated_failure, last_heard, self_fence_due
 
 # -- verdicts and the brake --------------------------------------------------------------
 
@@ -191,6 +191,9 @@ def fence_chain(ctx: Context, host: str, ep: int) -> list[Entry]:
     out, inv = take_inventory(ctx, host, ep, "evacuate", reason)
     if inv is None:
         return out
+    due = self_fence_due(ctx.state, host)
+    if due is not None and ctx.now < due:
+        return out  # the decider runs again; the inventory is taken meanwhile
     return evacuations(ctx, host, ep, inv)
 
 
@@ -212,8 +215,7 @@ def fence(ctx: Context, host: str, ep: int) -> list[Entry]:
     heard = last_heard(ctx.state, host)
     # Only a host lost on every network has isolated itself; one that is merely
     # degraded, or failed for a process, still reaches the majority and runs its VMs.
-    isolated = v.kind == "failed" and not any(n.startswith("process:") for n in v.networks)
-    if self_fence_provable(ctx.segment, host) and heard is not None and isolated:
+    if self_fence_provable(ctx.segment, host) and heard is not None and isolated_failure(v):
         return self_fence_proof(ctx, host, ep, last, heard)
     return ctx.once(
         alert("fence-failed", host=host, episode=ep),
