@@ -11,15 +11,14 @@ One loop, on the agent's trio thread, every `interval_s`:
   and before `feed_until`: the last moment at which stopping still lets the watchdog fire
   before the majority's self-fence deadline.
 
-`feed_until`: the node's `contact_m` is the last time a majority of voters answered its
-probes (meshha.probes.swim `majority_contact`). The majority's deadline is at least that
-last contact + self_fence_deadline_s (its observers heard the host no earlier), and the
-watchdog fires one timeout after the last keepalive, so
+`feed_until`: the node's `contact_m` is when it last counted a majority (directly, or
+through probes acked within isolation_after_s, so the real last contact may be up to
+isolation_after_s older). The majority's deadline is at least that real last contact +
+self_fence_deadline_s, and the watchdog fires one timeout after the last keepalive, so
 
-    feed_until = contact_m + self_fence_deadline_s - timeout - margin
+    feed_until = contact_m - isolation_after_s + self_fence_deadline_s - timeout - margin
 
-The loader refuses a timeout that leaves this before the isolation itself
-(contact_m + isolation_after_s).
+The loader refuses a timeout that leaves this before the isolation itself.
 
 A clean stop (`clean_stop`, SIGTERM) disarms the watchdog with the magic close, unless
 the host is isolated: then the majority may already count on its deadline, and the
@@ -58,7 +57,13 @@ class Notifier(Protocol):
 
 def feed_until(contact_m: float, timings: Timings, timeout_s: float) -> float:
     """The last (monotonic) time an agent last in contact at `contact_m` may feed."""
-    return contact_m + timings.self_fence_deadline_s - timeout_s - WATCHDOG_MARGIN_S
+    return (
+        contact_m
+        - timings.isolation_after_s
+        + timings.self_fence_deadline_s
+        - timeout_s
+        - WATCHDOG_MARGIN_S
+    )
 
 
 def responsive(beats: Mapping[str, float], now_m: float, stall_s: float) -> bool:

@@ -42,7 +42,7 @@ from meshha.agent.sd_notify import SdNotifier
 from meshha.agent.service import ControlHandler
 from meshha.agent.udp import UdpTransport
 from meshha.config.load import load_segment
-from meshha.config.model import Processes, Segment
+from meshha.config.model import ELECTION_TIMEOUT_MAX_FACTOR, Processes, Segment
 from meshha.errors import ConfigError, MeshhaError
 from meshha.ledger.sink import LedgerReader, LedgerSink
 from meshha.ledger.sink import limiter as ledger_limiter
@@ -106,10 +106,10 @@ def raft_config(segment: Segment, me: str, password: bytes, data_dir: Path) -> R
         source_ip=None if me in voters else bind,
         trusted_ips=frozenset(non_voters),
         election_timeout_min_s=0.4 * e,
-        election_timeout_max_s=1.4 * e,
+        election_timeout_max_s=ELECTION_TIMEOUT_MAX_FACTOR * e,
         heartbeat_interval_s=0.1 * e,
         leader_fallback_timeout_s=max(1.5 * e, 1.0),
-        connection_timeout_s=max(3.5, 1.4 * e),
+        connection_timeout_s=max(3.5, ELECTION_TIMEOUT_MAX_FACTOR * e),
     )
 
 

@@ -10,8 +10,8 @@ Tasks (all in the node's one nursery):
 - probe:     SWIM ticks; local reachability changes proposed as observations.
 - lead:      when leader of a majority and caught up: decide, propose, execute intents.
 - isolation: no probe answered by a majority of voters on any network for
-             isolation_after_s -> destroy the local VMs (the self-fence the majority
-             relies on).
+             isolation_after_s, and no Raft quorum -> destroy the local VMs (the
+             self-fence the majority relies on).
 - monitors:  local VM events and process checks -> proposed failures.
 - keepalive: the watchdog and systemd's, fed while the loops above run (agent/keepalive.py).
 """
@@ -136,6 +136,7 @@ class Node:
         self.stats = NodeStats()
         self.isolated = False
         self._last_contact = -math.inf
+        self._quorum_back_m = math.inf  # when Raft last got its quorum back (trio time)
         self.contact_m = -math.inf  # when a majority was last counted (trio time)
         self.beats: dict[str, float] = {}  # loop -> when it last ran (trio time)
         self.keepalive = Keepalive(self, ports.watchdog, ports.notifier)
@@ -305,7 +306,10 @@ class Node:
     def _report_observations(self) -> None:
         """Propose the difference between what this host sees and what is committed."""
         if not self.p.log.has_quorum:
+            self._quorum_back_m = math.inf
             return
+        if self._quorum_back_m == math.inf:
+            self._quorum_back_m = trio.current_time()
         while self._stall_reports:
             self.propose(self._stall_reports.popleft())
         now = self.p.now()
@@ -317,9 +321,15 @@ class Node:
         local = self.prober.lost()
         committed = {(t, n): s for (o, t, n), s in self.state.lost.items() if o == self.me}
         self._note_stalled(local, lag)
+        settling = trio.current_time() - self._quorum_back_m < self.segment.timings.suspect_after_s
         for (target, net), since in local.items():
             if (target, net) in self.stalled_peers:
                 continue  # its kernel answers: a stalled agent, not (yet) a lost host
+            if settling and since < self._quorum_back_m:
+                # Lost while this host was cut off from the quorum, and it has just got
+                # the quorum back: let the probes look again before telling the segment
+                # (a healed minority's stale losses made the majority suspect and braked).
+                continue
             self._damper.lost(target, net, since)
             if (target, net) not in committed:
                 self.propose(
@@ -521,15 +531,22 @@ class Node:
             if now_m - prev > self.prober.poll_interval_s + self.stalls.threshold_s:
                 self._resumed_at = now_m  # whichever loop wakes first after a stall
             prev = now_m
-            # Contact is what the probes say, the same signal the majority judges this
-            # host by (its `last_heard`), never Raft's `has_quorum`: a follower keeps
-            # that for a quorum window (seconds) after its last heartbeat, which put the
-            # self-fence behind the majority's fence on a lying BMC and its evacuation
-            # (a VM ran twice: nemesis seed 268).
+            # Isolated: no majority of voters answered a probe for isolation_after_s
+            # (counted from the last such answer, the signal the majority judges this host
+            # by: its `last_heard`) *and* Raft has no quorum. Raft alone lags: a follower
+            # keeps `has_quorum` for a quorum window after the leader's last heartbeat,
+            # and the old "acked within isolation_after_s, counted from now" waited the
+            # window twice: the self-fence came after the majority's fence on a lying BMC
+            # and its evacuation (a VM ran twice: nemesis seed 268). The quorum window is
+            # shorter than isolation_after_s (config/checks.py), so it does not delay the
+            # self-fence; it does keep a host whose probes went stale while Raft still
+            # carries the segment's traffic (seen once in the lab, after a partition
+            # healed) from destroying its VMs.
             contact = min(self.prober.majority_contact(others), now_m)
-            if now_m - contact < t.isolation_after_s:
+            quorum = self.p.log.has_quorum
+            if quorum or now_m - contact < t.isolation_after_s:
                 self._last_contact = max(self._last_contact, contact)
-                self.contact_m = max(self.contact_m, contact)
+                self.contact_m = now_m if quorum else max(self.contact_m, contact)
                 if self.isolated:
                     self.isolated = False
                     self._back = await self._back_entry()

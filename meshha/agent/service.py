@@ -13,6 +13,7 @@ clock) so meshctl can show ages.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
@@ -138,6 +139,13 @@ class ControlHandler:
             "me": self.node.me,
             **self._view(),
             "isolated": self.node.isolated,
+            # How long since a majority of voters last answered this host's probes (it
+            # isolates itself at isolation_after_s), and its Lifeguard local health
+            # (probe period and timeout scaled by health + 1).
+            "contact_age_s": round(trio.current_time() - self.node.contact_m, 3)
+            if self.node.contact_m > -math.inf
+            else None,
+            "probe_health": self.node.prober.health,
             "watchdog": self.node.keepalive.status(),
             "brake": asdict(st.brake),
             "hosts": hosts,

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from meshha.config.model import MIN_KEY_B, Timings
+from meshha.config.model import ELECTION_TIMEOUT_MAX_FACTOR, MIN_KEY_B, Timings
 from meshha.config.read import Findings, Problems, Table
 
 _MIN_VOTERS = 3
@@ -54,13 +54,15 @@ def check_timings(t: Table, tm: Timings, overrides: dict[str, float]) -> None:
             f"= {tm.suspect_after_s:g} ({val('isolation_after_s')}): a host must not "
             "self-isolate faster than its peers can even suspect it",
         )
-    if tm.election_timeout_s >= tm.isolation_after_s:
+    if ELECTION_TIMEOUT_MAX_FACTOR * tm.election_timeout_s >= tm.isolation_after_s:
         t.problem(
             "election_timeout_s",
-            f"must be less than isolation_after_s ({val('election_timeout_s')}, "
+            f"x {ELECTION_TIMEOUT_MAX_FACTOR:g} (Raft's longest election timeout and quorum "
+            f"window) must be less than isolation_after_s ({val('election_timeout_s')}, "
             f"{val('isolation_after_s')}): a leader election must finish before a host "
             "counts itself isolated, or a routine leader change could make healthy hosts "
-            "self-fence",
+            "self-fence; and a host cut off must lose its quorum before then, or it "
+            "self-fences late",
         )
 
 

@@ -121,7 +121,7 @@ def _check_timeout(key: str, wd: dict[str, Any], timings: Timings | None, out: P
         out.add(
             key,
             f"is {wd['timeout_s']} but must be at most self_fence_deadline_s - "
-            f"isolation_after_s - {WATCHDOG_MARGIN_S:g} = {latest:g}: an isolated host feeds "
-            "its watchdog until it isolates itself (isolation_after_s after its last "
-            "contact with the majority), and it must fire before the deadline",
+            f"isolation_after_s - {WATCHDOG_MARGIN_S:g} = {latest:g}: an isolated host stops "
+            "feeding its watchdog when its last contact with the majority may be "
+            "isolation_after_s old, and it must fire before the deadline",
         )

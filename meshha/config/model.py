@@ -77,6 +77,10 @@ NO_HYPERVISOR = "none"
 # An isolated agent stops feeding its watchdog this long before the latest moment that
 # still lets it fire before the self-fence deadline (covers the feeding period).
 WATCHDOG_MARGIN_S = 1.0
+# Raft's longest election timeout, and so its quorum window (how long a member keeps
+# counting a leader it no longer hears: meshha.raft.pysyncobj_log), as a multiple of
+# `election_timeout_s` (agent/main.py).
+ELECTION_TIMEOUT_MAX_FACTOR = 1.4
 
 
 @dataclass(frozen=True)

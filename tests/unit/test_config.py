@@ -528,7 +528,7 @@ def timings(**overrides: object) -> str:
         ({"misses_before_suspect": 0}, "timings.misses_before_suspect", "must be at least 1, got 0"),
         ({"indirect_probes": -1}, "timings.indirect_probes", "must be at least 0, got -1"),
         ({"isolation_after_s": 30}, "timings.isolation_after_s", "the isolated host must have time to kill its VMs before the majority may rely on the deadline"),
-        ({"isolation_after_s": 2.5, "election_timeout_s": 2}, "timings.isolation_after_s", "a host must not self-isolate faster than its peers can even suspect it"),
+        ({"isolation_after_s": 2.5, "election_timeout_s": 1.5}, "timings.isolation_after_s", "a host must not self-isolate faster than its peers can even suspect it"),
         ({"election_timeout_s": 6}, "timings.election_timeout_s", "must be less than isolation_after_s"),
         ({"max_clock_skew_s": -0.1}, "timings.max_clock_skew_s", "must be at least 0"),
         ({"fail_after_s": -1}, "timings.fail_after_s", "must be at least 0"),
