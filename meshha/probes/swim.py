@@ -62,7 +62,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshha.config.model import Segment
+from meshha.config.model import Segment, majority
 
 MAX_CLOSED = 4096  # rounds closed as a miss whose late ack is still accepted (bound)
 MAX_RELAYS = 8  # requesters joined to one ping in flight (bound)
@@ -122,6 +122,9 @@ class Prober:
                 h.name for h in segment.hosts if h.name != me and h.address(net) is not None
             )
         self.voters = tuple(v for v in segment.voters if v != me)
+        # How many voters besides this host make a majority (`majority_contact`).
+        self.majority_others = majority(len(segment.voters)) - (1 if me in segment.voters else 0)
+        self._next_voter_check = float("-inf")
         self._order: dict[str, list[str]] = {n: [] for n in self.networks}
         self._voter_pos = 0
         # Ping ids are the challenges of challenge-response: an ack counts only if it
@@ -149,6 +152,7 @@ class Prober:
         Call it every `probe_timeout_s` or more often (`poll_interval_s`)."""
         out: list[Send] = []
         self._close_rounds(now, out)
+        out += self._check_voters(now)
         if now + 1e-9 < self._next_period:
             self.stats.sent += len(out)
             return out
@@ -238,6 +242,27 @@ class Prober:
     def lost(self) -> dict[tuple[str, str], float]:
         """(target, network) -> since, for peers currently lost."""
         return {k: v.since for k, v in self.view.items() if not v.reachable}
+
+    def _check_voters(self, now: float) -> list[Send]:
+        """Once no majority of voters has answered for half of `isolation_after_s`, ping
+        every voter on every network once per probe interval, unscaled by local health:
+        the isolation check (agent/node.py) counts from the last answers of a majority,
+        and a host must not destroy its VMs because it asked too few voters (a slow
+        host probes less often: the lab's nemesis found a reserve that self-fenced its
+        evacuated VMs during a leader election, its last answers 6 s old)."""
+        contact = self.majority_contact(self.majority_others)
+        if contact == -math.inf:  # just started: the rounds find them first
+            return []
+        if now - contact < self.t.isolation_after_s / 2 or now < self._next_voter_check:
+            return []
+        self._next_voter_check = now + self.t.probe_interval_s
+        self.stats.by_type["voter_check"] = self.stats.by_type.get("voter_check", 0) + 1
+        return [
+            self._ping(net, v, now)
+            for net in self.networks
+            for v in self.voters
+            if v in self.peers[net] and self._in_flight(v, net, now) is None
+        ]
 
     def majority_contact(self, others: int) -> float:
         """The last time at which `others` voters besides this host had acked one of our

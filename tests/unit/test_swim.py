@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from meshha.config.model import Segment
 from meshha.config.synthetic import synthetic_segment
-from meshha.probes.swim import Prober, Send
+from meshha.probes.swim import MAX_HEALTH, Prober, Send
 
 ONE_NET = {"admin": "alert"}
 SEG = synthetic_segment(hosts=5, networks=ONE_NET)  # five voters, lan-fast
@@ -171,6 +171,23 @@ def test_majority_contact_is_when_the_last_of_a_majority_answered() -> None:
     w.down.update({"host2", "host4", "host5"})
     w.run(5)
     assert w.p.majority_contact(2) == before
+
+
+def test_a_slow_host_keeps_asking_the_voters_often_enough_not_to_isolate() -> None:
+    """At full local health a host probes 9x less often; its last answers from a
+    majority of voters would then get older than isolation_after_s while every voter is
+    fine (3.6 s against 2 s here), and it would destroy its VMs at the next leader
+    election (no quorum for a moment). Once they are half that old, it asks every voter
+    at the unscaled period."""
+    w = Peers()
+    w.run(1)
+    worst = 0.0
+    for _ in range(300):
+        w.p.health = MAX_HEALTH  # held there: its acks would bring it down
+        w.run(T.probe_timeout_s)
+        worst = max(worst, w.now - w.p.majority_contact(w.p.majority_others))
+    assert worst < T.isolation_after_s * 0.75, worst
+    assert w.p.stats.by_type["voter_check"] > 0
 
 
 def test_committed_suspects_are_watched_every_period() -> None:
