@@ -29,15 +29,20 @@ def main() -> None:
     p.add_argument("--prefix", default="mhbn")
     p.add_argument("--subnet", default="10.223")
     p.add_argument("--state", type=Path, default=Path("/run/mhbn-nemesis"))
+    p.add_argument("--logs", type=Path, help="Where to save the lab's logs if a run fails.")
     a = p.parse_args()
     cloud = Cloud(a.state)
     cloud.down(say=lambda _: None)
     spec = LabSpec(vms=8, prefix=a.prefix, subnet=a.subnet, agent_clock=True, data_fs_mb=32)
     t0 = time.monotonic()
+    reports = []
     try:
         cloud.up(spec, say=print)
         reports = nemesis(cloud, a.runs, a.seed, print)
     finally:
+        if a.logs is not None and cloud.exists and any(r.violations for r in reports):
+            cloud.save_logs(a.logs)  # every host's logs and ledger, to read the run
+            print(f"logs and ledgers saved in {a.logs}")
         cloud.down(say=print)
     runs = [
         {

@@ -737,6 +737,26 @@ class Cloud:
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
+    def save_logs(self, into: Path) -> None:
+        """Copy every host's logs and ledger, Nova's and the lab daemon's logs, the
+        alerts and the lab's description into `into` (replaced): what a failed test or
+        bench run leaves to read once the lab is down."""
+        shutil.rmtree(into, ignore_errors=True)
+        into.mkdir(parents=True)
+        for h in self.hosts:
+            src = self.host_dir(h) / "logs"
+            if src.exists():
+                shutil.copytree(src, into / h)
+            # Its ledger too: what was decided, and when (meshha.ledger.store.Ledger).
+            ledger = self.ledger_path(h)
+            for part in (ledger, *(ledger.with_name(ledger.name + x) for x in ("-wal", "-shm"))):
+                if part.exists():
+                    (into / h).mkdir(parents=True, exist_ok=True)
+                    shutil.copy(part, into / h / part.name)
+        for name in ("nova.log", "labd.log", "alerts.jsonl", "lab.json"):
+            if (self.state / name).exists():
+                shutil.copy(self.state / name, into / name)
+
     def ledger(self, host: str) -> list[tuple[int, dict[str, Any]]]:
         path = self.ledger_path(host)
         if not path.exists():

@@ -61,23 +61,5 @@ def lab(
     finally:
         keep = os.environ.get("MESHHA_LABTEST_LOGS")
         if keep and c.exists:
-            save_logs(c, Path(keep) / request.module.__name__.rsplit(".", 1)[-1])
+            c.save_logs(Path(keep) / request.module.__name__.rsplit(".", 1)[-1])
         c.down(say=print)
-
-
-def save_logs(cloud: Cloud, into: Path) -> None:
-    shutil.rmtree(into, ignore_errors=True)
-    into.mkdir(parents=True)
-    for h in cloud.hosts:
-        src = cloud.host_dir(h) / "logs"
-        if src.exists():
-            shutil.copytree(src, into / h)
-        # Its ledger too: what was decided, and when (meshha.ledger.store.Ledger reads it).
-        ledger = cloud.ledger_path(h)
-        for part in (ledger, *(ledger.with_name(ledger.name + x) for x in ("-wal", "-shm"))):
-            if part.exists():
-                (into / h).mkdir(parents=True, exist_ok=True)
-                shutil.copy(part, into / h / part.name)
-    for name in ("nova.log", "labd.log", "alerts.jsonl", "lab.json"):
-        if (cloud.state / name).exists():
-            shutil.copy(cloud.state / name, into / name)
