@@ -30,7 +30,7 @@ import trio
 from meshha.agent.capacity import CapacityWatch
 from meshha.agent.keepalive import Keepalive, Notifier
 from meshha.agent.reconcile import reconcile_loop
-from meshha.config.model import Segment, majority
+from meshha.config.model import Segment
 from meshha.errors import MeshhaError
 from meshha.probes.liveness import Stall, StallMeter
 from meshha.probes.swim import Prober
@@ -521,8 +521,7 @@ class Node:
         within the self-fence deadline; the majority may then evacuate them even when
         this host's BMC cannot be reached."""
         t = self.segment.timings
-        voters = self.segment.voters
-        others = majority(len(voters)) - (1 if self.me in voters else 0)
+        others = self.prober.majority_others
         prev = trio.current_time()
         while True:
             await trio.sleep(self.prober.poll_interval_s)

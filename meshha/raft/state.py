@@ -70,8 +70,7 @@ class SegmentState:
         self.segment_name = segment.name
         self.hosts: tuple[str, ...] = segment.host_names
         self.voters: tuple[str, ...] = segment.voters
-        self.max_clock_skew_s = segment.timings.max_clock_skew_s  # for reading reconcile reports
-        self.timings = segment.timings  # for the decision invariants (decide/check.py)
+        self.timings = segment.timings  # reconcile reports, decision invariants
         self.reserve_disable = segment.recovery.reserve_disable  # reserve held off in Nova
         self.index = 0
         self.last_ts = 0.0

@@ -150,7 +150,8 @@ def self_fence_due(state: SegmentState, host: str) -> float | None:
     not apply. Evacuation waits for it even after a BMC confirmed "off": the
     confirmation is the BMC's word, and a BMC that lies (the host runs on) would
     otherwise have its VMs run in two places until the host is heard again (the lab's
-    nemesis, seed 268). Cheap: detection and the fence take about as long."""
+    nemesis, seed 268). It cost the lab's lan-safe runs about 1.5 s before the first
+    evacuation (detection and the fence take nearly as long)."""
     if not isolated_failure(state.verdicts[host]):
         return None
     heard = last_heard(state, host)

@@ -69,7 +69,7 @@ def lied(state: SegmentState, fence: Fence, rep: Reconcile) -> bool:
     bound): it never went down."""
     if fence.method != "bmc" or rep.booted_at is None:
         return False
-    return rep.booted_at + state.max_clock_skew_s < fence.ts
+    return rep.booted_at + state.timings.max_clock_skew_s < fence.ts
 
 
 def may_enable(state: SegmentState, host: str) -> bool:
