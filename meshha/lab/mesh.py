@@ -367,14 +367,22 @@ class Mesh:
         return {h: dict(self.ledger(h)) for h in (hosts or self.hosts)}
 
     def wait_ledgers_equal(
-        self, hosts: Iterable[str] | None = None, timeout_s: float = 10.0
+        self,
+        hosts: Iterable[str] | None = None,
+        timeout_s: float = 10.0,
+        holding: Callable[[dict[int, dict[str, Any]]], bool] | None = None,
     ) -> dict[int, dict[str, Any]]:
-        """Wait until the ledgers of `hosts` (default: running) hold the same entries."""
+        """Wait until the ledgers of `hosts` (default: running) hold the same entries,
+        and, given `holding`, entries it accepts. A control call returns once its entry
+        is committed; each ledger writes it a moment later, so ledgers can be equal and
+        all still without it: a caller that needs an entry names it with `holding`."""
         todo = list(hosts or self.running_hosts())
 
         def same() -> dict[int, dict[str, Any]] | None:
             books = [dict(self.ledger(h)) for h in todo]
-            return books[0] if all(b == books[0] for b in books) and books[0] else None
+            if not books[0] or any(b != books[0] for b in books):
+                return None
+            return books[0] if holding is None or holding(books[0]) else None
 
         return self.wait_until(same, timeout_s, f"ledgers of {todo} are identical", poll_s=0.1)
 
