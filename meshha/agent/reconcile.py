@@ -19,6 +19,15 @@ compares it with the fence's committed time), the positive evidence
 `decide/return_.py` needs before nova-compute is enabled again. It reconciles while its
 host is fenced and the report is missing, failed (retried with backoff), or older than
 a move of its VMs the majority finished since.
+
+One more thing stands between a reconciled host and service: Nova will not force a
+nova-compute up while evacuation records from its host are `done` (services API,
+`_check_for_evacuations`), and only a nova-compute that starts moves them to `completed`.
+A host powered on before its evacuations finished (or one that never went down) has a
+nova-compute older than those records, and the leader's enable would be refused until an
+operator restarted it. So before reporting, the agent restarts its nova-compute once
+whenever an evacuation of its VMs finished after that process started
+(`nova_compute_stale`), through the supervisor's restart command.
 """
 
 from __future__ import annotations
@@ -58,6 +67,24 @@ def wanted(state: SegmentState, me: str) -> int | None:
         return fence.episode
     moved = [i.done_ts or 0.0 for i in episode_moves(state, me, fence.episode) if i.done]
     return fence.episode if any(t > rep.ts for t in moved) else None
+
+
+NOVA_COMPUTE = "nova-compute"
+
+
+def nova_compute_stale(state: SegmentState, me: str, episode: int, started: float) -> float | None:
+    """The finish time of the latest evacuation of this host's VMs in `episode` that
+    finished after its nova-compute started (segment time), or None: such an evacuation
+    left a `done` record only a new nova-compute start clears. None while a move of the
+    episode is still pending: one restart once they are all done, not one per VM."""
+    if any(not i.done for i in episode_moves(state, me, episode)):
+        return None
+    finished = [
+        i.done_ts
+        for i in state.intents_for(me, episode)
+        if i.action == "evacuate" and i.done_ts is not None and i.done_ts > started
+    ]
+    return max(finished) if finished else None
 
 
 def proc_boot_time(path: str = "/proc/stat") -> float | None:
@@ -155,6 +182,7 @@ async def reconcile_loop(node: Node) -> None:
     backoff = RETRY_BASE_S
     next_try = -math.inf
     sent: tuple[float, float] | None = None  # (entry ts, trio time) of the last report
+    restarted_for: float | None = None  # the evacuation finish nova-compute was restarted for
     interval = node.segment.timings.probe_interval_s
     while True:
         await trio.sleep(interval)
@@ -188,6 +216,7 @@ async def reconcile_loop(node: Node) -> None:
             )
         else:
             nova = drivers.nova if drivers is not None else None
+            restarted_for = await _refresh_nova_compute(node, ep, restarted_for)
             entry = await reconcile_once(node.me, ep, hv, nova, node.p.now, to_segment)
         node.propose(entry, ("reconcile", ep, entry["ts"]))
         sent = (entry["ts"], t)
@@ -197,3 +226,31 @@ async def reconcile_loop(node: Node) -> None:
         else:
             next_try = t + backoff
             backoff = min(RETRY_MAX_S, backoff * 2)
+
+
+async def _refresh_nova_compute(node: Node, episode: int, done: float | None) -> float | None:
+    """Restart this host's supervised nova-compute if an evacuation of its VMs finished
+    after it started (module docstring); once per such finish. Returns the finish time
+    restarted for. A failed restart is logged: the leader's enable is then refused and
+    it alerts (decide/return_.py)."""
+    procs = node.p.processes
+    names = node.p.process_names or node.segment.processes.names
+    if procs is None or NOVA_COMPUTE not in names:
+        return done
+    age = procs.age_s(NOVA_COMPUTE)
+    if not math.isfinite(age):
+        return done  # not running: the supervisor's business
+    finished = nova_compute_stale(node.state, node.me, episode, node.p.now() - age)
+    if finished is None or (done is not None and finished <= done):
+        return done
+    log.warning(
+        "nova_compute_restart",
+        reason="an evacuation from this host finished after nova-compute started: "
+        "Nova refuses to force it up until it starts again",
+        episode=episode,
+    )
+    try:
+        await procs.restart(NOVA_COMPUTE)
+    except MeshhaError as err:
+        log.error("nova_compute_restart_failed", error=str(err), kind=err.kind)
+    return finished

@@ -212,6 +212,8 @@ class ProcessChecker:
 
     def age_s(self, name: str) -> float:
         """Seconds since the process found for `name` started (inf when unknown)."""
+        if name not in self._known and not self.running(name):
+            return math.inf
         known = self._known.get(name)
         try:
             uptime_s = float((self._proc_root / "uptime").read_text().split()[0])

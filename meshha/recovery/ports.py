@@ -175,6 +175,11 @@ class ProcessPort(Protocol):
 
     async def restart(self, name: str) -> None: ...
 
+    def age_s(self, name: str) -> float:
+        """Seconds since the running process called `name` started; inf when none is
+        known (a duration: no wall clock in it)."""
+        ...
+
 
 @dataclass(frozen=True)
 class Alert:

@@ -29,6 +29,8 @@ neither alarms the operator nor counts toward the mass-failure brake.
 
 from __future__ import annotations
 
+import math
+
 from meshha.config.model import Segment, majority
 from meshha.raft.records import Verdict
 from meshha.raft.state import SegmentState
@@ -156,6 +158,10 @@ def self_fence_due(state: SegmentState, host: str) -> float | None:
         return None
     heard = last_heard(state, host)
     if heard is None:
-        return None
+        # Failed, yet no observer holds a loss of it: every one has just heard it again
+        # and its verdict follows in the next batch. Not due: a host heard again may be
+        # one whose BMC lied, with its VMs running (decide/host.py `rebooted` takes
+        # over once it is healthy and has reported).
+        return math.inf
     t = state.timings
     return heard + t.isolation_after_s + t.probe_interval_s + t.max_clock_skew_s

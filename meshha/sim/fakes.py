@@ -14,6 +14,7 @@ Delays are simulated with trio.sleep, so under an autojump clock they cost nothi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -64,6 +65,8 @@ class FakeMachine:
     hung_since: float | None = None
     booted_at: float = 0.0  # wall clock of its last power-on
     bmc_lies: bool = False  # says "off" to a fence, but nothing happens
+    # When each process last started (cloud time): power-on, or a restart.
+    started: dict[str, float] = field(default_factory=dict)
 
     @property
     def alive(self) -> bool:
@@ -117,6 +120,9 @@ class FakeCloud:
         self.alerts: list[Alert] = []
         self.nova_up = True
         self.alerts_up = True
+        # Evacuation records in status `done`, by source host: set when an evacuation
+        # finishes, cleared when the source's nova-compute starts (process_started).
+        self.evacuations_done: dict[str, set[str]] = {}
         self.nova_delay_s = 0.3
         self.nova_timeout_s = 30.0  # the real driver's deadline for one call
         self._clock = clock or trio.current_time
@@ -237,8 +243,19 @@ class FakeCloud:
         m = self.machines[host]
         if not m.powered:
             m.booted_at = self.now()
+            for p in m.processes:
+                self.process_started(host, p)
         m.powered, m.hung = True, False
         m.processes = {p: True for p in m.processes}
+
+    def process_started(self, host: str, name: str) -> None:
+        """`name` starts on `host`. A nova-compute that starts moves the evacuation
+        records from its host to `completed` (ComputeManager._destroy_evacuated_instances,
+        run once at start): until then, records that reached `done` keep Nova from
+        forcing the service up."""
+        self.machines[host].started[name] = self.now()
+        if name == "nova-compute":
+            self.evacuations_done.pop(host, None)
 
     def crash_vm(self, vm: str, kind: str = "crashed", detail: str = "STOPPED/FAILED") -> None:
         s = self.servers[vm]
@@ -362,6 +379,13 @@ class FakeNova:
             raise NovaError(
                 f"nova-compute on {host} has not restarted", kind="refused", where="nova-api"
             )
+        if self.cloud.evacuations_done.get(host):
+            raise NovaError(
+                f"Unable to force up host {host} as `done` evacuation migration records "
+                "remain associated with the host",
+                kind="refused",
+                where="nova-api",
+            )
         self.cloud.record(self.actor, "enable", host)
         self.cloud.services[host].update(forced_down=False, disabled=False, reason="")
 
@@ -440,6 +464,7 @@ class FakeNova:
             s.task_state = "rebuilding"
             self.board.posted(server_id, trio.current_time())
             await trio.sleep(self.cloud.nova_delay_s)
+            self.cloud.evacuations_done.setdefault(s.host, set()).add(server_id)
             s.host, s.task_state, s.status = target_host, None, "ACTIVE"
             self.cloud._start(server_id, target_host)
             view = View(server_id, target_host, "ACTIVE", None)
@@ -597,8 +622,15 @@ class FakeProcesses:
         if name in m.restart_fails or not m.alive:
             raise ProcessError(f"restart of {name} failed", kind="restart_failed", where=self.host)
         m.processes[name] = True
+        self.cloud.process_started(self.host, name)
         if name in LIBVIRT_DAEMONS:
             self.cloud.hypervisor_connection(self.host, up=True)
+
+    def age_s(self, name: str) -> float:
+        m = self.cloud.machines[self.host]
+        if not (m.alive and m.processes.get(name, False)):
+            return math.inf
+        return self.cloud.now() - m.started.get(name, 0.0)
 
 
 class FakeAlerts:

@@ -203,6 +203,28 @@ async def test_force_down_evacuate_and_enable_after_restart(backend) -> None:
     assert not facts.forced_down and facts.service_enabled
 
 
+async def test_force_up_waits_for_a_compute_started_after_the_evacuation(backend) -> None:
+    """A host back before its evacuation finished: its nova-compute started while the
+    migration record was not yet `done`, so nothing moves it to `completed`, and Nova
+    refuses to force the service up until nova-compute starts again (services API,
+    `_check_for_evacuations`). The agent restarts it for that (agent/reconcile.py)."""
+    server_id = await backend.boot(DEAD)
+    await backend.kill(DEAD)
+    await backend.nova.force_down(DEAD, "meshha: contract")
+    await backend.revive(DEAD)  # forced down: Nova evacuates from it all the same
+    s = await backend.nova.evacuate(server_id, TARGET)
+    assert s.host == TARGET
+    with pytest.raises(NovaError) as e:
+        await backend.nova.enable_service(DEAD)
+    assert e.value.kind in ("conflict", "refused")
+    assert "evacuation" in str(e.value)
+    await backend.kill(DEAD)
+    await backend.revive(DEAD)
+    await backend.nova.enable_service(DEAD)
+    (facts,) = await backend.nova.host_facts([DEAD])
+    assert not facts.forced_down and facts.service_enabled
+
+
 async def test_an_outage_is_unreachable_and_passes(backend) -> None:
     server_id = await backend.boot(SPARE)
     await backend.outage()

@@ -11,6 +11,7 @@ both naming the outage's start.
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import shutil
@@ -154,6 +155,23 @@ async def test_restart_is_one_attempt_that_returns_alive(
     backend.kill()
     await backend.port.restart(backend.name)
     assert await backend.port.is_alive(backend.name)
+
+
+async def test_age_is_since_the_running_process_started(
+    backend: Any, clock: MockClock | None
+) -> None:
+    """What the agent reads to tell whether its nova-compute started before an
+    evacuation finished (agent/reconcile.py): none for a dead process, a duration that
+    starts again at a restart and grows with time."""
+    backend.kill()
+    await wait_dead(backend)
+    assert backend.port.age_s(backend.name) == math.inf
+    await backend.port.restart(backend.name)
+    young = backend.port.age_s(backend.name)
+    assert 0.0 <= young < DEADLINE_S
+    await trio.sleep(0.5)
+    older = backend.port.age_s(backend.name)
+    assert young + 0.4 <= older < young + DEADLINE_S
 
 
 async def test_a_restart_that_fails_raises_restart_failed(

@@ -351,6 +351,66 @@ def test_a_host_back_after_a_fence_gets_its_compute_service_enabled() -> None:
     assert len(L.proposed) == n
 
 
+def _report(L: Leader, host: str, booted_at: float | None, kept: tuple[str, ...] = ()) -> None:
+    L.commit(
+        E.reconcile(
+            ts=L.now,
+            by=host,
+            host=host,
+            episode=L.state.episode[host],
+            booted_at=booted_at,
+            destroyed=[],
+            kept=list(kept),
+            ok=True,
+            detail="",
+        )
+    )
+
+
+def _back_before_its_evacuation(servers: list[dict[str, Any]]) -> Leader:
+    """host2 fenced by its BMC and heard again at once (powered on right after the
+    fence), before its own self-fence was due: nothing has been evacuated yet."""
+    L = Leader(servers={"host2": servers})
+    L.observe("host2")
+    L.run(2)
+    assert L.state.is_fenced("host2") and L.intents("evacuate:") == []
+    L.observe("host2", reachable=True)
+    L.run(0.5)
+    assert L.state.verdicts["host2"].kind == "healthy"
+    return L
+
+
+def test_a_host_back_before_its_evacuation_has_its_stopped_vms_evacuated_then_enabled() -> None:
+    """Its VMs stopped with the fence; enabled at once, the host would hold them dead
+    for good. Its agent's report that it booted after the fence (a real power-off, not
+    a lie) lets the chain go on; the VM it runs again (kept) stays; the enable waits
+    until the evacuations are done."""
+    L = _back_before_its_evacuation([server("vm-a"), server("vm-b", "high"), server("vm-c")])
+    L.run(3)
+    assert L.intents("evacuate:") == [] and L.intents("enable:") == []  # no report: nothing
+    _report(L, "host2", booted_at=L.state.fenced["host2"].ts + 1, kept=("vm-c",))
+    L.answers["evacuate"] = lambda i: None  # in flight
+    L.run(2)
+    assert sorted(e["vm"] for e in L.intents("evacuate:")) == ["vm-a", "vm-b"]
+    assert L.intents("enable:") == []  # not under evacuations in flight
+    del L.answers["evacuate"]
+    L.run(2)
+    assert L.intents("enable:") == []  # the report predates the moves: a new one first
+    _report(L, "host2", booted_at=L.state.fenced["host2"].ts + 1, kept=("vm-c",))
+    L.run(2)
+    assert [e["intent"] for e in L.intents("enable:")] == ["enable:host2:e1:a1"]
+    assert any(e["intent"].startswith("alert:recovered:host2") for e in L.intents("alert:"))
+
+
+def test_a_host_back_before_its_evacuation_whose_bmc_lied_keeps_its_vms() -> None:
+    """Booted before the BMC's "off": it never went down, its VMs run; nothing moves."""
+    L = _back_before_its_evacuation([server("vm-a")])
+    _report(L, "host2", booted_at=L.state.fenced["host2"].ts - 600)
+    L.run(5)
+    assert L.intents("evacuate:") == [] and L.intents("enable:") == []
+    assert any(e["intent"].startswith("alert:bmc-lied:host2") for e in L.intents("alert:"))
+
+
 def test_nothing_is_done_for_a_host_in_maintenance() -> None:
     L = Leader(servers={"host2": [server("vm-a")]})
     L.commit(E.maintenance(ts=T0, by="host1", host="host2", on=True, reason="bios"))

@@ -18,23 +18,15 @@ from meshha.recovery.decide.steps import Context
 from meshha.recovery.decide.targets import free_targets
 
 
-def evacuations(ctx: Context, host: str, ep: int, inv: Inventory) -> list[Entry]:
+def evacuations(
+    ctx: Context, host: str, ep: int, inv: Inventory, keep: frozenset[str] = frozenset()
+) -> list[Entry]:
+    """Evacuate the HA servers of the inventory, except those in `keep` (running on the
+    host again by its own agent's report: decide/host.py `rebooted`)."""
     state = ctx.state
     if not state.is_fenced(host):  # planning-time check of invariant 1
         raise InvariantViolation(f"planning evacuations from unfenced {host}")
-    todo: list[placement.VmDemand] = []
-    attempts: dict[str, int] = {}
-    for s in inv.servers:
-        if not s.ha:
-            continue
-        step = vm_move("evacuate", host, ep, s.id)
-        latest, n = ctx.latest(step), ctx.attempts(step)
-        if latest is not None and latest.status in ("pending", "ok"):
-            continue
-        if latest is not None and not ctx.retry_due(latest, n):
-            continue
-        attempts[s.id] = n + 1
-        todo.append(placement.VmDemand(s.id, s.vcpus, s.ram_mb, s.disk_gb, s.priority))
+    todo, attempts = evacuation_todo(ctx, host, ep, inv, keep)
     if not todo:
         return after_evacuations(ctx, host, ep, inv)
     plan = placement.plan(todo, free_targets(state, host, inv, role="reserved"))
@@ -66,6 +58,42 @@ def evacuations(ctx: Context, host: str, ep: int, inv: Inventory) -> list[Entry]
             "; ".join(f"{u.vm} ({u.priority}): {u.reason}" for u in plan.unplaced),
         )
     return out
+
+
+def evacuation_todo(
+    ctx: Context, host: str, ep: int, inv: Inventory, keep: frozenset[str] = frozenset()
+) -> tuple[list[placement.VmDemand], dict[str, int]]:
+    """The HA servers to evacuate now (never tried, or a failed try due again), and the
+    attempt number each would be."""
+    todo: list[placement.VmDemand] = []
+    attempts: dict[str, int] = {}
+    for s in inv.servers:
+        if not s.ha or s.id in keep:
+            continue
+        step = vm_move("evacuate", host, ep, s.id)
+        latest, n = ctx.latest(step), ctx.attempts(step)
+        if latest is not None and latest.status in ("pending", "ok"):
+            continue
+        if latest is not None and not ctx.retry_due(latest, n):
+            continue
+        attempts[s.id] = n + 1
+        todo.append(placement.VmDemand(s.id, s.vcpus, s.ram_mb, s.disk_gb, s.priority))
+    return todo, attempts
+
+
+def evacuations_owed(
+    ctx: Context, host: str, ep: int, inv: Inventory, keep: frozenset[str] = frozenset()
+) -> bool:
+    """Evacuations of the episode still to come: one in flight, or one due that fits
+    the reserved capacity (waiting, say, for its target's release)."""
+    if any(i.action == "evacuate" and not i.done for i in ctx.state.intents_for(host, ep)):
+        return True
+    todo, _ = evacuation_todo(ctx, host, ep, inv, keep)
+    if not todo:
+        return False
+    return bool(
+        placement.plan(todo, free_targets(ctx.state, host, inv, role="reserved")).placements
+    )
 
 
 def after_evacuations(ctx: Context, host: str, ep: int, inv: Inventory) -> list[Entry]:

@@ -23,9 +23,9 @@ from meshha.raft.entries import Entry
 from meshha.raft.intent_key import alert, host_step, inventory, vm_move
 from meshha.raft.records import Intent, Inventory, Verdict
 from meshha.recovery.damping import is_flapping
-from meshha.recovery.decide.evacuate import evacuations
+from meshha.recovery.decide.evacuate import evacuations, evacuations_owed
 from meshha.recovery.decide.process import process_recovery
-from meshha.recovery.decide.return_ import returning
+from meshha.recovery.decide.return_ import lied, returning
 from meshha.recovery.decide.steps import Context
 from meshha.recovery.verdicts import isolated_failure, last_heard, self_fence_due
 
@@ -159,12 +159,50 @@ def host_recovery(ctx: Context, host: str) -> list[Entry]:
     if v.kind == "degraded":
         return degraded(ctx, host, v, ep)
     if v.kind == "healthy" and host in state.fenced:
-        # It is heard again: back in service only on its agent's own report (return_.py).
-        return returning(ctx, host)
+        # It is heard again: back in service only on its agent's own report (return_.py),
+        # and only once the VMs its fence stopped are recovered.
+        chain = rebooted(ctx, host)
+        return returning(ctx, host) if chain is None else chain
     return process_recovery(ctx, host)
 
 
-def fence_chain(ctx: Context, host: str, ep: int) -> list[Entry]:
+def rebooted(ctx: Context, host: str) -> list[Entry] | None:
+    """A fenced host heard again before its chain finished (powered on right after the
+    fence, or heard before its own self-fence was due): its VMs stopped with the fence,
+    and nothing else would ever recover the HA ones the chain had not moved yet. Once
+    its agent's report for the episode shows it really went down (clean, and not a BMC's
+    lie: it booted after the fence), the chain goes on: disable, inventory, evacuate.
+    A VM the report names as running there (kept: its domain runs and Nova places it
+    there) is left where it is. Without such a report nothing moves.
+
+    Returns the chain's steps ([] while it waits, for a target's release say), or None
+    when the chain does not apply or has nothing left to do: then, and only then, the
+    host may be re-enabled (`returning`). Re-enabled with an evacuation still to come,
+    the host would be unfenced under it."""
+    state = ctx.state
+    fence = state.fenced[host]
+    if not state.is_fenced(host):
+        return None
+    rep = state.reconciled.get(host)
+    if rep is None or rep.episode != fence.episode or rep.ts < fence.ts or not rep.ok:
+        return None
+    if fence.method == "bmc" and (rep.booted_at is None or lied(state, fence, rep)):
+        return None
+    if ctx.latest(host_step("enable", host, fence.episode)) is not None:
+        return None  # the chain ended and the enable is under way: no new moves under it
+    keep = frozenset(rep.kept)
+    out = fence_chain(ctx, host, fence.episode, keep)
+    if out:
+        return out
+    inv = state.inventory.get(host)
+    if inv is None or inv.episode != fence.episode or inv.purpose != "evacuate":
+        return None  # no inventory: its pending steps hold the enable (return_.py MOVES)
+    return [] if evacuations_owed(ctx, host, fence.episode, inv, keep) else None
+
+
+def fence_chain(
+    ctx: Context, host: str, ep: int, keep: frozenset[str] = frozenset()
+) -> list[Entry]:
     state = ctx.state
     if not state.is_fenced(host):
         if state.brake.on:
@@ -194,7 +232,7 @@ def fence_chain(ctx: Context, host: str, ep: int) -> list[Entry]:
     due = self_fence_due(ctx.state, host)
     if due is not None and ctx.now < due:
         return out  # the decider runs again; the inventory is taken meanwhile
-    return evacuations(ctx, host, ep, inv)
+    return evacuations(ctx, host, ep, inv, keep)
 
 
 def fence(ctx: Context, host: str, ep: int) -> list[Entry]:
