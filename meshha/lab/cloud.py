@@ -130,7 +130,7 @@ names = ["nova-compute", "libvirtd"]
 check_interval_s = 1.0
 restart_attempts = 3
 restart_backoff_s = 0.5
-restart_command = "{python} -m meshha.lab.lab_host start --sock {sock} {{name}}"
+restart_command = "{python} -m meshha.lab.lab_host restart --sock {sock} {{name}}"
 """
 DISK_FLAVOR = "m1.disk"  # see Cloud.disk_flavor
 T = TypeVar("T")

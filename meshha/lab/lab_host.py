@@ -27,8 +27,8 @@ This process is the host's init, and a very small systemd: it starts the service
 spec in order (libvirtd, then nova-compute, then meshha-agent), reaps every orphan at once
 (QEMU daemonises: libvirt reports a killed guest only once it is reaped), restarts a
 service whose spec says `restart` (the unit's Restart=always, RestartSec=1), and starts a
-service on request (`python -m meshha.lab.lab_host start --sock S NAME`, the agent's
-`restart_command`), the way `systemctl restart` would. Killing it kills the whole host:
+service on request (`python -m meshha.lab.lab_host restart --sock S NAME`, the agent's
+`restart_command`: a running one is stopped first), the way `systemctl restart` would. Killing it kills the whole host:
 the kernel SIGKILLs every process of a PID namespace whose init dies. That is what the
 host's BMC does on power off (meshha.lab.chassis).
 
@@ -174,10 +174,12 @@ class Init:
 
     def request(self, data: bytes) -> bytes:
         words = data.decode(errors="replace").split()
-        if len(words) == 2 and words[0] == "start":
+        if len(words) == 2 and words[0] in ("start", "restart"):
             svc = next((s for s in self.services if s.name == words[1]), None)
             if svc is None:
                 return b"error: no such service"
+            if words[0] == "restart" and svc.pid is not None and not self.stop(svc):
+                return f"error: {svc.name} did not stop".encode()
             if svc.pid is None:
                 try:
                     self.spawn(svc)
@@ -234,6 +236,25 @@ class Init:
                         self.log(f"cannot start {svc.name}: {e.strerror}")
                         svc.restart_at = time.monotonic() + svc.restart_s
 
+    def stop(self, svc: Service, timeout_s: float = 10.0) -> bool:
+        """Stop one service (SIGTERM, SIGKILL after half the timeout), as `systemctl
+        restart` does before it starts it again; True once it is gone."""
+        assert svc.pid is not None
+        pid = svc.pid
+        deadline = time.monotonic() + timeout_s
+        sig = signal.SIGTERM
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        while svc.pid == pid and time.monotonic() < deadline:
+            self.reap()
+            if sig == signal.SIGTERM and time.monotonic() > deadline - timeout_s / 2:
+                sig = signal.SIGKILL
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            time.sleep(0.05)  # noqa: TID251  # a stop: a poll with a deadline
+        svc.restart_at = None  # started again by the request, not by Restart=always
+        return svc.pid != pid
+
     def shutdown(self) -> int:
         """A clean power-off: services in reverse order, SIGTERM then SIGKILL."""
         self.stopping = True
@@ -286,9 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     i = sub.add_parser("init")
     i.add_argument("--spec", required=True, type=Path)
-    s = sub.add_parser("start")
-    s.add_argument("--sock", required=True)
-    s.add_argument("name")
+    for verb in ("start", "restart"):
+        s = sub.add_parser(verb)
+        s.add_argument("--sock", required=True)
+        s.add_argument("name")
     n = sub.add_parser("nova-compute")
     n.add_argument("--host", required=True)
     n.add_argument("--port", type=int, required=True)
@@ -296,8 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.command == "init":
         return Init(json.loads(a.spec.read_text())).run()
-    if a.command == "start":
-        reply = request(a.sock, f"start {a.name}")
+    if a.command in ("start", "restart"):
+        reply = request(a.sock, f"{a.command} {a.name}", timeout_s=30.0)
         print(reply)
         return 0 if reply == "ok" else 1
     return nova_compute(a.host, a.port, a.again)
