@@ -422,3 +422,57 @@ def test_host_hung_fenced_and_never_runs_an_evacuated_vm(cloud: Cloud) -> None:
     back_in_service(cloud, sampler, [victim], t0)
     doms = sampler.check()
     assert not [v.name for v in ha if victim in doms.get(v.id, [])]
+
+
+def test_host_powered_on_right_after_its_fence_gets_its_vms_back_then_returns(
+    cloud: Cloud,
+) -> None:
+    """Someone powers the host on again the moment its BMC confirmed "off" (the nemesis's
+    seed 17): its VMs stopped with the fence and must still be evacuated, although the
+    host is heard again before the chain finished; and its nova-compute, started before
+    those evacuations finished, leaves Nova's records of them `done`, so Nova refuses to
+    force it up until the agent restarts it. Then it is back in service, and no VM ran
+    twice."""
+    sampler = Sampler(cloud)
+    conn = cloud.connect()
+    groups = by_host(cloud.vms())
+    victim = max(
+        (h for h in cloud.computes if h not in cloud.reserved),
+        key=lambda h: sum(v.ha for v in groups.get(h, [])),
+    )
+    ha = [v for v in groups.get(victim, []) if v.ha]
+    assert ha, groups
+    live = [h for h in cloud.hosts if h != victim]
+
+    t0 = cloud.power_off(victim)
+
+    def fenced() -> bool:
+        rows = entries(cloud, live[0])
+        done = results(rows)
+        return any(
+            e["kind"] == "intent"
+            and e["action"] == "fence"
+            and e["host"] == victim
+            and e["ts"] >= t0
+            and done.get(e["intent"], {}).get("outcome") == "ok"
+            for e in rows
+        )
+
+    sampler.until(fenced, 60, f"{victim}'s fence confirmed")
+    cloud.power_on(victim)
+    t_on = time.time()
+
+    sampler.until_moved(ha, victim, 240)
+    for v in ha:
+        assert action_names(cloud, conn, v.id).count("evacuate") == 1, v.name
+    back_in_service(cloud, sampler, [victim], t0)
+    rows = [e for e in wait_ledgers_equal(cloud, cloud.hosts) if e["ts"] >= t0]
+    evac = intents(rows, "evacuate", victim)
+    assert sorted({e["vm"] for e in evac}) == sorted(v.id for v in ha)
+    reports = [e for e in rows if e["kind"] == "reconcile" and e["host"] == victim]
+    assert reports and reports[-1]["ok"]
+    print(
+        f"powered on {t_on - t0:.1f}s after power-off; first report "
+        f"{reports[0]['ts'] - t0:.1f}s; evacuations {len(evac)}; "
+        f"enable attempts {len(intents(rows, 'enable_compute', victim))}"
+    )
