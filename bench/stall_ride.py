@@ -18,6 +18,10 @@ Phases, per profile:
 4. saturated: 12 busy loops at normal priority on the 2 cores, and a 5 s stop meanwhile.
 5. dead host: `--kills` times a follower dies (agent SIGKILLed, every link down): the
              time until the leader shows it `failed` (p50/p99), knocks and all.
+6. restart:  `--restarts` times a follower's agent is SIGKILLed on a live host (links
+             up) and started again 1 s later, as systemd does (Restart=always,
+             RestartSec=1): how long it was gone (kill to answering), and every verdict
+             and fence intent committed about it (a healthy host: there must be none).
 
 Writes bench/results/stall_ride.json and prints a table. Needs root.
 
@@ -204,6 +208,30 @@ def dead_host(mesh: Mesh, kills: int) -> dict[str, Any]:
     }
 
 
+def agent_restart(mesh: Mesh, restarts: int) -> dict[str, Any]:
+    rows = []
+    for i in range(restarts):
+        leader = settle(mesh)
+        victim, watch = [h for h in HOSTS if h != leader][i % 4], leader
+        t0 = mesh.kill(victim, links=False)
+        pause(1.0)  # RestartSec=1
+        mesh.restart(victim, timeout_s=60)
+        gone_s = time.time() - t0
+        with contextlib.suppress(MeshTimeout):  # counted below from the ledger
+            mesh.wait_until(lambda: healthy(mesh), 60, "healthy after the restart")
+        got = committed(mesh, watch, t0, victim)
+        ok = not any(v in got["verdicts"] for v in BAD) and got["fences"] == 0
+        rows.append({"gone_s": round(gone_s, 2), "ridden": ok, **got})
+        print(f"  agent killed, back after {gone_s:.2f} s: {'ridden' if ok else 'NOT'} {got}")
+    gone = sorted(r["gone_s"] for r in rows)
+    return {
+        "runs": rows,
+        "ridden": sum(r["ridden"] for r in rows),
+        "gone_p50_s": gone[len(gone) // 2] if gone else None,
+        "gone_max_s": gone[-1] if gone else None,
+    }
+
+
 def run_profile(lab: netns.Lab, profile: str, a: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix=f"stall-ride-{profile}-"))
     mesh = UnitMesh(work, HOSTS, lab=lab, reserved=["host5"], profile=profile)
@@ -231,6 +259,9 @@ def run_profile(lab: netns.Lab, profile: str, a: argparse.Namespace) -> dict[str
         if "dead" in phases:
             print(f"{profile}: dead host", flush=True)
             res["dead_host"] = dead_host(mesh, a.kills)
+        if "restart" in phases:
+            print(f"{profile}: agent killed and restarted", flush=True)
+            res["agent_restart"] = agent_restart(mesh, a.restarts)
         return res
     finally:
         mesh.close()
@@ -244,14 +275,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer stalls, 15 s repeats, 5 kills")
     ap.add_argument("--profiles", default="lan-fast,lan-safe")
-    ap.add_argument("--phases", default="ride,repeated,slow,saturated,dead")
+    ap.add_argument("--phases", default="ride,repeated,slow,saturated,dead,restart")
     ap.add_argument("--repeat-s", type=float, default=None)
     ap.add_argument("--kills", type=int, default=None)
+    ap.add_argument("--restarts", type=int, default=None)
     ap.add_argument("--out", type=Path, default=RESULTS / "stall_ride.json")
     ap.add_argument("--keep", action="store_true", help="keep the agents' logs and data")
     a = ap.parse_args()
     a.repeat_s = a.repeat_s or (15.0 if a.quick else 40.0)
     a.kills = a.kills or (5 if a.quick else 20)
+    a.restarts = a.restarts or (3 if a.quick else 10)
     why = netns.available()
     if why is not None:
         print(f"stall_ride: cannot run: {why}", file=sys.stderr)
@@ -264,7 +297,8 @@ def main() -> int:
         "quick": a.quick,
         "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "load": os.getloadavg()},
         "what": "SIGSTOP of a follower's agent (its kernel answers): the worst verdict committed "
-        "about it; slow observers; 12 busy loops; dead host (SIGKILL + links down) -> failed",
+        "about it; slow observers; 12 busy loops; dead host (SIGKILL + links down) -> failed; "
+        "agent SIGKILLed on a live host and restarted 1 s later",
         "agent_priority": "nice -n -10 (as config/meshha-agent.service)",
         "profiles": {},
     }
@@ -281,11 +315,12 @@ def main() -> int:
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(out, indent=1) + "\n")
     for name, p in out["profiles"].items():
-        d = p.get("dead_host", {})
+        d, r = p.get("dead_host", {}), p.get("agent_restart", {})
         print(
             f"{name:9} longest stall ridden {p.get('ride', {}).get('longest_ridden_s')} s "
             f"(grace {p['timings']['stall_grace_s']:g} s); dead host failed p50 {d.get('p50_s')} s "
-            f"p99 {d.get('p99_s')} s"
+            f"p99 {d.get('p99_s')} s; agent restarts ridden {r.get('ridden')} of "
+            f"{len(r.get('runs', []))} (gone p50 {r.get('gone_p50_s')} s)"
         )
     return 1 if "error" in out else 0
 

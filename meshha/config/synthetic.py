@@ -2,7 +2,11 @@
 simulator and the pure-core tests. Pure; never used by the agent (which loads a file).
 
 Like the shipped example config, every host declares a hypervisor and (unless
-`watchdog=False`) a watchdog, whose timeout is half of the most the loader accepts.
+`watchdog=False`) a watchdog, with the timeout the example's rule gives: one second
+under the most the loader accepts (self_fence_deadline_s - isolation_after_s - 1), and
+no more than the profile's stall_grace_s: 6 s with lan-fast (the example's value), 15 s
+with lan-safe (the lab's). A shorter one here would reset hosts on stalls and agent
+restarts that a host installed from the example rides through.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ def synthetic_segment(
     t = dict(TIMING_PROFILES[profile])
     t.update(timings or {})
     longest = t["self_fence_deadline_s"] - t["isolation_after_s"] - WATCHDOG_MARGIN_S
-    wd = Watchdog(timeout_s=max(1, int(longest / 2))) if watchdog else None
+    wd = Watchdog(timeout_s=max(1, int(min(longest - 1, t["stall_grace_s"])))) if watchdog else None
     host_values = tuple(
         Host(
             name=h,

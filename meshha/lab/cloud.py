@@ -148,6 +148,11 @@ def wait_until(cond: Callable[[], T | None], timeout_s: float, what: str, poll_s
     return got
 
 
+# The watchdog a lab host declares, per timing profile: the example's 6 s for lan-fast,
+# lan-safe's stall_grace_s for lan-safe (a longer stall is the watchdog's to end).
+PROFILE_WATCHDOG_S = {"lan-fast": 6, "lan-safe": 15}
+
+
 @dataclass(frozen=True)
 class LabSpec:
     hosts: int = 5
@@ -156,16 +161,15 @@ class LabSpec:
     prefix: str = DEFAULT_PREFIX
     subnet: str = DEFAULT_SUBNET
     # The shipped example's profile (config/segment.example.toml): the lab runs the agent
-    # as shipped. "lan-fast" detects in about a second, but assumes agents are never
-    # CPU-starved; on a loaded 2-core machine it re-fenced hosts that had just come back
-    # (see meshha.lab.nemesis).
-    profile: str = "lan-safe"
+    # as shipped.
+    profile: str = "lan-fast"
     timings_toml: str = ""
     # Each host's watchdog (meshha.lab.watchdog, declared in the config as the shipped
-    # example declares /dev/watchdog): whole seconds; 0 declares none. 15 = lan-safe's
-    # stall_grace_s: rides an agent stall (or a host hung) up to about 12 s, as the
-    # example's rule asks, and fires well before lan-safe's self-fence deadline (30 s).
-    watchdog_s: int = 15
+    # example declares /dev/watchdog): whole seconds; 0 declares none. 6 = the example's:
+    # rides an agent stall or restart of about 5 s, and fires before lan-fast's self-fence
+    # deadline (at most self_fence_deadline_s - isolation_after_s - 1 = 7). lan-safe
+    # allows up to 23 and holds stalls for 15 s: `watchdog_for(profile)`.
+    watchdog_s: int = 6
     # For the nemesis (meshha.lab.nemesis), off by default. agent_clock: each agent runs
     # under libfaketime reading its offset from STATE/hosts/<host>/clock (`set_clock`), so
     # a host's wall clock can be made wrong while it runs (tests/integration/

@@ -7,15 +7,23 @@ at its probe port on each network, and only accepts and closes what arrives; whi
 agent is stopped its kernel still completes the TCP handshake (the connection waits in
 the listen backlog), and a dead, powered-off or hung host, or one whose link on that
 network is down, completes none. A refused connection (RST) means the kernel is up but
-no agent listens: the agent is gone, which is not a stall, and counts as no answer.
+no agent listens: the agent exited (a crash, kill -9, an OOM kill) and its init is
+starting it again (the unit's Restart=always, RestartSec=1), or it was stopped. That is
+evidence of a live kernel too, and is held the same way: an agent that crashed and came
+back within the grace costs its host nothing (under lan-fast, a restart takes longer
+than detection: counted as no answer, every crash would have fenced a healthy host, as
+the lab nemesis's `agent-kill` showed). One that does not come back is reported lost at
+the end of the grace, as a stall that lasts; on a host with a watchdog the killed
+agent's armed watchdog resets it first (a killed process closes the device without the
+magic character).
 
 So, per observed peer and network (`KernelLiveness`):
 
 - the observer "knocks" (a TCP connect, `knock_timeout_s`) on every peer it is missing,
   one knock at a time per peer and network;
-- a peer the prober holds lost whose kernel completed a knock *sent after its agent went
-  silent* (after the first miss), within `window_s`, and has not refused one since, is
-  *stalled*, not lost (a knock that merely timed out does not erase that: the observer
+- a peer the prober holds lost whose kernel answered a knock (completed the handshake,
+  or refused it) *sent after its agent went silent* (after the first miss), within
+  `window_s`, is *stalled*, not lost (a knock that merely timed out does not erase that: the observer
   may be the slow one; an answer from before the silence proves nothing about a host
   that died since): the observer does not report the loss (and so no
   verdict comes of it) until `stall_grace_s` after the first miss. Past the grace it is
@@ -65,27 +73,21 @@ class KernelLiveness:
         self.stall_grace_s = stall_grace_s
         self.window_s = window_s
         self._answered: dict[tuple[str, str], tuple[float, float]] = {}  # (sent, done)
-        self._refused: dict[tuple[str, str], float] = {}
 
     def record(self, peer: str, network: str, sent: float, at: float, outcome: str) -> None:
         """A knock sent at `sent`, finished at `at`. `outcome`: KNOCK_ANSWERED (handshake
         done), KNOCK_REFUSED (RST: no agent listens) or KNOCK_SILENT (no answer in time)."""
-        if outcome == KNOCK_ANSWERED:
+        if outcome in (KNOCK_ANSWERED, KNOCK_REFUSED):
             self._answered[(peer, network)] = (sent, at)
-        elif outcome == KNOCK_REFUSED:
-            self._refused[(peer, network)] = at
 
     def answers(self, peer: str, network: str, now: float, since: float = -math.inf) -> bool:
-        """The peer's kernel completed a knock on `network` sent at or after `since`,
-        within `window_s`, and refused none since."""
-        key = (peer, network)
-        got = self._answered.get(key)
+        """The peer's kernel answered (completed or refused) a knock on `network` sent at
+        or after `since`, within `window_s`."""
+        got = self._answered.get((peer, network))
         if got is None:
             return False
         sent, at = got
-        return (
-            sent >= since and now - at <= self.window_s and self._refused.get(key, -math.inf) < at
-        )
+        return sent >= since and now - at <= self.window_s
 
     def stalled(self, peer: str, network: str, since: float, now: float) -> bool:
         """Silent since `since` but its kernel answers, and the grace is not over."""

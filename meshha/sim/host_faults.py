@@ -33,6 +33,12 @@ agent does about each, no more:
   the agent had in flight when it stopped is abandoned at the stall (as if it had timed
   out; the daemon would finish it after), and a stall shorter than the simulator's
   20 ms lifecycle step ends at the next step.
+- **the agent process killed** (`kill-agent HOST S`: kill -9, an OOM kill, a crash): its
+  tasks, its memory and its Raft member are gone (the journal stays); its watchdog is
+  closed as a dying process closes it (no magic character: still armed); its init starts
+  a fresh agent S later (the unit's Restart=always, RestartSec=1, plus the start), which
+  knows only the log, as after `restart-agents`. Meanwhile its kernel refuses peers'
+  knocks (RST: no agent listens), which is a live kernel all the same.
 
 Knocks are always modelled (the daemon always knocks), not only in runs with stalls.
 """
@@ -211,6 +217,7 @@ class HostFaults:
         self.offsets: dict[str, float] = {}
         self.disk_full: set[str] = set()
         self.stalled: dict[str, float] = {}  # host -> when its agent resumes (trio time)
+        self.killed: dict[str, float] = {}  # host -> when its init starts it again
         self.transports: dict[str, SimProbeTransport] = {}
         self.ledgers: dict[str, SimLedger] = {}
         self.persist: dict[str, PersistWatch] = {}
@@ -277,6 +284,28 @@ def stall(sim: Sim, host: str, duration_s: float) -> None:
     hf.transports[host].held = deque()
 
 
+def kill_agent(sim: Sim, host: str, restart_after_s: float) -> None:
+    """Kill the agent of `host`; its init starts a new one `restart_after_s` later."""
+    hf = sim.host_faults
+    sim.fault(f"kill-agent {host} (restarted after {restart_after_s:g}s)")
+    if host in hf.killed or host in hf.stalled or host not in sim.scopes:
+        return  # no running agent there to kill
+    hf.killed[host] = trio.current_time() + restart_after_s
+    sim.stop_node(host)  # its keepalive closes the watchdog without the magic character
+    sim.raft.frozen.add(host)
+
+
+def restart_due(sim: Sim, *, all_now: bool = False) -> None:
+    """Start the killed agents whose init's restart is due (all of them with `all_now`);
+    forget the kill on a machine that went down meanwhile (it boots a fresh agent)."""
+    hf = sim.host_faults
+    for host, until in sorted(hf.killed.items()):
+        if not sim.cloud.machines[host].alive or all_now or trio.current_time() >= until:
+            del hf.killed[host]
+            if host not in sim.raft.disk_full:
+                sim.raft.frozen.discard(host)
+
+
 def resume_due(sim: Sim, *, all_now: bool = False) -> None:
     """Resume the agents whose stall is over (all of them with `all_now`); forget the
     stall of a machine that went down meanwhile (its agent starts afresh with it)."""
@@ -309,3 +338,4 @@ def heal(sim: Sim) -> None:
     for host in sorted(sim.host_faults.disk_full):
         disk(sim, host, False)
     resume_due(sim, all_now=True)
+    restart_due(sim, all_now=True)

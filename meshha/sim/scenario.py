@@ -234,6 +234,12 @@ async def _stall(r: Runner, s: Step) -> None:
         host_faults.stall(r.sim, h, seconds(s.args[1]))
 
 
+async def _kill_agent(r: Runner, s: Step) -> None:
+    r.last_leader = r.sim.raft.leader
+    for h in r.hosts(s.args[0]):
+        host_faults.kill_agent(r.sim, h, seconds(s.args[1]))
+
+
 async def _partition(r: Runner, s: Step) -> None:
     groups = [set(r.hosts(g.strip())) for g in " ".join(s.args).split("|")]
     r.sim.partition(groups)
@@ -496,6 +502,7 @@ STEPS: dict[str, script.Verb[Handler]] = script.table(
         "disk-full": _disk(True),
         "disk-ok": _disk(False),
         "stall": _stall,
+        "kill-agent": _kill_agent,
         "partition": _partition,
         "heal": _heal,
         "loss": _loss,

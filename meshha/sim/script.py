@@ -65,6 +65,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "disk-full": ("HOSTS", "the disk under the agent's data dir fills: journal and ledger"),
     "disk-ok": ("HOSTS", "space there again"),
     "stall": ("HOSTS DURATION", "the agent process stops (its kernel still answers)"),
+    "kill-agent": ("HOSTS DURATION", "the agent is killed; its init starts it DURATION later"),
     "partition": ("HOSTS | HOSTS [| HOSTS ...]", "split every network into these groups"),
     "heal": ("", "remove every partition"),
     "loss": ("PERCENT [jitter DURATION] [delay DURATION] [dup PERCENT]", "link quality"),

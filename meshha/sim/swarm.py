@@ -36,9 +36,12 @@ FAULT_KINDS = (
 )
 # Faults inside a host (meshha.sim.host_faults), drawn from a PRNG of their own: a seed's
 # schedule of the kinds above is the same whether or not these are drawn too.
-HOST_FAULT_KINDS = ("clock-step", "disk-full", "stall")
+HOST_FAULT_KINDS = ("clock-step", "disk-full", "stall", "kill-agent")
 CLOCK_STEPS_S = (-600.0, -300.0, -5.0, -1.0, -0.3, 0.3, 1.0, 5.0, 300.0, 600.0)
 STALLS_S = (0.3, 1.0, 2.0, 5.0, 10.0, 30.0)
+# A killed agent's init starts it again after RestartSec=1 plus the start (about 2 s in
+# the lab); longer: a start that fails, or waits for something.
+RESTARTS_S = (1.5, 2.5, 4.0, 10.0, 60.0)
 
 
 @dataclass
@@ -157,7 +160,7 @@ async def _schedule(
 async def _host_fault_phase(
     sim: Sim, rng: random.Random, kinds: list[str], duration_s: float
 ) -> None:
-    """Clock steps, full disks and agent stalls, at their own pace."""
+    """Clock steps, full disks, agent stalls and kills, at their own pace."""
     mean_gap = rng.uniform(3.0, 15.0)
     hosts = list(sim.segment.host_names)
     hf = sim.host_faults
@@ -179,6 +182,8 @@ async def _host_fault_phase(
             host_faults.disk(sim, h, h not in hf.disk_full)
         elif kind == "stall":
             host_faults.stall(sim, h, rng.choice(STALLS_S))
+        elif kind == "kill-agent":
+            host_faults.kill_agent(sim, h, rng.choice(RESTARTS_S))
 
 
 def _clocks_stay_in_bound(sim: Sim, host: str, offset: float) -> bool:

@@ -241,7 +241,7 @@ class Sim:
     def resume_node(self, host: str) -> None:
         self._run_node(host, contact=self.nodes[host]._last_contact)
 
-    def _stop_node(self, host: str) -> None:
+    def stop_node(self, host: str) -> None:
         self.scopes.pop(host).cancel()
         self.nodes[host].alive = False
         self.net.receivers.pop(host, None)
@@ -259,13 +259,14 @@ class Sim:
                     self.fault(f"watchdog powers off {h}")
                     wd.fire()
                     self.cloud.power_off(h)
-                if h in self.host_faults.stalled:
-                    continue  # stopped, not gone: resumed below, or forgotten if it died
+                if h in self.host_faults.stalled or h in self.host_faults.killed:
+                    continue  # resumed (restarted) below, or forgotten if the machine died
                 if m.alive and h not in self.scopes:
                     self._start_node(h)
                 elif not m.alive and h in self.scopes:
-                    self._stop_node(h)
+                    self.stop_node(h)
             host_faults.resume_due(self)
+            host_faults.restart_due(self)
             self._audit()
             await trio.sleep(0.02)
 
@@ -341,7 +342,7 @@ class Sim:
         self.fault(f"restart-agents {','.join(hosts)}")
         for h in hosts:
             if h in self.scopes:
-                self._stop_node(h)
+                self.stop_node(h)
                 self._start_node(h)
 
     def bmc_hang(self, host: str, hung: bool = True) -> None:

@@ -6,10 +6,10 @@ two switches for working on them.
   to DIR/<module>/ (a failed lab run can be read afterwards).
 - MESHHA_LABTEST_REUSE=STATE: run against a lab already up in STATE (built with
   `meshha-lab up` or meshha.lab.cloud) instead of building one; it is left up.
-- MESHHA_LABTEST_PROFILE=lan-fast: the agents on that timing profile instead of the
-  shipped example's, with the example's 6 s watchdog (lan-fast allows at most 7 s): to
-  try the suite on a profile before it is made the default. A module that sets a
-  profile of its own keeps it.
+- MESHHA_LABTEST_PROFILE=lan-safe: the agents on that timing profile instead of the
+  shipped example's (lan-fast), each host's watchdog as that profile wants it
+  (meshha.lab.cloud.PROFILE_WATCHDOG_S; a module's shorter one is kept). A module that
+  sets a profile of its own keeps it.
 """
 
 from __future__ import annotations
@@ -21,12 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from meshha.lab.cloud import Cloud, LabSpec
+from meshha.lab.cloud import PROFILE_WATCHDOG_S, Cloud, LabSpec
 from meshha.lab.libvirt_setup import missing_programs
 from meshha.lab.netns import available
 from meshha.lab.nova_client import venv_missing_reason
-
-EXAMPLE_WATCHDOG_S = 6  # config/segment.example.toml [watchdog] timeout_s
 
 
 def _why_not() -> str | None:
@@ -61,7 +59,9 @@ def lab(
     spec = LabSpec(**{**spec.__dict__, "prefix": prefix, "subnet": subnet})
     profile = os.environ.get("MESHHA_LABTEST_PROFILE")
     if profile and spec.profile == LabSpec.profile and profile != spec.profile:
-        watchdog_s = min(spec.watchdog_s, EXAMPLE_WATCHDOG_S) if spec.watchdog_s else 0
+        watchdog_s = PROFILE_WATCHDOG_S[profile]
+        if spec.watchdog_s != LabSpec.watchdog_s:  # a module's own: none, or a shorter one
+            watchdog_s = min(spec.watchdog_s, watchdog_s)
         spec = LabSpec(**{**spec.__dict__, "profile": profile, "watchdog_s": watchdog_s})
     c = Cloud(Path(f"/run/{prefix}-{os.getpid()}"))
     c.down(say=lambda _: None)

@@ -24,7 +24,7 @@ from meshha.config.synthetic import synthetic_segment
 from meshha.errors import WatchdogError
 from meshha.sim.watchdog import FakeWatchdog
 
-SEG = synthetic_segment(3)  # lan-fast: isolation 2 s, deadline 10 s; watchdog timeout 3 s
+SEG = synthetic_segment(3)  # lan-fast: isolation 2 s, deadline 10 s; watchdog timeout 6 s
 T = SEG.timings
 
 

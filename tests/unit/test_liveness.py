@@ -28,14 +28,27 @@ def test_a_peer_whose_kernel_answers_is_stalled_until_the_grace():
     assert not k.stalled("host2", "admin", since=10.0, now=16.0)  # grace over: lost
 
 
-def test_no_answer_or_a_refusal_is_no_evidence():
+def test_no_answer_is_no_evidence():
     k = _k()
     assert not k.stalled("host2", "admin", since=10.0, now=10.5)  # never knocked
     k.record("host2", "admin", 10.1, 10.2, KNOCK_SILENT)
     assert not k.stalled("host2", "admin", since=10.0, now=10.5)  # a dead host
-    k.record("host2", "admin", 10.2, 10.3, KNOCK_ANSWERED)
-    k.record("host2", "admin", 10.3, 10.4, KNOCK_REFUSED)  # kernel up, no agent listening
-    assert not k.stalled("host2", "admin", since=10.0, now=10.5)
+
+
+def test_a_refusal_is_a_live_kernel_whose_agent_restarts_held_for_the_grace():
+    """RST: the kernel is up and no agent listens (killed, its init starting it again).
+    Held like a stall, for the same grace: a crash of the agent alone must not fence a
+    healthy host under a profile that detects faster than an agent restarts."""
+    k = _k()
+    k.record("host2", "admin", 10.1, 10.2, KNOCK_REFUSED)
+    assert k.stalled("host2", "admin", since=10.0, now=10.5)
+    k.record("host2", "admin", 10.2, 10.3, KNOCK_ANSWERED)  # a stall, then a crash
+    k.record("host2", "admin", 10.3, 10.4, KNOCK_REFUSED)
+    k.record("host2", "admin", 15.5, 15.6, KNOCK_REFUSED)  # still not back
+    assert k.stalled("host2", "admin", since=10.0, now=15.99)
+    assert not k.stalled("host2", "admin", since=10.0, now=16.0)  # grace over: lost
+    k.record("host2", "admin", 9.0, 9.1, KNOCK_REFUSED)  # from before the silence
+    assert not k.stalled("host2", "admin", since=20.0, now=20.1)
 
 
 def test_an_answer_from_before_the_silence_proves_nothing():
