@@ -685,17 +685,22 @@ class Node:
                 )
             )
 
-        procs = self.segment.processes
-        if self.p.process_names is not None:
-            procs = replace(procs, names=self.p.process_names)
         self.supervisor = Supervisor(
             self.p.processes,
-            procs,
+            replace(self.segment.processes, names=self.supervised_names),
             report,
             now=self.p.now,
             paused=lambda: self.state.in_maintenance(self.me),
         )
         await self.supervisor.run()
+
+    @property
+    def supervised_names(self) -> tuple[str, ...]:
+        """The processes this agent supervises: the segment's list, with the libvirt
+        daemon this host really runs (libvirtd or virtqemud: main.py) when it was told."""
+        if self.p.process_names is not None:
+            return self.p.process_names
+        return self.segment.processes.names
 
     # -- reading -----------------------------------------------------------------------
 

@@ -234,8 +234,7 @@ async def _refresh_nova_compute(node: Node, episode: int, done: float | None) ->
     restarted for. A failed restart is logged: the leader's enable is then refused and
     it alerts (decide/return_.py)."""
     procs = node.p.processes
-    names = node.p.process_names or node.segment.processes.names
-    if procs is None or NOVA_COMPUTE not in names:
+    if procs is None or NOVA_COMPUTE not in node.supervised_names:
         return done
     age = procs.age_s(NOVA_COMPUTE)
     if not math.isfinite(age):
