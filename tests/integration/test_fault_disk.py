@@ -83,7 +83,7 @@ def webhook() -> Iterator[Webhook]:
 @pytest.fixture
 def mesh(tmp_path: Path, webhook: Webhook) -> Iterator[Mesh]:
     m = Mesh(
-        tmp_path, HOSTS, profile="lan-safe", extra_toml=f'[alerts]\nwebhooks = ["{webhook.url}"]\n'
+        tmp_path, HOSTS, profile="lan-fast", extra_toml=f'[alerts]\nwebhooks = ["{webhook.url}"]\n'
     )
     data = m.data_dir(VICTIM)
     data.mkdir(parents=True, exist_ok=True)
