@@ -15,6 +15,8 @@ By failure kind, one module each, all sharing one `Context` (segment, state, now
   process   nova-compute / libvirtd that could not be restarted
   vm        VM crashes on live hosts
   isolation VMs a host destroyed when it isolated itself, restarted if it was not fenced
+  stranded  HA VMs a fence stopped and no evacuation moved (no room): restarted on their
+            host once it is back in service
   steps     the step/retry bookkeeping (attempts, backoff, alerts sent once)
   reserve   reserved hosts disabled in Nova until chosen as a target; the N+k alert
   maintenance  emptying a host in maintenance by live migration, and enabling it after
@@ -48,6 +50,7 @@ from meshha.recovery.decide.isolation import isolation_recovery
 from meshha.recovery.decide.maintenance import maintenance_steps
 from meshha.recovery.decide.reserve import capacity_alert, reserve_holds
 from meshha.recovery.decide.steps import Context
+from meshha.recovery.decide.stranded import stranded_restarts
 from meshha.recovery.decide.vm import vm_recovery
 from meshha.recovery.verdicts import compute
 
@@ -88,6 +91,7 @@ def decide(segment: Segment, state: SegmentState, now: float, me: str) -> list[E
     out += maintenance_steps(ctx)
     out += capacity_alert(ctx)
     out += isolation_recovery(ctx)
+    out += stranded_restarts(ctx)
     out = _one_release_each(out)
     check_decisions(state, out)
     return out
