@@ -34,6 +34,7 @@ import trio
 
 from meshha import logs
 from meshha.agent import control, metrics
+from meshha.agent.alive import AliveMark
 from meshha.agent.memlock import lock_memory
 from meshha.agent.node import Node, NodePorts
 from meshha.agent.persist import PersistWatch, Problem, problem_of
@@ -305,6 +306,7 @@ async def run_agent(
             notifier=notifier,
             clock=transport,
             kernel=transport,
+            alive=AliveMark(data_dir),
         ),
         seed=secrets.randbits(32),  # fresh probe challenges every run (meshha.probes.wire)
     )

@@ -27,9 +27,10 @@ from typing import Any, Protocol
 import structlog
 import trio
 
+from meshha.agent.alive import MARK_EVERY_S, AliveMark
 from meshha.agent.capacity import CapacityWatch
 from meshha.agent.keepalive import Keepalive, Notifier
-from meshha.agent.reconcile import reconcile_loop
+from meshha.agent.reconcile import boot_time, reconcile_loop
 from meshha.config.model import Segment
 from meshha.errors import MeshhaError
 from meshha.probes.liveness import Stall, StallMeter
@@ -99,6 +100,7 @@ class NodePorts:
     notifier: Notifier | None = None  # systemd's sd_notify
     clock: ClockPort | None = None  # measured clock skews (meshha.probes.clock)
     kernel: KernelPort | None = None  # peers' kernels answer while their agent is stopped
+    alive: AliveMark | None = None  # when this host was last up, across reboots (alive.py)
 
 
 @dataclass
@@ -172,6 +174,8 @@ class Node:
             nursery.start_soon(self._lead_loop, nursery)
             nursery.start_soon(self._isolation_loop)
             nursery.start_soon(reconcile_loop, self)  # a fenced host's return (reconcile.py)
+            if self.p.alive is not None:
+                nursery.start_soon(self._alive_loop, self.p.alive)
             if self.p.vm_events is not None:
                 nursery.start_soon(self._vm_event_loop)
             if self.p.processes is not None:
@@ -384,6 +388,17 @@ class Node:
                 heard = (target, net) not in local
                 log.info("peer_stall_over", host=target, network=net, heard_again=heard)
         self.stalled_peers = stalled
+
+    async def _alive_loop(self, mark: AliveMark) -> None:
+        """Keep the mark of when this host was last up (alive.py), in segment time."""
+        boot = await boot_time(self.p.hypervisor)
+        await trio.to_thread.run_sync(mark.start, boot)
+        if boot is None:
+            log.warning("alive_mark_off", why="this host's boot time cannot be read")
+            return
+        while True:
+            await trio.to_thread.run_sync(mark.mark, boot, self.p.now())
+            await trio.sleep(MARK_EVERY_S)
 
     async def _lead_loop(self, nursery: trio.Nursery) -> None:
         while True:

@@ -15,7 +15,8 @@ starts. So the agent does the rest, whatever nova-compute did or will do:
 Then it commits a `reconcile` entry (what it destroyed, what it kept because Nova places
 it here, what it could not check, and when this host booted, in segment time: the boot
 time is read on this host's own wall clock, which may be minutes off, and the leader
-compares it with the fence's committed time), the positive evidence
+compares it with the fence's committed time), and when this host was last up
+before that boot (`alive_until`, agent/alive.py): the positive evidence
 `decide/return_.py` needs before nova-compute is enabled again. It reconciles while its
 host is fenced and the report is missing, failed (retried with backoff), or older than
 a move of its VMs the majority finished since.
@@ -115,6 +116,7 @@ async def reconcile_once(
     nova: NovaPort | None,
     now: Callable[[], float],
     to_segment: Callable[[float], float] = lambda t: t,
+    alive_until: float | None = None,
 ) -> Entry:
     """One pass; never raises an operating error: a failure is in the report.
     `to_segment` turns a time read on this host's wall clock (its boot time) into
@@ -169,6 +171,7 @@ async def reconcile_once(
         kept=sorted(kept),
         ok=ok,
         detail=detail,
+        alive_until=alive_until,
     )
 
 
@@ -195,6 +198,9 @@ async def reconcile_loop(node: Node) -> None:
             continue
         if clock is not None and not clock.clock_judged():
             continue  # its boot time could not be put in segment time yet
+        alive = node.p.alive
+        if alive is not None and not alive.started:
+            continue  # what an earlier boot left is not read yet (alive.py)
         rep = node.state.reconciled.get(node.me)
         if sent is not None and (rep is None or rep.ts < sent[0]) and t < sent[1] + RETRY_MAX_S:
             continue  # the last report is still on its way to the log
@@ -217,7 +223,15 @@ async def reconcile_loop(node: Node) -> None:
         else:
             nova = drivers.nova if drivers is not None else None
             restarted_for = await _refresh_nova_compute(node, ep, restarted_for)
-            entry = await reconcile_once(node.me, ep, hv, nova, node.p.now, to_segment)
+            entry = await reconcile_once(
+                node.me,
+                ep,
+                hv,
+                nova,
+                node.p.now,
+                to_segment,
+                alive_until=alive.previous if alive is not None else None,
+            )
         node.propose(entry, ("reconcile", ep, entry["ts"]))
         sent = (entry["ts"], t)
         log.info("reconciled", episode=ep, ok=entry["ok"], detail=entry["detail"])

@@ -484,8 +484,10 @@ class Nemesis:
                 )
 
     def lie_fenced(self, rep: RunReport, h: str, before: int) -> bool:
-        """Whether `h` was fenced (ok) since ledger index `before` while it kept running
-        (the same init as before the fault): its BMC's read-back was a lie."""
+        """Whether `h` was fenced (ok) since ledger index `before` while it kept running:
+        the same init as before the fault, or its chassis really powered off (its own
+        watchdog, once it was cut off) more than a second after the BMC's "off". Either
+        way its BMC's read-back was a lie."""
         c = self.cloud
         rows = [e for i, e in c.ledger(c.leader() or c.hosts[0]) if i > before]
         fences = {
@@ -493,10 +495,32 @@ class Nemesis:
             for e in rows
             if e["kind"] == "intent" and e["action"] == "fence" and e["host"] == h
         }
-        ok = any(
-            e["kind"] == "result" and e["intent"] in fences and e["outcome"] == "ok" for e in rows
-        )
-        return ok and c.host_pids(h).get("init") == rep.lied[h]
+        oks = [
+            e["ts"]
+            for e in rows
+            if e["kind"] == "result" and e["intent"] in fences and e["outcome"] == "ok"
+        ]
+        if not oks:
+            return False
+        if c.host_pids(h).get("init") == rep.lied[h]:
+            return True
+        return self.chassis_off(h, since=min(oks) + 1.0) is not None
+
+    def chassis_off(self, h: str, since: float) -> float | None:
+        """The first `set power 0` `h`'s chassis served after `since` (wall clock), from
+        its chassis log. After a fence confirmed through a lying BMC (whose own call
+        came before that confirmation) only its watchdog sends one."""
+        log = self.cloud.state / "bmc" / h / "chassis.log"
+        try:
+            lines = log.read_text().splitlines()
+        except OSError:
+            return None
+        times = [
+            float(w[0])
+            for w in (line.split() for line in lines)
+            if w[1:4] == ["set", "power", "0"] and float(w[0]) >= since
+        ]
+        return min(times) if times else None
 
     def vouch_after_lie(
         self, rep: RunReport, h: str, before: int, step: Callable[[Callable[[], Any]], Any]

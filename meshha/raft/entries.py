@@ -220,7 +220,10 @@ def reconcile(
     kept: list[str],
     ok: bool,
     detail: str,
+    alive_until: float | None = None,
 ) -> Entry:
+    """`alive_until`: when the host was last up before `booted_at` (agent/alive.py),
+    only when known (older entries and the simulator's have none)."""
     e = _base("reconcile", ts, by)
     e.update(
         host=host,
@@ -231,6 +234,8 @@ def reconcile(
         ok=ok,
         detail=detail,
     )
+    if alive_until is not None:
+        e["alive_until"] = alive_until
     return e
 
 

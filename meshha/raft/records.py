@@ -88,6 +88,8 @@ class Reconcile:
     kept: tuple[str, ...]
     ok: bool
     detail: str
+    # When the host was last up before it booted (agent/alive.py); None: not known.
+    alive_until: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

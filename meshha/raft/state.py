@@ -16,6 +16,7 @@ abandoned, which is safe.
 from __future__ import annotations
 
 import copy
+import math
 from collections import deque
 from dataclasses import replace
 from typing import Any
@@ -278,6 +279,7 @@ class SegmentState:
             tuple(e["kept"]),
             bool(e["ok"]),
             e["detail"],
+            _finite(e.get("alive_until")),
         )
 
     def _apply_fenced(self, e: Entry) -> None:
@@ -403,3 +405,10 @@ def apply(state: SegmentState, entry: Entry, index: int | None = None) -> Segmen
     new = state.copy()
     new.apply(entry, index)
     return new
+
+
+def _finite(x: object) -> float | None:
+    """A float field that may be missing (older entries); None unless a finite number."""
+    if isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x):
+        return float(x)
+    return None

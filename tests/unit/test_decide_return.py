@@ -29,7 +29,14 @@ def fenced_and_back(**kw: Any) -> Leader:
     return L
 
 
-def report(L: Leader, *, booted_at: float | None, ok: bool = True, by: str = "host2") -> None:
+def report(
+    L: Leader,
+    *,
+    booted_at: float | None,
+    ok: bool = True,
+    by: str = "host2",
+    alive_until: float | None = None,
+) -> None:
     L.commit(
         E.reconcile(
             ts=L.now,
@@ -41,6 +48,7 @@ def report(L: Leader, *, booted_at: float | None, ok: bool = True, by: str = "ho
             kept=[],
             ok=ok,
             detail="" if ok else "nova-api: connection refused",
+            alive_until=alive_until,
         )
     )
 
@@ -117,6 +125,30 @@ def test_a_failed_report_waits_for_the_next_one() -> None:
     report(L, booted_at=fence_ts(L) + 30)
     L.run(1)
     assert len(L.intents("enable:")) == 1
+
+
+def test_up_after_the_bmc_said_off_is_a_lie_even_after_a_reboot() -> None:
+    """Cut off behind a lying BMC, the host kept running after its "off", then its own
+    watchdog reset it: it booted after the fence, but its agent's mark of when it was
+    last up (agent/alive.py) is later than the BMC's "off"."""
+    L = fenced_and_back()
+    off = fence_ts(L)
+    report(L, booted_at=off + 30, alive_until=off + 5)
+    L.run(5)
+    assert L.intents("enable:") == []
+    (lie,) = [a for a in alerts(L) if "bmc-lied" in a["intent"]]
+    assert f"was up until {off + 5:.3f}" in lie["params"]["body"]
+    assert "host2" in L.state.fenced
+
+
+def test_last_up_before_the_bmc_said_off_is_no_lie() -> None:
+    L = fenced_and_back()
+    off = fence_ts(L)
+    skew = L.seg.timings.max_clock_skew_s
+    report(L, booted_at=off + 30, alive_until=off + skew / 2)  # within the skew bound
+    L.run(1)
+    assert [e["intent"] for e in L.intents("enable:")] == ["enable:host2:e1:a1"]
+    assert not [a for a in alerts(L) if "bmc-lied" in a["intent"]]
 
 
 def test_a_bmc_that_lied_is_alerted_the_host_kept_out_and_its_power_read_again() -> None:

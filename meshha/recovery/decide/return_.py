@@ -11,7 +11,8 @@ Then, per fence episode of host H:
   report newer than every move of H's VMs in the episode, ok, H rebooted after
   the fence (or the proof was its self-fence deadline)
       ──▶ enable nova-compute (retried with backoff; an alert once it keeps failing)
-  H booted before the BMC said "off" ──▶ the BMC lied: a critical alert naming H and
+  H booted before the BMC said "off", or was up after it (its agent's mark of when it
+  was last up: agent/alive.py) ──▶ the BMC lied: a critical alert naming H and
       its BMC, H stays disabled, its power state is read again. Only an operator puts
       it back (maintenance on, then off: they vouch for it). The window holds and
       drains H like any other (decide/maintenance.py); once it ends, H returns through
@@ -65,11 +66,16 @@ def return_report(state: SegmentState, host: str) -> Reconcile | None:
 
 
 def lied(state: SegmentState, fence: Fence, rep: Reconcile) -> bool:
-    """The BMC confirmed "off", yet the host booted before that (beyond the clock skew
-    bound): it never went down."""
-    if fence.method != "bmc" or rep.booted_at is None:
+    """The BMC confirmed "off", yet (beyond the clock skew bound) the host booted before
+    that, so it never went down, or it was still up after it (`alive_until`, its agent's
+    mark of when it was last up before this boot: agent/alive.py), so something else
+    took it down later, such as its own watchdog once it was cut off."""
+    if fence.method != "bmc":
         return False
-    return rep.booted_at + state.timings.max_clock_skew_s < fence.ts
+    skew = state.timings.max_clock_skew_s
+    if rep.booted_at is not None and rep.booted_at + skew < fence.ts:
+        return True
+    return rep.alive_until is not None and rep.alive_until - skew > fence.ts
 
 
 def may_enable(state: SegmentState, host: str) -> bool:
@@ -144,13 +150,14 @@ def _lie(ctx: Context, host: str, ep: int, fence: Fence, rep: Reconcile) -> list
     h = ctx.segment.host(host)
     bmc = f"{h.bmc.address}:{h.bmc.port}" if h.bmc is not None else "no BMC configured"
     booted = "unknown" if rep.booted_at is None else f"{rep.booted_at:.3f}"
+    up = "" if rep.alive_until is None else f", was up until {rep.alive_until:.3f},"
     out = ctx.once(
         alert("bmc-lied", host=host, episode=ep),
         host,
         "critical",
         f"BMC of {host} ({bmc}) reported power off, but {host} kept running",
         f"The fence at {fence.ts:.3f} was confirmed by the BMC ({fence.detail}), yet {host} "
-        f"booted at {booted} and its agent reports again. Its VMs were evacuated on that "
+        f"booted at {booted}{up} and its agent reports again. Its VMs were evacuated on that "
         f"proof; its agent destroyed {len(rep.destroyed)} domain(s) Nova places elsewhere "
         f"({', '.join(rep.destroyed) or 'none'}). {host} stays disabled in Nova: check it "
         "and its BMC, then `meshctl maintenance on` and `off` to return it to service.",
