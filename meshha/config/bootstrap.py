@@ -153,7 +153,7 @@ def render_segment(
         ]
     out += [
         "[timings]",
-        'profile = "lan-fast"',
+        'profile = "lan-safe"',
         "",
         "[brake]",
         "# No automatic fencing when more than this fraction of the segment fails within",
