@@ -36,6 +36,7 @@ def report(
     ok: bool = True,
     by: str = "host2",
     alive_until: float | None = None,
+    kept: tuple[str, ...] = (),
 ) -> None:
     L.commit(
         E.reconcile(
@@ -45,7 +46,7 @@ def report(
             episode=1,
             booted_at=booted_at,
             destroyed=["vm-a"],
-            kept=[],
+            kept=list(kept),
             ok=ok,
             detail="" if ok else "nova-api: connection refused",
             alive_until=alive_until,

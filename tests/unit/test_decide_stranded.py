@@ -3,8 +3,8 @@ no room) are restarted on their host once it is back in service; nothing else is
 
 from __future__ import annotations
 
-from meshha.raft import entries as E
 from tests.unit.test_decide import Leader, server
+from tests.unit.test_decide_return import report
 
 BIG = (8, 16384, 100)  # does not fit the reserve's free room below
 
@@ -28,19 +28,7 @@ def fenced_back_and_enabled(kept: list[str] | None = None) -> Leader:
     assert stranded(L) == []  # still fenced: nothing starts on it
     L.observe("host2", reachable=True)
     L.run(1)
-    L.commit(
-        E.reconcile(
-            ts=L.now,
-            by="host2",
-            host="host2",
-            episode=1,
-            booted_at=L.now - 1,
-            destroyed=["vm-a"],
-            kept=kept or [],
-            ok=True,
-            detail="",
-        )
-    )
+    report(L, booted_at=L.now - 1, kept=tuple(kept or ()))
     L.run(1)
     assert [e["intent"] for e in L.intents("enable:")] == ["enable:host2:e1:a1"]
     return L
