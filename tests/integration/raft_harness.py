@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import select
 import shutil
 import signal
@@ -255,10 +256,25 @@ class HarnessError(AssertionError):
     """A member did not start or answer as expected (a test failure, not a bug here)."""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(hosts: list[str]) -> int:
+    """A port free on every one of `hosts`, below the kernel's ephemeral range.
+
+    A port the kernel handed out (bind to 0) is in the ephemeral range, where any
+    other process's outgoing or wildcard socket may take it before the members bind
+    it: CI once failed with BindError on a port picked that way.
+    """
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(10000, max(low, 10001))
+        try:
+            for host in hosts:
+                with socket.socket() as s:
+                    s.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise HarnessError(f"no port free on all of {hosts} below {low}")
 
 
 class Cluster:
@@ -277,8 +293,9 @@ class Cluster:
         extra: dict | None = None,
         timings: dict | None = None,
     ) -> None:
-        port = free_port()
-        self.voters = {f"h{i}": f"127.0.0.{10 + i}:{port}" for i in range(1, n + 1)}
+        hosts = [f"127.0.0.{10 + i}" for i in range(1, n + 1)]
+        port = free_port(hosts)
+        self.voters = {f"h{i}": f"{host}:{port}" for i, host in enumerate(hosts, 1)}
         self.names = list(self.voters) + list(readonly)
         self.dir = Path(tempfile.mkdtemp(prefix="mhraft-", dir=base_dir or "/tmp"))
         self.procs: dict[str, subprocess.Popen] = {}

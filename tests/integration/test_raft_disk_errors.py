@@ -14,12 +14,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import socket
 import subprocess
 import uuid
 
 import pytest
 import trio
+from raft_harness import free_port
 
 from meshha.errors import LogError
 from meshha.raft.journal import JournalError
@@ -42,9 +42,7 @@ def small_fs(tmp_path):
 
 
 def _config(data_dir) -> RaftLogConfig:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port(["127.0.0.1"])
     return RaftLogConfig(
         me="solo",
         voters={"solo": f"127.0.0.1:{port}"},

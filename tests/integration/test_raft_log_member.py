@@ -11,6 +11,7 @@ import time
 
 import pytest
 import trio
+from raft_harness import free_port
 
 from meshha.errors import ConfigError, LogError
 from meshha.raft.journal import open_journal
@@ -22,9 +23,7 @@ WAIT_S = 10.0
 
 
 def _config(tmp_path, **kw) -> RaftLogConfig:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port(["127.0.0.1"])
     kw.setdefault("voters", {"solo": f"127.0.0.1:{port}"})
     kw.setdefault("election_timeout_min_s", 0.2)
     kw.setdefault("election_timeout_max_s", 0.3)
