@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from meshha.lab.cloud import Cloud, LabSpec
+from meshha.lab.cloud import PROFILE_WATCHDOG_S, Cloud, LabSpec
 from meshha.lab.nemesis import nemesis
 
 OUT = Path(__file__).parent / "results" / "lab_nemesis.json"
@@ -29,18 +29,27 @@ def main() -> None:
     p.add_argument("--prefix", default="mhbn")
     p.add_argument("--subnet", default="10.223")
     p.add_argument("--state", type=Path, default=Path("/run/mhbn-nemesis"))
-    p.add_argument("--logs", type=Path, help="Where to save the lab's logs if a run fails.")
+    p.add_argument("--logs", type=Path, help="Where to save the lab's logs at the end.")
+    p.add_argument("--profile", choices=sorted(PROFILE_WATCHDOG_S), default=LabSpec.profile)
     a = p.parse_args()
     cloud = Cloud(a.state)
     cloud.down(say=lambda _: None)
-    spec = LabSpec(vms=8, prefix=a.prefix, subnet=a.subnet, agent_clock=True, data_fs_mb=32)
+    spec = LabSpec(
+        vms=8,
+        prefix=a.prefix,
+        subnet=a.subnet,
+        agent_clock=True,
+        data_fs_mb=32,
+        profile=a.profile,
+        watchdog_s=PROFILE_WATCHDOG_S[a.profile],
+    )
     t0 = time.monotonic()
     reports = []
     try:
         cloud.up(spec, say=print)
         reports = nemesis(cloud, a.runs, a.seed, print)
     finally:
-        if a.logs is not None and cloud.exists and any(r.violations for r in reports):
+        if a.logs is not None and cloud.exists:
             cloud.save_logs(a.logs)  # every host's logs and ledger, to read the run
             print(f"logs and ledgers saved in {a.logs}")
         cloud.down(say=print)
@@ -57,6 +66,7 @@ def main() -> None:
     result = {
         "runs": len(reports),
         "seed": a.seed,
+        "profile": a.profile,
         "with_violations": sum(1 for r in reports if r.violations),
         "violations": sum(len(r.violations) for r in reports),
         "wall_s": round(time.monotonic() - t0, 1),

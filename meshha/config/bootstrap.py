@@ -153,7 +153,7 @@ def render_segment(
         ]
     out += [
         "[timings]",
-        'profile = "lan-safe"',
+        'profile = "lan-fast"',
         "",
         "[brake]",
         "# No automatic fencing when more than this fraction of the segment fails within",

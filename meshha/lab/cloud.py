@@ -162,14 +162,14 @@ class LabSpec:
     subnet: str = DEFAULT_SUBNET
     # The shipped example's profile (config/segment.example.toml): the lab runs the agent
     # as shipped.
-    profile: str = "lan-safe"
+    profile: str = "lan-fast"
     timings_toml: str = ""
     # Each host's watchdog (meshha.lab.watchdog, declared in the config as the shipped
     # example declares /dev/watchdog): whole seconds; 0 declares none. 6 = the example's:
     # rides an agent stall or restart of about 5 s, and fires before lan-fast's self-fence
     # deadline (at most self_fence_deadline_s - isolation_after_s - 1 = 7). lan-safe
     # allows up to 23 and holds stalls for 15 s: `watchdog_for(profile)`.
-    watchdog_s: int = 15
+    watchdog_s: int = 6
     # For the nemesis (meshha.lab.nemesis), off by default. agent_clock: each agent runs
     # under libfaketime reading its offset from STATE/hosts/<host>/clock (`set_clock`), so
     # a host's wall clock can be made wrong while it runs (tests/integration/

@@ -6,8 +6,8 @@ two switches for working on them.
   to DIR/<module>/ (a failed lab run can be read afterwards).
 - MESHHA_LABTEST_REUSE=STATE: run against a lab already up in STATE (built with
   `meshha-lab up` or meshha.lab.cloud) instead of building one; it is left up.
-- MESHHA_LABTEST_PROFILE=lan-fast: the agents on that timing profile instead of the
-  shipped example's (lan-safe), each host's watchdog as that profile wants it
+- MESHHA_LABTEST_PROFILE=lan-safe: the agents on that timing profile instead of the
+  shipped example's (lan-fast), each host's watchdog as that profile wants it
   (meshha.lab.cloud.PROFILE_WATCHDOG_S; a module's shorter one is kept). A module that
   sets a profile of its own keeps it.
 """

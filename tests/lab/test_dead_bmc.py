@@ -3,8 +3,9 @@ the real lab: evacuation only after the self-fence deadline, never before.
 
 The lab declares a watchdog on every host, as the shipped example does (meshha.lab.watchdog:
 a timer outside the host that powers it off through its chassis when the agent stops
-feeding it; 10 s) and the hypervisor (qemu:///system, the host's own libvirtd), so the
-majority may take "the self-fence deadline has passed" as a fence when the BMC is dead.
+feeding it; the example's 6 s) and the hypervisor (qemu:///system, the host's own
+libvirtd), so the majority may take "the self-fence deadline has passed" as a fence when
+the BMC is dead.
 Each test kills the host's ipmi_sim and then:
 
 - cuts the host off on every network: its own agent, isolated, destroys its QEMUs
@@ -41,7 +42,7 @@ pytestmark = [
     pytest.mark.lab,
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
 ]
-LAB_SPEC = LabSpec(hosts=5, reserved=1, vms=8, watchdog_s=10)  # fires sooner: a shorter test
+LAB_SPEC = LabSpec(hosts=5, reserved=1, vms=8)
 
 
 def watchdog_fired(cloud: Cloud, host: str, since: float) -> float | None:

@@ -2,7 +2,8 @@
 partition that outlasts the minority's isolation time, nova-compute killed, the admin
 network of one host cut (alert only), the storage network of one cut (fence + evacuate).
 
-One lab for the module (5 hosts, host5 reserved, 8 real QEMU VMs, lan-safe timings).
+One lab for the module (5 hosts, host5 reserved, 8 real QEMU VMs, the example's lan-fast
+timings but fail_after_s).
 Each test asserts the outcome in Nova, in libvirt (every lab QEMU on every host, sampled
 throughout: no VM is ever in two places) and in the ledger of every host, and leaves the
 lab healed.
@@ -31,8 +32,8 @@ pytestmark = [
     pytest.mark.lab,
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
 ]
-# fail_after_s 30: the majority commits `failed` ~33 s after a cut, well after the
-# minority's self-fence (~12 s with lan-safe), so a short partition lands in between, as it
+# fail_after_s 30: the majority commits `failed` ~31 s after a cut, well after the
+# minority's self-fence (~2 s with lan-fast), so a short partition lands in between, as it
 # did in `meshha-lab nemesis --runs 3 --seed 1` on a loaded machine.
 LAB_SPEC = LabSpec(
     hosts=5,
