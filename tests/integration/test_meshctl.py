@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import random
-import socket
 import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 import trio
 from click.testing import CliRunner
+from raft_harness import free_port
 
 from meshha.agent.control import serve
 from meshha.agent.node import NodeStats
@@ -36,26 +36,12 @@ from meshha.raft import entries as E
 HOSTS = ("host1", "host2", "host3")
 
 
-def _free_tcp_port(addrs: list[str]) -> int:
-    rng = random.Random()
-    for _ in range(100):
-        port = rng.randrange(40000, 50000)
-        try:
-            for a in addrs:
-                with socket.socket() as s:
-                    s.bind((a, port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port")
-
-
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Any:
     wd = tmp_path_factory.mktemp("meshctl")
     seed = random.randrange(10**9)
     probe = Mesh(wd / "probe", HOSTS, reserved=["host3"], seed=seed)  # the same addresses
-    port = _free_tcp_port([probe.addrs[h]["admin"] for h in HOSTS])
+    port = free_port([probe.addrs[h]["admin"] for h in HOSTS])
     m = Mesh(
         wd / "mesh",
         HOSTS,
