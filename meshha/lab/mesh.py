@@ -3,7 +3,7 @@
     mesh = Mesh(workdir, [f"host{i}" for i in range(1, 6)], reserved=["host5"])
     mesh.start()                        # writes the segment, starts 5 agents, waits a leader
     mesh.status("host3")                # the control socket's `status`
-    mesh.kill("host2")                  # SIGKILL (+ links down in a namespace lab)
+    mesh.kill("host2")                  # SIGKILL, its addresses silent (links down in a lab)
     mesh.wait_until(lambda: mesh.verdict("host1", "host2") == "failed", 5, "host2 failed")
     mesh.restart("host2")
     mesh.ledger("host1")                # [(idx, entry), ...] from its SQLite ledger
@@ -16,6 +16,12 @@ Where the agents run:
 - `lab=Lab(...)` (meshha.lab.netns): each agent in its host's namespace, on the lab's
   addresses; then `kill` also takes the host's links down ("the whole host dies") and
   `restart` brings them back.
+
+A dead host answers nothing, and the agents tell a dead host from a dead agent by its
+kernel (meshha.probes.liveness: a refused knock is a live kernel). On loopback the
+kernel outlives every agent, so `kill` also silences the host's addresses: an nft table
+of the mesh's own drops every packet to them (`kill(host, links=False)`: only the agent
+dies, its kernel refuses knocks, as after a crash under systemd), and `restart` lifts it.
 
 Every agent gets `--data-dir workdir/data` (so its journal and ledger are in
 `workdir/data/<host>/`), its control socket at `workdir/run/<host>.sock`, and its output
@@ -101,6 +107,8 @@ class Mesh:
             }
             raft_port, probe_port0 = self._free_ports(rng)
         self.raft_port, self.probe_port0 = raft_port, probe_port0
+        self.silenced: set[str] = set()  # loopback hosts whose addresses drop everything
+        self._nft_table = f"meshha_mesh_{raft_port}"
         self.config = write_segment(
             self.workdir / "config",
             [(h, self.addrs[h]) for h in self.hosts],
@@ -219,16 +227,49 @@ class Mesh:
         return self.procs[host].pid
 
     def kill(self, host: str, *, links: bool = True) -> float:
-        """The whole host dies: SIGKILL its agent and (in a namespace lab, if `links`) take
-        its links down. Returns the wall-clock time of the kill."""
+        """The whole host dies: SIGKILL its agent and, if `links`, take its links down (a
+        namespace lab) or silence its addresses (loopback). `links=False`: the agent alone
+        dies, its host's kernel stays. Returns the wall-clock time of the kill."""
         t = time.time()
         p = self.procs[host]
         with contextlib.suppress(ProcessLookupError):
             p.send_signal(signal.SIGKILL)
         if self.lab is not None and links:
             self.lab.cut_host(host)
+        elif links:
+            self._silence(self.silenced | {host})
         self.exit_codes[host] = p.wait()
         return t
+
+    def _silence(self, hosts: set[str]) -> None:
+        """Make every packet to `hosts`' loopback addresses vanish (nft, input hook), and
+        only theirs: the mesh's table is replaced whole."""
+        subprocess.run(
+            ["nft", "delete", "table", "inet", self._nft_table], capture_output=True, check=False
+        )
+        self.silenced = set(hosts)
+        if not hosts:
+            return
+        addrs = ", ".join(sorted(a for h in hosts for a in self.addrs[h].values()))
+        script = (
+            f"table inet {self._nft_table} {{\n"
+            "  chain input {\n"
+            "    type filter hook input priority -10; policy accept;\n"
+            f"    ip daddr {{ {addrs} }} drop\n"
+            "  }\n"
+            "}\n"
+        )
+        try:
+            subprocess.run(
+                ["nft", "-f", "-"], input=script.encode(), capture_output=True, check=True
+            )
+        except (OSError, subprocess.CalledProcessError) as err:
+            detail = getattr(err, "stderr", b"") or b""
+            raise RuntimeError(
+                f"cannot silence {sorted(hosts)}'s loopback addresses with nft ({err}: "
+                f"{detail.decode(errors='replace').strip()}); kill(host, links=False) kills "
+                "the agent alone"
+            ) from err
 
     def restart(self, host: str, *, timeout_s: float = 20.0) -> None:
         """Bring a killed or stopped host back: links up (namespace lab), agent started,
@@ -237,6 +278,8 @@ class Mesh:
             self.stop(host)
         if self.lab is not None:
             self.lab.restore_host(host)
+        elif host in self.silenced:
+            self._silence(self.silenced - {host})
         self.spawn(host)
         self.wait_ready(host, timeout_s)
 
@@ -268,6 +311,8 @@ class Mesh:
     def close(self) -> None:
         """Stop everything this mesh started (SIGTERM, then SIGKILL). Idempotent."""
         self.stop_all(timeout_s=10.0)
+        if self.silenced:
+            self._silence(set())
 
     def __enter__(self) -> Mesh:
         return self

@@ -2,7 +2,8 @@
 
 The "host" of each agent is its process: its BMC's power-off SIGKILLs it. host4 is the
 reserved host. Four servers are booted on host2, one of them `HA_Enabled=False`; then
-host2 dies (its agent SIGKILLed, its nova-compute stopped for real). Proves:
+host2 dies (its agent SIGKILLed, its addresses silent: Mesh.kill; its nova-compute stopped
+for real). Proves:
 
 - with a working BMC: the leader commits `failed` for host2, fences it through the BMC
   (ipmitool, a second client, sees the chassis off), forces down and disables its

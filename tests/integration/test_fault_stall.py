@@ -148,7 +148,7 @@ def test_an_agent_killed_and_restarted_by_its_init_is_ridden_through(mesh: Mesh)
     """kill -9, then the unit's RestartSec=1: the agent is gone for a few seconds (its
     start included), longer than lan-fast takes to fail a silent host."""
     victim, watch = pick(mesh)
-    t0 = mesh.kill(victim)
+    t0 = mesh.kill(victim, links=False)  # the agent alone: its kernel stays
     seen: set[str | None] = set()
     end = time.monotonic() + 1.0  # RestartSec=1
     while time.monotonic() < end:
@@ -179,7 +179,7 @@ def test_a_stop_past_the_grace_is_failed_and_a_killed_agent_too(mesh: Mesh) -> N
 
     victim, watch = pick(mesh)
     t0 = time.monotonic()
-    mesh.kill(victim)  # and not started again: its kernel refuses knocks until the grace
+    mesh.kill(victim, links=False)  # not started again: its kernel refuses knocks until the grace
     mesh.wait_until(
         lambda: mesh.verdict(watch, victim) == "failed", GRACE_S + 10, f"{victim} failed"
     )
