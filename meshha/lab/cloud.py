@@ -75,6 +75,23 @@ CLOUD_NAME = "meshha-lab"
 HOST_SIZE = (16, 16384, 1024)  # vcpus, ram_mb, disk_gb: what Nova can place per host
 IMAGE_ID = "155d900f-4e14-4e4c-a73d-069cbf4541e6"  # one of nova's GlanceFixture images
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+FAKETIME_SITE = Path(__file__).parent / "faketime_site"
+
+
+def faketime_env(clock_file: Path) -> list[str]:
+    """An argv prefix running a Python program under libfaketime, its wall clock offset by
+    what `clock_file` says ("+300s"), its monotonic clocks the kernel's."""
+    return [
+        "env",
+        f"LD_PRELOAD={LIBFAKETIME}",
+        f"FAKETIME_TIMESTAMP_FILE={clock_file}",
+        "FAKETIME_CACHE_DURATION=1",  # re-read the offset every second
+        "FAKETIME_DONT_FAKE_MONOTONIC=1",  # trio's clock stays the kernel's
+        # a time.sleep that works under it (libfaketime 0.9.10 breaks Python's: see there)
+        f"PYTHONPATH={FAKETIME_SITE}",
+    ]
+
+
 UNIT_FILE = Path(__file__).resolve().parents[2] / "config" / "meshha-agent.service"
 UNIT_EXEC_START = (
     "/usr/local/bin/meshha-agent --config /etc/meshha/segment.toml --host %H"
@@ -496,13 +513,7 @@ class Cloud:
         if not LIBFAKETIME.exists():
             raise LabError(f"{LIBFAKETIME} missing (apt-get install faketime)", kind="unsupported")
         self.set_clock(host, 0.0)
-        return [
-            "env",
-            f"LD_PRELOAD={LIBFAKETIME}",
-            f"FAKETIME_TIMESTAMP_FILE={self.host_dir(host) / 'clock'}",
-            "FAKETIME_CACHE_DURATION=1",  # re-read the offset every second
-            "FAKETIME_DONT_FAKE_MONOTONIC=1",  # trio's clock stays the kernel's
-        ]
+        return faketime_env(self.host_dir(host) / "clock")
 
     def set_clock(self, host: str, offset_s: float) -> None:
         """Step the wall clock of `host`'s agent by `offset_s` (needs LabSpec.agent_clock;

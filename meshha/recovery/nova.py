@@ -758,6 +758,13 @@ def _translate(e: Exception, where: str) -> NovaError:
         kind = "refused"
     elif isinstance(e, sdk.SDKException | ksa.ClientException):
         kind = "failed"
+    elif isinstance(e, OSError):
+        # (requests' and so the sdk's HTTP errors are OSErrors too: checked first.)
+        # Raised by this host's libraries or kernel on the way (too many open files, a
+        # failed backoff sleep, ...): the call did not get through. An error of this
+        # step, said with where it happened, never a crash of the agent (which would
+        # leave its watchdog to reset a healthy host).
+        return NovaError(f"unreachable: {type(e).__name__}: {e}", kind="unreachable", where=where)
     else:
         raise e  # a programmer error: let it crash as it is
     return NovaError(_message(e), kind=kind, where=where)

@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 
+from meshha.lab.cloud import LIBFAKETIME, faketime_env
 from meshha.lab.mesh import Mesh
 
 HOSTS = tuple(f"host{i}" for i in range(1, 6))
-LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 SKEW_S = 300.0
 RIDE_S = 8.0  # several times the 3-4 s in which a skewed host used to be failed
 PROFILE = "lan-fast"  # the shipped example's
@@ -55,14 +55,7 @@ class FakeTimeMesh(Mesh):
     def agent_argv(self, host: str) -> list[str]:
         if not self.clock_file(host).exists():
             self.set_offset(host, 0)
-        return [
-            "env",
-            f"LD_PRELOAD={LIBFAKETIME}",
-            f"FAKETIME_TIMESTAMP_FILE={self.clock_file(host)}",
-            "FAKETIME_CACHE_DURATION=1",  # re-read the offset file every second
-            "FAKETIME_DONT_FAKE_MONOTONIC=1",
-            *super().agent_argv(host),
-        ]
+        return [*faketime_env(self.clock_file(host)), *super().agent_argv(host)]
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,8 @@ rule, placement arithmetic and the sdk-to-Server conversion."""
 
 from __future__ import annotations
 
+import errno
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -47,6 +49,8 @@ def _http(status: int) -> sdk.HttpException:
         (_http(403), "refused"),
         (_http(500), "failed"),
         (sdk.SDKException("odd"), "failed"),
+        (OSError(errno.EMFILE, "Too many open files"), "unreachable"),
+        (OSError(errno.EINVAL, "Invalid argument"), "unreachable"),
     ],
 )
 def test_sdk_errors_become_nova_error_kinds(error: Exception, kind: str) -> None:
@@ -54,6 +58,26 @@ def test_sdk_errors_become_nova_error_kinds(error: Exception, kind: str) -> None
     assert isinstance(translated, NovaError)
     assert translated.kind == kind
     assert str(translated).startswith("nova: test: ")
+
+
+class _BrokenCompute:
+    """A compute proxy whose every call fails in this host's own libraries, as a
+    keystoneauth retry's sleep did under libfaketime (stop 19)."""
+
+    default_microversion: str | None = None
+
+    def servers(self, **_: Any) -> list[Any]:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+
+async def test_an_os_error_in_a_nova_call_is_a_nova_error_not_a_crash() -> None:
+    """An OSError out of the sdk used to be re-raised as a programmer error and stopped
+    the agent (exit 2): on lan-fast its watchdog then reset the healthy host."""
+    driver = NovaDriver(lambda: SimpleNamespace(compute=_BrokenCompute()), timeout_s=5.0)
+    with pytest.raises(NovaError) as info:
+        await driver.list_servers("host1")
+    assert info.value.kind == "unreachable"
+    assert "OSError" in str(info.value) and "Invalid argument" in str(info.value)
 
 
 def test_programmer_errors_are_not_translated() -> None:
