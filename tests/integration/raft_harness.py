@@ -164,6 +164,11 @@ class Member:
 
                         n.start_soon(on, self.log.wait_change)
                         n.start_soon(on, self.read.wait)
+                        # has_quorum can turn without a change event (it is read off
+                        # pysyncobj's state): look again every tick, or a quorum reached
+                        # between two events is missed until the deadline (CI at 4ca8f0c:
+                        # "not quorum in time" with a status showing a quorum).
+                        n.start_soon(on, _tick)
         except trio.TooSlowError:
             raise MeshhaError(f"not {until} in time: {self.log.status}", kind="timeout") from None
         return self.status()
@@ -239,6 +244,13 @@ async def main(cfg: dict) -> None:
 # ---- the launcher: tests and bench/raft_commit.py start members through this ----------
 
 PASSWORD = "segment-secret"
+POLL_S = 0.05  # how often `wait` looks at the member's status between change events
+
+
+async def _tick() -> None:
+    await trio.sleep(POLL_S)
+
+
 START_S = 20.0  # process start: imports, PBKDF2 of the password, bind
 WAIT_S = 15.0  # any awaited condition
 TIMINGS = {

@@ -30,6 +30,10 @@ from meshha.lab.mesh import Mesh
 HOSTS = tuple(f"host{i}" for i in range(1, 6))
 PROFILE = "lan-fast"
 GRACE_S = TIMING_PROFILES[PROFILE]["stall_grace_s"]
+# The grace counts from the last answer the segment heard, which under load comes a
+# second or more before the stop or the kill (CI at 4ca8f0c: failed 6.97 s after the
+# kill). A silent host is failed in about 1 s on lan-fast, so this still tells the two.
+HEARD_SLACK_S = 2.0
 
 pytestmark = pytest.mark.integration
 
@@ -172,7 +176,7 @@ def test_a_stop_past_the_grace_is_failed_and_a_killed_agent_too(mesh: Mesh) -> N
             lambda: mesh.verdict(watch, victim) == "failed", GRACE_S + 10, f"{victim} failed"
         )
         took = time.monotonic() - t0
-        assert took >= GRACE_S - 0.5, f"failed after {took:.2f} s, before the grace"
+        assert took >= GRACE_S - HEARD_SLACK_S, f"failed after {took:.2f} s, before the grace"
     finally:
         mesh.procs[victim].send_signal(signal.SIGCONT)
     settle(mesh, victim)
@@ -184,6 +188,8 @@ def test_a_stop_past_the_grace_is_failed_and_a_killed_agent_too(mesh: Mesh) -> N
         lambda: mesh.verdict(watch, victim) == "failed", GRACE_S + 10, f"{victim} failed"
     )
     took = time.monotonic() - t0
-    assert took >= GRACE_S - 0.5, f"a killed agent was failed after {took:.2f} s, in the grace"
+    assert took >= GRACE_S - HEARD_SLACK_S, (
+        f"a killed agent was failed after {took:.2f} s, in the grace"
+    )
     mesh.restart(victim)
     settle(mesh, victim)
